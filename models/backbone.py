@@ -1,0 +1,142 @@
+"""MobileNetV2 feature extractor and DOC network definitions (Keras 3).
+
+The extractor takes raw pixels (float 0..255, RGB) so the converted int8 model's
+uint8 input is the pixel itself; MobileNetV2's [-1, 1] scaling is a layer inside.
+
+Example:
+    >>> m, info = build_extractor(alpha=0.35, size=(96, 96), weights=None)   # doctest: +SKIP
+    >>> m.output_shape                                                        # doctest: +SKIP
+    (None, 1280)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "ANOMALY_BACKBONE_WEIGHTS"
+POOLINGS = ("max", "avg", "maxavg")
+# Feature taps: name -> MobileNetV2 layer names concatenated (each pooled, then L2-normalised per tap).
+FEATURE_TAPS = {
+    "out": ["out_relu"],
+    "b13+out": ["block_13_expand_relu", "out_relu"],
+    "b6+b13+out": ["block_6_expand_relu", "block_13_expand_relu", "out_relu"],
+}
+
+
+class WeightsError(FileNotFoundError):
+    """A requested local weights file does not exist or does not fit the network."""
+
+
+def resolve_weights(weights: str | None) -> str:
+    """``weights`` option, else ``$ANOMALY_BACKBONE_WEIGHTS``, else ``"imagenet"``.
+
+    Returns ``"imagenet"``, ``"random"`` or an existing file path.
+    """
+    w = weights or os.environ.get(WEIGHTS_ENV) or "imagenet"
+    if w in ("imagenet", "random", "none"):
+        return "random" if w == "none" else w
+    p = Path(w).expanduser()
+    if not p.is_file():
+        src = "--weights" if weights else f"${WEIGHTS_ENV}"
+        raise WeightsError(f"{p}: backbone weights file not found (from {src}); expected a Keras "
+                           f"MobileNetV2 include_top=False .weights.h5, or 'imagenet'")
+    return str(p)
+
+
+def _mobilenet(alpha: float, size: tuple[int, int], weights: str):
+    import keras
+
+    kw = dict(input_shape=(size[0], size[1], 3), alpha=alpha, include_top=False)
+    if weights == "random":
+        return keras.applications.MobileNetV2(weights=None, **kw), "random"
+    if weights == "imagenet":
+        try:
+            return keras.applications.MobileNetV2(weights="imagenet", **kw), "imagenet"
+        except Exception as exc:  # no network, no cache: keep going, loudly
+            log.warning("!" * 72)
+            log.warning("COULD NOT GET IMAGENET WEIGHTS (%s: %s)", type(exc).__name__, str(exc)[:200])
+            log.warning("USING RANDOM WEIGHTS: figures will be much lower. Set %s to a local "
+                        ".weights.h5 file or run once with network access.", WEIGHTS_ENV)
+            log.warning("!" * 72)
+            return keras.applications.MobileNetV2(weights=None, **kw), "random"
+    try:
+        m = keras.applications.MobileNetV2(weights=None, **kw)
+        m.load_weights(weights, skip_mismatch=False)
+    except Exception as exc:
+        raise WeightsError(f"{weights}: cannot load as MobileNetV2(alpha={alpha}, include_top=False) "
+                           f"weights ({type(exc).__name__}: {str(exc)[:300]})") from exc
+    return m, f"file:{Path(weights).name}"
+
+
+def build_backbone(alpha: float = 0.35, size: tuple[int, int] = (96, 96), weights: str | None = None):
+    """MobileNetV2 without top; returns ``(model, weights_source)``."""
+    return _mobilenet(alpha, tuple(size), resolve_weights(weights))
+
+
+def pooled_features(backbone, taps: str = "out", pooling: str = "max"):
+    """Symbolic pooled feature tensor(s) on ``backbone`` for the named taps.
+
+    Multi-tap features are each L2-normalised before concatenation so one tap cannot
+    dominate; the caller L2-normalises the result again at scoring time.
+    """
+    import keras
+    from keras import layers, ops
+
+    if taps not in FEATURE_TAPS:
+        raise ValueError(f"unknown feature taps {taps!r}; expected one of {sorted(FEATURE_TAPS)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    outs = []
+    for name in FEATURE_TAPS[taps]:
+        t = backbone.get_layer(name).output
+        if pooling == "max":
+            f = layers.GlobalMaxPooling2D()(t)
+        elif pooling == "avg":
+            f = layers.GlobalAveragePooling2D()(t)
+        else:
+            f = layers.Concatenate()([layers.GlobalMaxPooling2D()(t), layers.GlobalAveragePooling2D()(t)])
+        if len(FEATURE_TAPS[taps]) > 1:
+            f = layers.UnitNormalization()(f)
+        outs.append(f)
+    return outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
+
+
+def build_extractor(alpha: float = 0.35, size: tuple[int, int] = (96, 96), weights: str | None = None,
+                    taps: str = "out", pooling: str = "max", backbone=None):
+    """Extractor: raw pixels (0..255) -> pooled features. Returns ``(model, info)``.
+
+    ``backbone`` reuses an existing (e.g. fine-tuned) MobileNetV2 instead of building one.
+    """
+    import keras
+    from keras import layers
+
+    source = None
+    if backbone is None:
+        backbone, source = build_backbone(alpha, size, weights)
+    inner = keras.Model(backbone.input, pooled_features(backbone, taps, pooling))
+    inp = keras.Input((size[0], size[1], 3), name="pixels")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_scale")(inp)
+    out = inner(x, training=False)
+    model = keras.Model(inp, out, name="extractor")
+    info = {"name": "MobileNetV2", "alpha": alpha, "input_size": list(size), "weights": source,
+            "taps": taps, "layers": FEATURE_TAPS[taps], "pooling": pooling}
+    return model, info
+
+
+def set_trainable_from(backbone, first_trainable: str | None) -> int:
+    """Freeze layers before ``first_trainable`` (e.g. ``block_13_expand``); BN stays frozen.
+
+    Returns the number of trainable weights.
+    """
+    import keras
+
+    names = [l.name for l in backbone.layers]
+    if first_trainable is not None and first_trainable not in names:
+        raise ValueError(f"layer {first_trainable!r} not in MobileNetV2; e.g. block_13_expand, block_16_expand")
+    start = names.index(first_trainable) if first_trainable else len(names)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(w.shape.num_elements()) for w in backbone.trainable_weights)
