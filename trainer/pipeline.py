@@ -1,0 +1,221 @@
+"""``fit``: normal images -> (DOC fine-tune | untouched backbone) -> TFLite -> bank -> threshold -> bundle.
+
+Model selection needs no real defects: held-out normal images and synthetic defects
+drawn on them form the validation set (real defects are added when given). The
+untouched backbone is always scored too, and the bundle ships the better extractor,
+recording both figures and why.
+
+Example:
+    >>> result = fit(train_paths, "bundle/", FitConfig(size=(96, 96)))   # doctest: +SKIP
+    >>> result.summary["int8_val_auroc"]                               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from device.bundle import npy_bytes, write_bundle
+from device.extractor import TFLiteExtractor, normalize_features
+from device.preprocess import InputSpec, preprocess_many
+from device.scoring import KNNScorer, make_scorer, subsample_bank
+from device.threshold import describe_calibration
+from trainer.doc import DocConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FitConfig:
+    alpha: float = 0.35
+    size: tuple[int, int] = (96, 96)
+    weights: str | None = None
+    color: str = "rgb"
+    resize: str = "stretch"
+    roi: tuple[int, int, int, int] | None = None
+    taps: str = "out"
+    pooling: str = "max"
+    k: int = 1
+    scoring: str = "knn"
+    doc: bool = True
+    doc_cfg: DocConfig = dataclasses.field(default_factory=DocConfig)
+    reference: str = "samples"
+    n_reference: int = 2000
+    quant: str = "int8"
+    compare_float: bool = True
+    bank_max: int | None = None
+    bank_subsample: str = "coreset"
+    target_frr: float = 0.01
+    calib_fraction: float = 0.2
+    seed: int = 0
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(size=tuple(self.size), color=self.color, resize=self.resize, roi=self.roi,
+                         pixel_scale=1.0, pixel_offset=0.0)
+
+
+@dataclasses.dataclass
+class FitResult:
+    bundle: Path
+    summary: dict
+    val_scores: dict  # name -> (labels, scores) for the report
+
+
+def auroc(labels, scores) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def _keras_features(model, x_u8: np.ndarray) -> np.ndarray:
+    f = model.predict(x_u8.astype(np.float32), batch_size=64, verbose=0)
+    return normalize_features(np.asarray(f, np.float32), "l2")
+
+
+def _knn_auroc(bank: np.ndarray, feats: np.ndarray, labels: np.ndarray, k: int, method: str = "knn") -> float:
+    return auroc(labels, make_scorer(method, bank, k).score(feats))
+
+
+def _as_batch(images, spec: InputSpec) -> np.ndarray:
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return images
+    return preprocess_many(list(images), spec)
+
+
+def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
+        progress: bool = True, extra_manifest: dict | None = None) -> FitResult:
+    """Train and write a verified bundle.
+
+    Args:
+        train: normal images (paths, arrays, or a preprocessed uint8 batch).
+        out: bundle directory (written atomically).
+        calib: held-out normal images; default: ``cfg.calib_fraction`` of ``train``, seeded.
+        real_defects: optional defective images used in model selection beside the synthetic ones.
+    """
+    from models.backbone import build_backbone, build_extractor
+    from trainer.convert import convert
+    from trainer.doc import train_doc
+    from trainer.synth import synthetic_defects
+
+    t_start = time.time()
+    spec = cfg.input_spec()
+    x_all = _as_batch(train, spec)
+    if calib is None:
+        idx = np.random.default_rng(cfg.seed).permutation(len(x_all))
+        n_cal = max(1, int(round(len(x_all) * cfg.calib_fraction)))
+        if n_cal >= len(x_all) - 1:
+            raise ValueError(f"{len(x_all)} normal images are too few to hold out {n_cal} for calibration")
+        x_train, x_cal = x_all[np.sort(idx[n_cal:])], x_all[np.sort(idx[:n_cal])]
+        cal_how = f"seeded {cfg.calib_fraction:.0%} split of the training images (seed {cfg.seed})"
+    else:
+        x_train, x_cal = x_all, _as_batch(calib, spec)
+        cal_how = "separate held-out normal images"
+    syn, _, syn_kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1)
+    x_syn = np.stack(syn)
+    x_real = _as_batch(real_defects, spec) if real_defects is not None and len(real_defects) else None
+    log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
+             f", {len(x_real)} real defects" if x_real is not None else "")
+
+    def validate(model) -> dict:
+        bank = _keras_features(model, x_train)
+        fc, fs = _keras_features(model, x_cal), _keras_features(model, x_syn)
+        r = {"synthetic_auroc": _knn_auroc(bank, np.concatenate([fc, fs]),
+                                           np.r_[np.zeros(len(fc)), np.ones(len(fs))], cfg.k, cfg.scoring)}
+        if x_real is not None:
+            fr = _keras_features(model, x_real)
+            r["real_auroc"] = _knn_auroc(bank, np.concatenate([fc, fr]),
+                                         np.r_[np.zeros(len(fc)), np.ones(len(fr))], cfg.k, cfg.scoring)
+        return r
+
+    # 1. untouched backbone
+    base_model, backbone_info = build_extractor(cfg.alpha, cfg.size, cfg.weights, cfg.taps, cfg.pooling)
+    candidates = {"untouched": (base_model, validate(base_model), None)}
+    log.info("untouched backbone (%s weights): %s", backbone_info["weights"], candidates["untouched"][1])
+    # 2. DOC fine-tuning
+    doc_info = None
+    if cfg.doc:
+        from trainer.data import load_reference
+
+        backbone, _ = build_backbone(cfg.alpha, cfg.size, cfg.weights)
+        dc = dataclasses.replace(cfg.doc_cfg, taps=cfg.taps, pooling=cfg.pooling, seed=cfg.seed)
+        ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
+        backbone, hist = train_doc(backbone, x_train, ref_x, ref_y, dc, progress=progress)
+        doc_model, _ = build_extractor(cfg.alpha, cfg.size, taps=cfg.taps, pooling=cfg.pooling, backbone=backbone)
+        doc_val = validate(doc_model)
+        doc_info = {**dataclasses.asdict(dc), "reference": ref_desc, "seconds": round(hist["seconds"], 1),
+                    "final_l_d": float(np.mean(hist["l_d"][-10:])), "final_l_c": float(np.mean(hist["l_c"][-10:]))}
+        candidates["doc"] = (doc_model, doc_val, doc_info)
+        log.info("DOC fine-tuned: %s", doc_val)
+    key = "real_auroc" if x_real is not None else "synthetic_auroc"
+    chosen = max(candidates, key=lambda n: (candidates[n][1][key], n == "untouched"))
+    reason = (f"{chosen} has the higher validation {key.replace('_', ' ')} "
+              + ", ".join(f"{n}={c[1][key]:.4f}" for n, c in candidates.items()))
+    if len(candidates) == 1:
+        reason = "DOC fine-tuning disabled"
+    log.info("selected extractor: %s (%s)", chosen, reason)
+    model = candidates[chosen][0]
+
+    # 3. conversion, with float comparison
+    blob = convert(model, x_train, cfg.quant)
+    ext = TFLiteExtractor(blob, num_threads=1)
+    quant_report = {}
+    t_lat = time.perf_counter()
+    f_train = normalize_features(ext(x_train), "l2")
+    f_cal = normalize_features(ext(x_cal), "l2")
+    f_syn = normalize_features(ext(x_syn), "l2")
+    ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(x_train) + len(x_cal) + len(x_syn))
+    val_labels = np.r_[np.zeros(len(f_cal)), np.ones(len(f_syn))]
+    if cfg.quant != "float" and cfg.compare_float:
+        fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
+        ff_train, ff_cal, ff_syn = (normalize_features(fext(x), "l2") for x in (x_train, x_cal, x_syn))
+        cos = np.sum(np.concatenate([f_cal, f_syn]) * np.concatenate([ff_cal, ff_syn]), axis=1)
+        quant_report = {"float_val_auroc": _knn_auroc(ff_train, np.concatenate([ff_cal, ff_syn]), val_labels, cfg.k,
+                                                      cfg.scoring),
+                        "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())}
+
+    # 4. bank (from the .tflite the device runs), calibration
+    keep = subsample_bank(f_train, cfg.bank_max, cfg.bank_subsample, cfg.seed)
+    bank = np.ascontiguousarray(f_train[keep], np.float32)
+    scorer = make_scorer(cfg.scoring, bank, cfg.k)
+    cal_scores = scorer.score(f_cal).astype(np.float32)
+    syn_scores = scorer.score(f_syn)
+    threshold = describe_calibration(cal_scores, cfg.target_frr, "held-out normal quantile: " + cal_how)
+    val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
+
+    summary = {"weights": backbone_info["weights"], "selected": chosen, "selection_reason": reason,
+               "candidates": {n: c[1] for n, c in candidates.items()}, "quant": cfg.quant,
+               f"{cfg.quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
+               "bank_size": int(bank.shape[0]), "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
+               "tflite_ms_per_image": ms_per_image, "fit_seconds": round(time.time() - t_start, 1)}
+    manifest = {
+        "input": spec.to_dict(),
+        "extractor": {"file": "extractor.tflite", "quantization": cfg.quant, "feature_normalize": "l2",
+                      "runtime_checked": ext.runtime, **ext.describe()},
+        "backbone": {**backbone_info, "fine_tuned": chosen == "doc", "selection": {
+            "chosen": chosen, "reason": reason, "metric": key,
+            "candidates": {n: c[1] for n, c in candidates.items()}, "doc": doc_info,
+            "synthetic_defects": sorted(set(syn_kinds))}},
+        "quantization": {"mode": cfg.quant, "representative_images": int(min(len(x_train), 200)),
+                         "val_auroc": val_auroc, **quant_report},
+        "scoring": {"method": cfg.scoring, "k": cfg.k, "metric": "euclidean", "features": "l2-normalised",
+                    "bank_size": int(bank.shape[0]), "bank_source_images": int(len(x_train)),
+                    "bank_subsample": cfg.bank_subsample if len(keep) < len(f_train) else "none"},
+        "threshold": threshold,
+        "training": {"n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
+                     "n_synthetic_defects": int(len(x_syn)),
+                     "n_real_defects": int(len(x_real)) if x_real is not None else 0, "seed": cfg.seed,
+                     "fit_seconds": summary["fit_seconds"]},
+        **(extra_manifest or {}),
+    }
+    path = write_bundle(out, manifest, {"extractor.tflite": blob, "bank.npy": npy_bytes(bank),
+                                        "calibration_scores.npy": npy_bytes(cal_scores)})
+    return FitResult(bundle=path, summary=summary,
+                     val_scores={"validation (held-out normal vs synthetic defects)":
+                                 (val_labels, np.r_[cal_scores, syn_scores])})
