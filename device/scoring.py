@@ -127,3 +127,115 @@ def subsample_bank(feats: np.ndarray, max_size: int | None, method: str = "cores
     if method == "random":
         return np.sort(np.random.default_rng(seed).choice(n, max_size, replace=False))
     raise ValueError(f"unknown bank subsampling {method!r}; expected 'coreset' or 'random'")
+
+
+# --------------------------------------------------------------------------- projected bank
+# A smaller bank for the device's per-frame budget: features are projected on the top
+# principal components of the bank (fit once, on the workstation) and k-NN runs in that
+# space. The projection travels in the bundle (``scoring.projection``) and is applied to
+# bank and query alike; thresholds must then be calibrated on projected scores.
+
+
+def fit_pca(bank: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Principal components of ``bank`` for :class:`ProjectedKNNScorer`.
+
+    Args:
+        bank: (N, D) normal features (as stored in ``bank.npy``).
+        dims: components kept (e.g. 128); at most ``min(N, D)``.
+
+    Returns:
+        ``(mean (D,), components (dims, D), explained variance fraction)``, float32.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> mean, comps, ev = fit_pca(rng.normal(size=(50, 8)).astype(np.float32), 3)
+        >>> comps.shape
+        (3, 8)
+    """
+    x = np.asarray(bank, np.float64)
+    if x.ndim != 2 or not 1 <= dims <= min(x.shape):
+        raise ValueError(f"PCA dims must be in 1..{min(x.shape) if x.ndim == 2 else '?'} for a bank of shape "
+                         f"{x.shape}, found {dims}")
+    mean = x.mean(axis=0)
+    xc = x - mean
+    # Covariance eigen-decomposition: D x D, cheaper than an SVD of N x D for N >> D.
+    cov = xc.T @ xc
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    total = float(evals.clip(min=0).sum()) or 1.0
+    comps = evecs[:, :dims].T
+    return mean.astype(np.float32), np.ascontiguousarray(comps, np.float32), float(evals[:dims].clip(min=0).sum() / total)
+
+
+class ProjectedKNNScorer:
+    """k-NN distance in a PCA subspace: ``KNNScorer`` on ``(x - mean) @ components.T``.
+
+    Args:
+        bank: (N, D) features; projected once here.
+        k: neighbours averaged.
+        mean: (D,) and components: (d, D) from :func:`fit_pca`.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> bank = rng.normal(size=(100, 16)).astype(np.float32)
+        >>> s = ProjectedKNNScorer(bank, 1, *fit_pca(bank, 16)[:2])
+        >>> bool(np.allclose(s.score(bank[:3]), 0, atol=1e-3))
+        True
+    """
+
+    method = "knn"
+
+    def __init__(self, bank: np.ndarray, k: int, mean: np.ndarray, components: np.ndarray):
+        mean = np.asarray(mean, np.float32)
+        components = np.asarray(components, np.float32)
+        if components.ndim != 2 or components.shape[1] != bank.shape[1] or mean.shape != (bank.shape[1],):
+            raise ValueError(f"projection does not fit the bank: bank {bank.shape}, mean {mean.shape}, "
+                             f"components {components.shape} (expected (D,) and (d, D))")
+        self.mean = mean
+        self.proj = np.ascontiguousarray(components.T)     # (D, d)
+        self._offset = self.mean @ self.proj               # (d,)
+        self.dims = components.shape[0]
+        self.knn = KNNScorer(self.project(bank), k)
+        self.k = self.knn.k
+
+    def project(self, feats: np.ndarray) -> np.ndarray:
+        """(M, D) -> (M, d)."""
+        return np.asarray(feats, np.float32) @ self.proj - self._offset
+
+    def score(self, feats: np.ndarray, exclude: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+        return self.knn.score(self.project(feats), exclude=exclude, chunk=chunk)
+
+    def leave_one_out(self) -> np.ndarray:
+        return self.knn.leave_one_out()
+
+
+def scorer_for_bundle(bundle):
+    """The scorer a loaded bundle asks for, honouring an optional ``scoring.projection``.
+
+    ``scoring.projection = {"method": "pca", "mean": "pca_mean.npy", "components":
+    "pca_components.npy", "dims": d}`` (files listed in the manifest, so hash-verified).
+    """
+    from device.errors import BundleError
+
+    proj = bundle.manifest["scoring"].get("projection")
+    if not proj:
+        return make_scorer(bundle.scoring_method, bundle.bank, bundle.k)
+    where = f"{bundle.path}/manifest.json: scoring.projection"
+    if not isinstance(proj, dict) or proj.get("method") != "pca" or bundle.scoring_method != "knn":
+        raise BundleError(f"{where}: expected {{'method': 'pca', 'mean': FILE, 'components': FILE}} with "
+                          f"scoring.method 'knn', found {proj!r} with {bundle.scoring_method!r}")
+    arrays = []
+    for key in ("mean", "components"):
+        name = proj.get(key)
+        if not isinstance(name, str):
+            raise BundleError(f"{where}.{key}: expected a bundle file name, found {name!r}")
+        path = bundle.file_path(name)
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: not a valid .npy array ({exc})") from exc
+    try:
+        return ProjectedKNNScorer(bundle.bank, bundle.k, arrays[0], arrays[1])
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from exc

@@ -1,0 +1,419 @@
+"""The frame loop: trigger -> capture -> score -> journal -> reject pulse.
+
+Order per part (the journal row is committed *before* any output acts on it)::
+
+    t = trigger.wait()            free-run / photo-eye / software
+    frame = camera.read()         CameraError -> fault: safe level, alarm, retry with back-off
+    score = detector.score_one()  (camera ROI crop first, then the bundle's preprocessing)
+    journal.decision(...)         SQLite WAL commit
+    reject.pulse(t + delay, width) on the scheduler thread; alarm; archive; WATCHDOG=1
+
+Signals: ``SIGTERM``/``SIGINT`` finish the current frame, let queued reject pulses
+fire (up to ``delay + width + 0.5 s``), set the outputs to the safe level, exit 0.
+``SIGHUP`` reloads config and bundle between frames; if either is bad the old ones keep
+running and the reason is logged and journaled. ``SIGUSR1`` fires the software trigger.
+
+Example:
+    >>> d = Daemon(load_config("device.toml"), pin_factory=MockFactory())   # doctest: +SKIP
+    >>> d.run()                                                             # doctest: +SKIP
+    0
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from device.camera import CameraError, EndOfStream, FrameSource, make_source
+from device.config import DeviceConfig, load_config
+from device.errors import AnomalyError, BundleError, ConfigError
+from device.journal import Journal
+from device.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+def build_detector(cfg: DeviceConfig):
+    """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector`.
+
+    A bundle carrying a projection (``scoring.projection``) is scored in the projected space.
+
+    Raises:
+        BundleError: the bundle is missing, fails verification or cannot be run.
+    """
+    from device.bundle import load_bundle
+    from device.detector import Detector
+    from device.scoring import scorer_for_bundle
+
+    bundle = load_bundle(cfg.bundle.path)
+    try:
+        det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=cfg.bundle.threshold,
+                       target_frr=cfg.bundle.target_frr)
+        det.scorer = scorer_for_bundle(bundle)
+    except BundleError:
+        raise
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{cfg.bundle.path}: bundle verified but cannot be run: {exc}") from exc
+    # One warm-up inference so the first part is not slow (and a broken model fails now).
+    h, w = bundle.input_spec.size
+    try:
+        det.score_batch(np.zeros((1, h, w, 3), np.uint8))
+    except Exception as exc:
+        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from exc
+    return det
+
+
+def crop(image: np.ndarray, roi) -> np.ndarray:
+    """Camera-level region of interest ``(x, y, w, h)``, applied before the bundle's preprocessing."""
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    H, W = image.shape[:2]
+    if x >= W or y >= H:
+        raise CameraError(f"[camera].roi {tuple(roi)} lies outside the {W}x{H} frame")
+    return image[y:y + h, x:x + w]
+
+
+class Daemon:
+    """The appliance service.
+
+    Args:
+        cfg: validated configuration.
+        config_path: file re-read on ``SIGHUP`` (``None``: reload keeps ``cfg`` but reloads the bundle).
+        pin_factory: gpiozero factory instance; default from ``[outputs].pin_factory``.
+        source: frame source instance (tests); default from ``[camera]``.
+        notifier: :class:`~device.notify.Notifier` (default: from the environment).
+        max_frames: stop after this many decisions (selftest, benchmarks).
+        journal: an open :class:`~device.journal.Journal` to use instead of ``[journal].path``.
+    """
+
+    def __init__(self, cfg: DeviceConfig, config_path: str | Path | None = None, pin_factory=None,
+                 source: FrameSource | None = None, notifier: Notifier | None = None,
+                 max_frames: int | None = None, journal: Journal | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self._pin_factory = pin_factory
+        self._given_source = source
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.max_frames = max_frames
+        self.journal = journal
+        self._own_journal = journal is None
+        self.detector = None
+        self.outputs = None
+        self.trigger = None
+        self.source: FrameSource | None = None
+        self.archive = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.frames = 0
+        self.rejects_in_row = 0
+        self.camera_up = False
+        self.camera_fault_since: float | None = None
+        self.model_error = False
+        self.last_timing: dict[str, float] = {}
+        self.t_ready: float | None = None
+        self.t_start = time.monotonic()
+        self._backoff = cfg.camera.retry_initial_s
+        self._last_status = time.monotonic()
+
+    # ----------------------------------------------------------------- control
+    def request_stop(self, *_):
+        """Finish the current frame, then stop (``SIGTERM``)."""
+        self._stop.set()
+
+    def request_reload(self, *_):
+        """Reload config and bundle between frames (``SIGHUP``)."""
+        self._reload.set()
+
+    def _sigusr1(self, *_):
+        from device.trigger import SoftwareTrigger
+
+        if isinstance(self.trigger, SoftwareTrigger):
+            self.trigger.fire()
+
+    def install_signal_handlers(self) -> dict:
+        """Install SIGTERM/SIGINT/SIGHUP/SIGUSR1 handlers (main thread only); returns the old ones."""
+        handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
+                    signal.SIGHUP: self.request_reload, signal.SIGUSR1: self._sigusr1}
+        return {s: signal.signal(s, h) for s, h in handlers.items()}
+
+    # ----------------------------------------------------------------- set-up
+    def _make_outputs(self, cfg: DeviceConfig):
+        from device.gpio import Outputs, make_pin_factory
+
+        if self._pin_factory is None:
+            self._pin_factory = make_pin_factory(cfg.outputs.pin_factory)
+        o = cfg.outputs
+        return Outputs(o.reject_pin, o.reject_active_high, o.alarm_pin, o.alarm_active_high,
+                       o.safe_level, pin_factory=self._pin_factory)
+
+    def _make_trigger(self, cfg: DeviceConfig):
+        t = cfg.trigger
+        if t.mode == "gpio":
+            from device.gpio import GpioTrigger
+
+            return GpioTrigger(t.pin, t.bounce_ms, t.pull_up, pin_factory=self._pin_factory)
+        from device.trigger import FreeRunTrigger, SoftwareTrigger
+
+        return SoftwareTrigger() if t.mode == "software" else FreeRunTrigger(t.rate_hz)
+
+    def _make_archive(self, cfg: DeviceConfig):
+        j = cfg.journal
+        if not j.archive_dir:
+            return None
+        from device.archive import ImageArchive
+
+        return ImageArchive(j.archive_dir, j.archive_max_mb, j.archive_max_age_days)
+
+    def start(self) -> None:
+        """Journal, bundle, outputs, trigger, camera; then ``READY=1``.
+
+        Raises:
+            BundleError: the bundle fails verification (the service exits non-zero).
+        """
+        if self.journal is None:
+            self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
+        self.journal.event("start", f"config {self.cfg.source_file}, bundle {self.cfg.bundle.path}")
+        self.notifier.status("loading bundle")
+        try:
+            self.detector = build_detector(self.cfg)
+        except BundleError as exc:
+            self.journal.event("bundle_error", str(exc))
+            raise
+        log.info("bundle %s: threshold %.6f (%s), bank %s", self.cfg.bundle.path, self.detector.threshold,
+                 self.detector.threshold_source, self.detector.bundle.bank.shape)
+        self.outputs = self._make_outputs(self.cfg)
+        self.trigger = self._make_trigger(self.cfg)
+        self.archive = self._make_archive(self.cfg)
+        self.source = self._given_source or make_source(self.cfg.camera)
+        self.notifier.status("opening camera")
+        while not self._stop.is_set() and not self._open_camera():
+            self._stop.wait(self._next_backoff())
+        if self._stop.is_set():
+            return
+        self.outputs.run_mode()
+        self.t_ready = time.monotonic()
+        self.journal.event("ready", f"{self.source.name}; start-to-ready {self.t_ready - self.t_start:.3f} s")
+        self.notifier.ready(f"inspecting ({self.source.name})")
+        log.info("ready in %.3f s: %s -> %s", self.t_ready - self.t_start, self.source.name,
+                 f"GPIO{self.cfg.outputs.reject_pin}" if self.cfg.outputs.reject_pin is not None else "no reject line")
+
+    # ----------------------------------------------------------------- camera faults
+    def _next_backoff(self) -> float:
+        b = self._backoff
+        self._backoff = min(self._backoff * 2, self.cfg.camera.retry_max_s)
+        return b
+
+    def _open_camera(self) -> bool:
+        try:
+            self.source.open()
+        except CameraError as exc:
+            self._camera_fault(exc)
+            return False
+        if self.camera_fault_since is not None:
+            down = time.monotonic() - self.camera_fault_since
+            log.info("camera %s recovered after %.1f s", self.source.name, down)
+            self.journal.event("camera_ok", f"{self.source.name} recovered after {down:.1f} s")
+            self.outputs.fault(False)
+        self.camera_up, self.camera_fault_since = True, None
+        self._backoff = self.cfg.camera.retry_initial_s
+        self._update_alarm()
+        return True
+
+    def _camera_fault(self, exc: Exception) -> None:
+        first = self.camera_fault_since is None
+        if first:
+            self.camera_fault_since = time.monotonic()
+            log.error("camera fault: %s", exc)
+            self.journal.event("camera_fault", str(exc))
+            self.notifier.status(f"camera fault: {exc}")
+        else:
+            log.debug("camera still down: %s", exc)
+        if self.camera_up:
+            self.source.close()
+        self.camera_up = False
+        if self.outputs is not None:
+            self.outputs.fault(True)
+        self._update_alarm()
+        self._feed_watchdog()
+
+    def _feed_watchdog(self) -> None:
+        """Keep-alive only while healthy: camera up, or down for less than the grace period."""
+        if self.camera_fault_since is not None and \
+                time.monotonic() - self.camera_fault_since > self.cfg.service.camera_fault_grace_s:
+            return
+        self.notifier.watchdog()
+
+    def _update_alarm(self) -> None:
+        o = self.cfg.outputs
+        alarm = ((o.alarm_after_rejects > 0 and self.rejects_in_row >= o.alarm_after_rejects)
+                 or (o.alarm_on_camera_fault and self.camera_fault_since is not None)
+                 or (o.alarm_on_model_error and self.model_error))
+        if self.outputs is not None:
+            self.outputs.set_alarm(alarm)
+
+    # ----------------------------------------------------------------- the loop
+    def step(self) -> bool:
+        """Handle one trigger; returns False when the source is exhausted."""
+        if not self.camera_up:
+            if self._stop.wait(self._next_backoff()):
+                return True
+            self._open_camera()
+            return True
+        t_trig = self.trigger.wait(self.cfg.trigger.timeout_s)
+        if t_trig is None:
+            self._feed_watchdog()
+            return True
+        t0 = time.perf_counter()
+        try:
+            frame = self.source.read()
+        except EndOfStream as exc:
+            log.info("%s", exc)
+            return False
+        except CameraError as exc:
+            self._camera_fault(exc)
+            return True
+        t1 = time.perf_counter()
+        free_run = self.cfg.trigger.mode == "free-run"
+        t_ref = frame.t_capture if free_run else t_trig
+        self._decide(frame, t_ref, (t1 - t0) * 1e3)
+        self._feed_watchdog()
+        return True
+
+    def _decide(self, frame, t_ref: float, capture_ms: float) -> None:
+        det, out_cfg = self.detector, self.cfg.outputs
+        t1 = time.perf_counter()
+        try:
+            score = det.score_one(crop(frame.image, self.cfg.camera.roi))
+            timing = dict(det.last_timing)
+            t2 = time.perf_counter()
+            decision = "REJECT" if score > det.threshold else "PASS"
+            if self.model_error:
+                self.model_error = False
+                self.journal.event("model_ok", f"frame {frame.index} scored")
+        except Exception as exc:  # ImageError, interpreter failure, bad ROI: reject the part, alarm
+            score, timing, t2, decision = None, {}, time.perf_counter(), "ERROR"
+            if not self.model_error:
+                log.error("frame %d (%s): cannot score: %s", frame.index, frame.name, exc)
+                self.journal.event("model_error", f"frame {frame.index}: {type(exc).__name__}: {exc}")
+            self.model_error = True
+        reject = decision != "PASS"
+        reject_at = t_ref + out_cfg.reject_delay_ms / 1e3 if reject and self.outputs.reject else None
+        t3 = time.perf_counter()
+        timing.update(capture_ms=capture_ms, decision_ms=(t3 - t2) * 1e3)
+        row = self.journal.decision(frame.index, frame.name, score, det.threshold, decision, t_ref,
+                                    timing, reject_at)
+        t4 = time.perf_counter()
+        if reject_at is not None:
+            late = time.monotonic() - reject_at
+            if late > 0:
+                log.warning("frame %d: reject pulse %.1f ms late (processing slower than the delay)",
+                            frame.index, late * 1e3)
+            self.outputs.reject.pulse(reject_at, out_cfg.reject_width_ms / 1e3)
+        self.rejects_in_row = self.rejects_in_row + 1 if reject else 0
+        self._update_alarm()
+        self.frames += 1
+        if self.archive is not None:
+            every = self.cfg.journal.archive_pass_every
+            if reject or (every and self.frames % every == 0):
+                path = self.archive.submit(frame.image, frame.index, decision)
+                if path:
+                    self.journal.set_image(row, path)
+        timing["journal_ms"] = (t4 - t3) * 1e3
+        timing["after_capture_ms"] = (t4 - t1) * 1e3
+        self.last_timing = timing
+
+    def _status(self) -> None:
+        every = self.cfg.service.status_every_s
+        now = time.monotonic()
+        if every and now - self._last_status >= every:
+            self._last_status = now
+            s = f"{self.frames} parts, camera {'ok' if self.camera_up else 'FAULT'}, alarm {self.outputs.alarm_on}"
+            log.info("status: %s", s)
+            self.notifier.status(s)
+
+    # ----------------------------------------------------------------- reload
+    def reload(self) -> bool:
+        """Swap in a new config and bundle atomically; on any error keep the old ones."""
+        self.notifier.reloading()
+        old = self.cfg
+        try:
+            new = load_config(self.config_path) if self.config_path else old
+            det = build_detector(new)
+        except (AnomalyError, OSError, ValueError) as exc:
+            log.error("reload failed, keeping the running bundle and config: %s", exc)
+            self.journal.event("reload_failed", str(exc))
+            self.notifier.ready(f"reload failed: {str(exc)[:200]}")
+            return False
+        for sec in ("outputs", "journal"):
+            keep = ("reject_delay_ms", "reject_width_ms", "alarm_after_rejects", "alarm_on_camera_fault",
+                    "alarm_on_model_error") if sec == "outputs" else ()
+            a, b = dataclasses.asdict(getattr(old, sec)), dataclasses.asdict(getattr(new, sec))
+            changed = sorted(k for k in a if a[k] != b[k] and k not in keep)
+            if changed:
+                log.warning("reload: [%s] %s need a restart; keeping the running values", sec, ", ".join(changed))
+                new = dataclasses.replace(new, **{sec: dataclasses.replace(
+                    getattr(new, sec), **{k: a[k] for k in changed})})
+        self.detector, self.cfg = det, new
+        if new.trigger != old.trigger:
+            self.trigger.close()
+            self.trigger = self._make_trigger(new)
+        if new.camera != old.camera and self._given_source is None:
+            self.source.close()
+            self.camera_up = False
+            self.source = make_source(new.camera)
+            self._open_camera()
+        msg = f"bundle {new.bundle.path}, threshold {det.threshold:.6f} ({det.threshold_source})"
+        log.info("reloaded: %s", msg)
+        self.journal.event("reload", msg)
+        self.notifier.ready(f"reloaded: {msg}")
+        return True
+
+    # ----------------------------------------------------------------- run / stop
+    def run(self, signals: bool = True) -> int:
+        """Start, loop until stopped or the replay ends, shut down safely; returns the exit code."""
+        old = self.install_signal_handlers() if signals else {}
+        try:
+            self.start()
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if not self.step():
+                    break
+                if self.max_frames is not None and self.frames >= self.max_frames:
+                    break
+                self._status()
+            return 0
+        finally:
+            self.shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def shutdown(self) -> None:
+        """Queued pulses fire, outputs go to the safe level, journal flushed. Idempotent."""
+        self.notifier.stopping()
+        if self.source is not None:
+            self.source.close()
+        if self.trigger is not None:
+            self.trigger.close()
+            self.trigger = None
+        if self.outputs is not None:
+            o = self.cfg.outputs
+            self.outputs.set_alarm(False)
+            self.outputs.close(drain_s=(o.reject_delay_ms + o.reject_width_ms) / 1e3 + 0.5)
+            self.outputs = None
+        if self.archive is not None:
+            self.archive.close()
+            self.archive = None
+        if self.journal is not None:
+            self.journal.event("stop", f"{self.frames} parts")
+            if self._own_journal:
+                self.journal.close()
+                self.journal = None
+        self.notifier.close()
