@@ -1,0 +1,52 @@
+"""The audit methods behind one small interface (TensorFlow imported lazily).
+
+Each method maps to a detector class in :mod:`models` following the scoring contract.
+Trainable methods (``anogan``, ``projection``) also serialise to bundle entries via
+``params()`` / ``to_files(prefix)`` / ``from_files(params, files, prefix)``.
+
+Example:
+    >>> det = make_detector("projection", (128, 128), {"kind": "vae"})   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+log = logging.getLogger(__name__)
+
+METHODS = {
+    "anogan": ("models.anogan", "AnoGANDetector"),
+    "projection": ("models.autoencoders", "ProjectionDetector"),
+    "nkn": ("models.nkn", "NKNDetector"),
+}
+TRAINABLE = ("anogan", "projection")
+
+
+def detector_class(method: str):
+    """The detector class of ``method`` (imports TensorFlow on first use)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown audit method {method!r}; expected one of {sorted(METHODS)}")
+    mod, name = METHODS[method]
+    return getattr(importlib.import_module(mod), name)
+
+
+def make_detector(method: str, size: tuple[int, int] | None, options: dict):
+    """A fresh (unfitted) detector; ``options`` are its keyword arguments."""
+    cls = detector_class(method)
+    opts = {k: v for k, v in options.items() if v is not None}
+    if method in TRAINABLE:
+        if size is None:
+            raise ValueError(f"{method} needs an image size")
+        opts["size"] = tuple(size)
+    return cls(**opts)
+
+
+def model_size(det) -> tuple[int, int] | None:
+    """Input (H, W) a fitted detector expects (``None``: any size)."""
+    cfg = getattr(det, "config", None)
+    return tuple(cfg.size) if cfg is not None and getattr(cfg, "size", None) else None
+
+
+def prefix(method: str) -> str:
+    """Bundle entry prefix of a method's weight files."""
+    return f"audit_{method}"
