@@ -227,7 +227,7 @@ def _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_en
             ppath = out / "panels" / f"{store.key(rel)}.png"
             if not ppath.is_file():
                 title = f"{rel}  score={row['score']:.4g}" + (f"  {row['decision']}" if "decision" in row else "")
-                write_panel(ppath, rec["input"], rec.get("recon"), rec["map"], title=title, mask=mask,
+                write_panel(ppath, rec["input"], rec.get("projected", rec.get("recon")), rec["map"], title=title, mask=mask,
                             extra=rec.get("sigma"), extra_title="GP sigma" if "sigma" in rec else "")
             row["panel"] = ppath.relative_to(out).as_posix()
         rows.append(row)
