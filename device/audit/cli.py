@@ -57,6 +57,9 @@ def _progress(done: int, total: int, name: str, score: float, seconds: float) ->
 
 
 def _run(args, method: str, options: dict) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from device.audit.runner import run_audit
 
     res = run_audit(method, args.images, args.out, normal=args.normal, bundle=getattr(args, "bundle", None),

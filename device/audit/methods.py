@@ -50,3 +50,36 @@ def model_size(det) -> tuple[int, int] | None:
 def prefix(method: str) -> str:
     """Bundle entry prefix of a method's weight files."""
     return f"audit_{method}"
+
+
+def fit_and_calibrate(method: str, x, options: dict, target_frr: float = 0.01, seed: int = 0,
+                      holdout: float = 0.2):
+    """Fit ``method`` on normal images and calibrate its threshold on a held-out part.
+
+    Args:
+        x: (N, H, W) uint8 or float normal images.
+        holdout: fraction held out for :func:`device.threshold.describe_calibration`
+            (none when fewer than 5 images).
+
+    Returns:
+        ``(detector, threshold entry or None)``.
+    """
+    import time
+
+    import numpy as np
+
+    from device.threshold import describe_calibration
+
+    x = np.asarray(x)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_cal = int(len(x) * holdout) if len(x) >= 5 else 0
+    cal, train = order[:n_cal], order[n_cal:]
+    det = make_detector(method, tuple(x.shape[1:3]), options)
+    t0 = time.perf_counter()
+    det.fit(x[train])
+    log.info("fitted %s on %d normal images in %.1f s", method, len(train), time.perf_counter() - t0)
+    thr = None
+    if n_cal:
+        scores = det.anomaly_score(x[cal]).scores
+        thr = describe_calibration(scores, target_frr, f"{method}: held-out normal images ({n_cal})")
+    return det, thr

@@ -23,12 +23,11 @@ import numpy as np
 
 from device.audit import data
 from device.audit.errors import AuditModelError
-from device.audit.methods import TRAINABLE, make_detector, model_size, prefix
+from device.audit.methods import TRAINABLE, fit_and_calibrate, make_detector, model_size, prefix
 from device.audit.metrics import auroc, pixel_auroc
 from device.audit.report import write_html, write_panel, write_scores_csv
 from device.audit.store import ResultStore, fingerprint
 from device.errors import ConfigError
-from device.threshold import describe_calibration
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +75,16 @@ def _fit_or_load_model(method, normal, out, size, pattern, options, target_frr, 
             log.info("reusing the %s model fitted earlier in %s", method, mdir)
             return det, meta["threshold"], key
     normal_imgs, _ = _load_batch(npaths, size, tuple(size))
-    x = np.stack(normal_imgs)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_cal = len(x) // 5 if len(x) >= 5 else 0
-    cal, train = order[:n_cal], order[n_cal:]
-    det = make_detector(method, size, options)
-    t0 = time.perf_counter()
-    det.fit(x[train])
-    log.info("fitted %s on %d normal images in %.1f s", method, len(train), time.perf_counter() - t0)
-    thr = None
-    if n_cal:
-        cal_scores = det.anomaly_score(x[cal]).scores
-        thr = describe_calibration(cal_scores, target_frr, f"{method}: held-out normal images ({n_cal})")
+    det, thr = fit_and_calibrate(method, np.stack(normal_imgs), options, target_frr, seed)
     if method in TRAINABLE:
         mdir.mkdir(parents=True, exist_ok=True)
         files = det.to_files(prefix(method))
         for n, b in files.items():
             (mdir / n).write_bytes(b)
-        meta_path.write_text(json.dumps({"key": key, "params": det.params(), "files": sorted(files),
-                                         "threshold": thr}, indent=2, default=float))
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"key": key, "params": det.params(), "files": sorted(files),
+                                   "threshold": thr}, indent=2, default=float))
+        tmp.replace(meta_path)
     return det, thr, key
 
 
