@@ -90,6 +90,8 @@ def _fit(args) -> int:
     if args.data:
         layout = load_layout(args.data)
         train = layout.train
+        if layout.val_good and not args.calib:
+            args.calib = [str(layout.root / "val" / "good")]
         real = [p for ps in layout.test_defects.values() for p in ps] if args.select_on_real else None
     else:
         train, real = list_images(args.train), None
@@ -140,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole path on the embedded default data set")
     d.add_argument("--out", default="demo-out")
+    d.add_argument("--product", choices=("brick", "washer"), default="brick", help="embedded product")
     add_fit_options(d)
+    d.set_defaults(size=(160, 160), taps="b6+b13+out")
     d.set_defaults(func=_demo)
 
     for mod in COMMAND_MODULES:

@@ -3,6 +3,7 @@
 Folder layout (MVTec AD's)::
 
     root/train/good/*.png          normal training images
+    root/val/good/*.png            optional held-out normal images for the threshold
     root/test/good/*.png           held-out normal images
     root/test/<defect>/*.png       defective images (any number of defect folders)
     root/ground_truth/<defect>/<name>_mask.png   optional masks
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class Layout:
     root: Path
     train: list[Path]
+    val_good: list[Path]
     test_good: list[Path]
     test_defects: dict[str, list[Path]]
     masks: dict[Path, Path]
@@ -65,6 +67,7 @@ def load_layout(root: str | Path, need_train: bool = True) -> Layout:
     defects = {k: v for k, v in defects.items() if v}
     if not test_good and not defects:
         raise ImageError(f"{test_dir}: no test images in good/ or any defect folder")
+    val_good = _images_in(root / "val" / "good") if (root / "val" / "good").is_dir() else []
     masks = {}
     gt = root / "ground_truth"
     for name, paths in defects.items():
@@ -73,7 +76,7 @@ def load_layout(root: str | Path, need_train: bool = True) -> Layout:
                 if cand.is_file():
                     masks[p] = cand
                     break
-    return Layout(root, train, test_good, defects, masks)
+    return Layout(root, train, val_good, test_good, defects, masks)
 
 
 def split_paths(paths: list[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -89,7 +92,6 @@ def split_paths(paths: list[Path], fraction: float, seed: int = 0) -> tuple[list
 
 # ---------------------------------------------------------------- embedded demo data
 
-DEMO_TEXTURES = ("brick", "grass", "gravel")
 DEMO_DEFECTS = ("scratch", "spot", "crack")
 
 
@@ -102,14 +104,58 @@ def _texture(name: str) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
-def make_demo_dataset(root: str | Path, patch: int = 64, stride: int = 32, seed: int = 0,
-                      n_defect_per_kind: int = 40) -> Layout:
+def render_washer(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A machined washer on a belt, as a line camera sees it: small pose, lighting and noise changes."""
+    import cv2
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    belt = 60 + 8 * np.sin(xx / rng.uniform(3, 5)) + rng.normal(0, 3, (size, size))
+    cx, cy = size / 2 + rng.normal(0, 1.5), size / 2 + rng.normal(0, 1.5)
+    r = np.hypot(xx - cx, yy - cy)
+    ro, ri = size * rng.uniform(0.37, 0.39), size * rng.uniform(0.15, 0.17)
+    light = rng.uniform(0, 2 * np.pi)
+    shade = 170 + 35 * np.cos(np.arctan2(yy - cy, xx - cx) - light) * (r / ro) + rng.uniform(-12, 12)
+    ring = (r <= ro) & (r >= ri)
+    img = np.where(ring, shade + rng.normal(0, 2.5, (size, size)), belt)
+    edge = np.abs(r - ro) < 1.2
+    img = np.where(edge, img * 0.8, img)
+    img = cv2.GaussianBlur(np.clip(img, 0, 255).astype(np.float32), (3, 3), 0.7)
+    g = np.clip(img, 0, 255).astype(np.uint8)
+    tint = np.array([1.0, 0.98, 0.93], np.float32)
+    return np.clip(g[:, :, None] * tint, 0, 255).astype(np.uint8)
+
+
+DEMO_PRODUCTS = ("brick", "washer")
+
+
+def _demo_normals(rng, patch: int, stride: int, product: str):
+    """(train, validation, test) images of one product; no two share a pixel."""
+    if product not in DEMO_PRODUCTS:
+        raise ValueError(f"unknown demo product {product!r}; expected one of {DEMO_PRODUCTS}")
+    img = _texture("brick")
+    h, w = img.shape[:2]
+
+    def rows(y0, y1):
+        return [img[y:y + patch, x:x + patch] for y in range(int(h * y0), int(h * y1) - patch + 1, stride)
+                for x in range(0, w - patch + 1, stride)]
+
+    brick = rows(0.0, 0.5), rows(0.52, 0.68), rows(0.70, 1.0)
+    if product == "brick":
+        return brick
+    n = [len(b) for b in brick]
+    washers = [render_washer(rng, patch) for _ in range(sum(n))]
+    return washers[:n[0]], washers[n[0]:n[0] + n[1]], washers[n[0] + n[1]:]
+
+
+def make_demo_dataset(root: str | Path, patch: int = 64, stride: int = 16, seed: int = 0,
+                      n_defect_per_kind: int = 40, defect_scale: float = 1.5, product: str = "brick") -> Layout:
     """Write the embedded default data set (no network, no ../shared) in MVTec layout.
 
-    Normal images are patches of scikit-image's brick, grass and gravel textures. Train
-    patches come from the top 60 % of each texture, test patches from the bottom 35 %
-    (a 5 % gap), so no pixel is shared. Defects (scratches, spots, cracks) are drawn on
-    other bottom-region patches.
+    One product per data set (one bundle per product, as on a line): ``brick``, patches of
+    scikit-image's brick photo (train from the top half of the image, validation from a band
+    below it, test from the bottom 30 %, with gaps, so no pixel is shared), or ``washer``,
+    rendered washers on a belt (each drawn anew). Defects (scratches, spots, cracks) are drawn on test
+    images that are not in test/good.
     """
     import cv2
 
@@ -117,37 +163,35 @@ def make_demo_dataset(root: str | Path, patch: int = 64, stride: int = 32, seed:
 
     root = Path(root)
     rng = np.random.default_rng(seed)
-    dirs = {"train": root / "train" / "good", "good": root / "test" / "good"}
+    dirs = {"train": root / "train" / "good", "val": root / "val" / "good", "good": root / "test" / "good"}
     for d in DEMO_DEFECTS:
         dirs[d] = root / "test" / d
         (root / "ground_truth" / d).mkdir(parents=True, exist_ok=True)
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    for tex in DEMO_TEXTURES:
-        img = _texture(tex)
-        h, w = img.shape[:2]
-        top_end, bottom_start = int(h * 0.60), int(h * 0.65)
-        train_patches = [img[y:y + patch, x:x + patch] for y in range(0, top_end - patch + 1, stride)
-                         for x in range(0, w - patch + 1, stride)]
-        test_patches = [img[y:y + patch, x:x + patch] for y in range(bottom_start, h - patch + 1, stride // 2)
-                        for x in range(0, w - patch + 1, stride // 2)]
-        order = rng.permutation(len(test_patches))
-        n_good = min(len(order) // 2, 40)
-        for i, p in enumerate(train_patches):
-            cv2.imwrite(str(dirs["train"] / f"{tex}_{i:03d}.png"), cv2.cvtColor(p, cv2.COLOR_RGB2BGR))
-        for i in order[:n_good]:
-            cv2.imwrite(str(dirs["good"] / f"{tex}_{i:03d}.png"), cv2.cvtColor(test_patches[i], cv2.COLOR_RGB2BGR))
-        rest = order[n_good:]
-        per_kind = max(1, min(n_defect_per_kind // len(DEMO_TEXTURES), len(rest) // len(DEMO_DEFECTS)))
-        for j, kind in enumerate(DEMO_DEFECTS):
-            for i in rest[j * per_kind:(j + 1) * per_kind]:
-                bad, mask = add_defect(test_patches[i], kind, rng)
-                name = f"{tex}_{i:03d}"
-                cv2.imwrite(str(dirs[kind] / f"{name}.png"), cv2.cvtColor(bad, cv2.COLOR_RGB2BGR))
-                cv2.imwrite(str(root / "ground_truth" / kind / f"{name}_mask.png"), mask)
+
+    def save(path, rgb):
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    train, val, test = _demo_normals(rng, patch, stride, product)
+    for i, p in enumerate(val):
+        save(dirs["val"] / f"{product}_{i:03d}.png", p)
+    order = rng.permutation(len(test))
+    n_good = min(len(order) // 2, 80)
+    for i, p in enumerate(train):
+        save(dirs["train"] / f"{product}_{i:03d}.png", p)
+    for i in order[:n_good]:
+        save(dirs["good"] / f"{product}_{i:03d}.png", test[i])
+    rest = order[n_good:]
+    per_kind = max(1, min(n_defect_per_kind, len(rest) // len(DEMO_DEFECTS)))
+    for j, kind in enumerate(DEMO_DEFECTS):
+        for i in rest[j * per_kind:(j + 1) * per_kind]:
+            bad, mask = add_defect(test[i], kind, rng, defect_scale)
+            save(dirs[kind] / f"{product}_{i:03d}.png", bad)
+            cv2.imwrite(str(root / "ground_truth" / kind / f"{product}_{i:03d}_mask.png"), mask)
     layout = load_layout(root)
-    log.info("demo data set in %s: %d train, %d test good, %d defective", root, len(layout.train),
-             len(layout.test_good), sum(len(v) for v in layout.test_defects.values()))
+    log.info("demo data set in %s: %d train, %d validation, %d test good, %d defective", root,
+             len(layout.train), len(layout.val_good), len(layout.test_good), sum(len(v) for v in layout.test_defects.values()))
     return layout
 
 

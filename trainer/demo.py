@@ -26,9 +26,9 @@ def run_demo(args) -> int:
     if data.exists():
         shutil.rmtree(data)
     t0 = time.time()
-    layout = make_demo_dataset(data, seed=args.seed)
+    layout = make_demo_dataset(data, seed=args.seed, product=args.product)
     cfg = fit_config(args)
-    res = fit(layout.train, out / "bundle", cfg)
+    res = fit(layout.train, out / "bundle", cfg, calib=layout.val_good)
     metrics = evaluate(out / "bundle", data, out / "report", progress=False)
     s = res.summary
     banner = "=" * 72

@@ -45,7 +45,7 @@ def scratch(img, rng, scale=1.0):
         ang += rng.normal(0, 0.3)
         x, y = pts[-1]
         pts.append((np.clip(x + seg * np.cos(ang), 0, w - 1), np.clip(y + seg * np.sin(ang), 0, h - 1)))
-    thick = max(1, int(round(max(h, w) / 96 * rng.uniform(1, 2.5))))
+    thick = max(1, int(round(max(h, w) / 96 * rng.uniform(1, 2.5) * scale)))
     cv2.polylines(mask, [np.int32(pts)], False, 255, thick, cv2.LINE_AA)
     return _paint(img, mask, _contrast_color(img, mask, rng), rng)
 
@@ -73,7 +73,7 @@ def crack(img, rng, scale=1.0):
         step = max(h, w) * 0.04 * scale
         x, y = np.clip(x + step * np.cos(ang), 0, w - 1), np.clip(y + step * np.sin(ang), 0, h - 1)
         pts.append((x, y))
-    cv2.polylines(mask, [np.int32(pts)], False, 255, max(1, round(max(h, w) / 128)), cv2.LINE_AA)
+    cv2.polylines(mask, [np.int32(pts)], False, 255, max(1, round(max(h, w) / 128 * scale)), cv2.LINE_AA)
     return _paint(img, mask, (20.0, 20.0, 20.0) if img.mean() > 60 else (230.0, 230.0, 230.0), rng)
 
 
