@@ -126,15 +126,18 @@ class ProjectionDetector:
         map_mode: ``"grad"`` (|x_0 - x_T|) or ``"recon"`` (|x_0 - f(x_0)|) for the image score.
         smooth: Gaussian sigma (px) applied to maps before taking the score.
         batch: images projected at once.
+        inpaint_alpha: step size of the masked (inpainting) projection.
     """
 
     def __init__(self, config: AEConfig | None = None, *, steps: int = 100, alpha: float = 2.0,
-                 lam: float = 0.05, map_mode: str = "grad", smooth: float = 2.0, batch: int = 32, **cfg):
+                 lam: float = 0.05, map_mode: str = "grad", smooth: float = 2.0, batch: int = 32,
+                 inpaint_alpha: float = 0.05, **cfg):
         self.config = config or AEConfig(**cfg)
         if map_mode not in ("grad", "recon"):
             raise ValueError(f"map_mode must be 'grad' or 'recon', found {map_mode!r}")
         self.steps, self.alpha, self.lam = int(steps), float(alpha), float(lam)
         self.map_mode, self.smooth, self.batch = map_mode, float(smooth), int(batch)
+        self.inpaint_alpha = float(inpaint_alpha)
         self.encoder = self.decoder = None
         self.history: list[float] = []
         self._project_fn = None
@@ -242,7 +245,8 @@ class ProjectionDetector:
 
         return project
 
-    def project(self, images, mask: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:
+    def project(self, images, mask: np.ndarray | None = None, steps: int | None = None,
+                alpha: float | None = None) -> np.ndarray:
         """Run the gradient projection; returns ``x_T`` as (N, H, W).
 
         Args:
@@ -250,6 +254,8 @@ class ProjectionDetector:
             mask: optional (N, H, W) or (H, W) 0/1 inpainting mask: only pixels inside are
                 updated, with ``alpha * grad E * mask`` (the paper's inpainting variant).
             steps: iterations (default: ``self.steps``).
+            alpha: step size (default: ``self.alpha``, or ``self.inpaint_alpha`` with a mask: the
+                mask weight is 1 where the error weight is ~(x - f(x))^2 << 1).
         """
         import tensorflow as tf
 
@@ -263,6 +269,8 @@ class ProjectionDetector:
             self._project_fn[key] = self._build_project()
         fn = self._project_fn[key]
         steps = self.steps if steps is None else int(steps)
+        if alpha is None:
+            alpha = self.alpha if mask is None else self.inpaint_alpha
         out = []
         for sl in batches(len(x), self.batch):
             xb = tf.constant(x[sl][..., None])
@@ -271,7 +279,7 @@ class ProjectionDetector:
             else:
                 mm = np.broadcast_to(np.asarray(mask, np.float32), x.shape)[sl]
                 m = tf.constant(np.ascontiguousarray(mm)[..., None])
-            out.append(np.asarray(fn(xb, m, tf.constant(steps), tf.constant(self.alpha, tf.float32)))[..., 0])
+            out.append(np.asarray(fn(xb, m, tf.constant(steps), tf.constant(alpha, tf.float32)))[..., 0])
         return np.concatenate(out)
 
     def anomaly_score(self, images: Sequence) -> Scores:
@@ -296,7 +304,8 @@ class ProjectionDetector:
     def params(self) -> dict:
         """Settings stored next to the weights (architecture + projection)."""
         return {"config": self.config.to_dict(), "steps": self.steps, "alpha": self.alpha, "lam": self.lam,
-                "map_mode": self.map_mode, "smooth": self.smooth, "batch": self.batch}
+                "map_mode": self.map_mode, "smooth": self.smooth, "batch": self.batch,
+                "inpaint_alpha": self.inpaint_alpha}
 
     def to_files(self, prefix: str) -> dict[str, bytes]:
         """Weights as bundle entries ``{prefix}_encoder.weights.h5`` and ``..._decoder``."""
