@@ -17,12 +17,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "ANOMALY_BACKBONE_WEIGHTS"
-POOLINGS = ("max", "avg", "maxavg")
+POOLINGS = ("max", "avg", "maxavg", "grid2", "grid3")
+# "gridG": average over a G x G grid of cells, flattened (keeps coarse layout: for aligned objects).
 # Feature taps: name -> MobileNetV2 layer names concatenated (each pooled, then L2-normalised per tap).
 FEATURE_TAPS = {
     "out": ["out_relu"],
     "b13+out": ["block_13_expand_relu", "out_relu"],
     "b6+b13+out": ["block_6_expand_relu", "block_13_expand_relu", "out_relu"],
+    # mid-level taps (benchmark research: better than out_relu for shape/texture differences)
+    "b6": ["block_6_expand_relu"],
+    "b10": ["block_10_expand_relu"],
+    "b13": ["block_13_expand_relu"],
+    "b10+b13": ["block_10_expand_relu", "block_13_expand_relu"],
+    "b6+b10+b13": ["block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu"],
+    "b3+b6+b10+b13+out": ["block_3_expand_relu", "block_6_expand_relu", "block_10_expand_relu",
+                          "block_13_expand_relu", "out_relu"],
 }
 
 
@@ -96,12 +105,29 @@ def pooled_features(backbone, taps: str = "out", pooling: str = "max"):
             f = layers.GlobalMaxPooling2D()(t)
         elif pooling == "avg":
             f = layers.GlobalAveragePooling2D()(t)
+        elif pooling.startswith("grid"):
+            f = _grid_pool(t, int(pooling[4:]))
         else:
             f = layers.Concatenate()([layers.GlobalMaxPooling2D()(t), layers.GlobalAveragePooling2D()(t)])
         if len(FEATURE_TAPS[taps]) > 1:
             f = layers.UnitNormalization()(f)
         outs.append(f)
     return outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
+
+
+def _grid_pool(t, g: int):
+    """Average ``t`` (N, H, W, C) over a ``g`` x ``g`` grid of cells and flatten to (N, g*g*C).
+
+    Cells are ``H // g`` x ``W // g``; trailing rows/columns that do not fill a cell are dropped.
+    """
+    from keras import layers
+
+    h, w = int(t.shape[1]), int(t.shape[2])
+    if h < g or w < g:
+        raise ValueError(f"grid{g} pooling needs a feature map of at least {g}x{g}, found {h}x{w}; "
+                         f"use a larger input size or an earlier tap")
+    ph, pw = h // g, w // g
+    return layers.Flatten()(layers.AveragePooling2D((ph, pw), strides=(ph, pw), padding="valid")(t))
 
 
 def build_extractor(alpha: float = 0.35, size: tuple[int, int] = (96, 96), weights: str | None = None,
