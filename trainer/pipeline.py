@@ -163,22 +163,34 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     model = candidates[chosen][0]
 
     # 3. conversion, with float comparison
-    blob = convert(model, x_train, cfg.quant)
+    quant = cfg.quant
+    blob = convert(model, x_train, quant)
     ext = TFLiteExtractor(blob, num_threads=1)
     quant_report = {}
+    if quant == "int8":
+        raw = ext(x_cal[:64])
+        if not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or (np.abs(raw).sum(axis=1) == 0).any():
+            log.warning("!" * 72)
+            log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
+                        "weights); falling back to dynamic-range quantisation")
+            log.warning("!" * 72)
+            quant_report["int8_fallback"] = "int8 features constant or zero on calibration images"
+            quant = "dynamic"
+            blob = convert(model, x_train, quant)
+            ext = TFLiteExtractor(blob, num_threads=1)
     t_lat = time.perf_counter()
     f_train = normalize_features(ext(x_train), "l2")
     f_cal = normalize_features(ext(x_cal), "l2")
     f_syn = normalize_features(ext(x_syn), "l2")
     ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(x_train) + len(x_cal) + len(x_syn))
     val_labels = np.r_[np.zeros(len(f_cal)), np.ones(len(f_syn))]
-    if cfg.quant != "float" and cfg.compare_float:
+    if quant != "float" and cfg.compare_float:
         fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
         ff_train, ff_cal, ff_syn = (normalize_features(fext(x), "l2") for x in (x_train, x_cal, x_syn))
         cos = np.sum(np.concatenate([f_cal, f_syn]) * np.concatenate([ff_cal, ff_syn]), axis=1)
-        quant_report = {"float_val_auroc": _knn_auroc(ff_train, np.concatenate([ff_cal, ff_syn]), val_labels, cfg.k,
-                                                      cfg.scoring),
-                        "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())}
+        quant_report.update({"float_val_auroc": _knn_auroc(ff_train, np.concatenate([ff_cal, ff_syn]), val_labels,
+                                                           cfg.k, cfg.scoring),
+                             "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
 
     # 4. bank (from the .tflite the device runs), calibration
     keep = subsample_bank(f_train, cfg.bank_max, cfg.bank_subsample, cfg.seed)
@@ -190,19 +202,19 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
 
     summary = {"weights": backbone_info["weights"], "selected": chosen, "selection_reason": reason,
-               "candidates": {n: c[1] for n, c in candidates.items()}, "quant": cfg.quant,
-               f"{cfg.quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
+               "candidates": {n: c[1] for n, c in candidates.items()}, "quant": quant,
+               f"{quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
                "bank_size": int(bank.shape[0]), "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
                "tflite_ms_per_image": ms_per_image, "fit_seconds": round(time.time() - t_start, 1)}
     manifest = {
         "input": spec.to_dict(),
-        "extractor": {"file": "extractor.tflite", "quantization": cfg.quant, "feature_normalize": "l2",
+        "extractor": {"file": "extractor.tflite", "quantization": quant, "feature_normalize": "l2",
                       "runtime_checked": ext.runtime, **ext.describe()},
         "backbone": {**backbone_info, "fine_tuned": chosen == "doc", "selection": {
             "chosen": chosen, "reason": reason, "metric": key,
             "candidates": {n: c[1] for n, c in candidates.items()}, "doc": doc_info,
             "synthetic_defects": sorted(set(syn_kinds))}},
-        "quantization": {"mode": cfg.quant, "representative_images": int(min(len(x_train), 200)),
+        "quantization": {"mode": quant, "requested": cfg.quant, "representative_images": int(min(len(x_train), 200)),
                          "val_auroc": val_auroc, **quant_report},
         "scoring": {"method": cfg.scoring, "k": cfg.k, "metric": "euclidean", "features": "l2-normalised",
                     "bank_size": int(bank.shape[0]), "bank_source_images": int(len(x_train)),

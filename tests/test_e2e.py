@@ -1,0 +1,135 @@
+"""anomaly-train fit -> anomaly-device score, end to end on tiny generated images."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import HAVE_TF, REPO, WEIGHTS_035, needs_tf, stripes, with_blob, write_pngs
+
+pytestmark = needs_tf
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_bundle_records_selection_and_calibration(tiny_bundle):
+    from device.bundle import load_bundle
+
+    b = load_bundle(tiny_bundle)
+    m = b.manifest
+    assert m["backbone"]["weights"] == "random"
+    sel = m["backbone"]["selection"]
+    assert set(sel["candidates"]) == {"untouched", "doc"} and sel["chosen"] in sel["candidates"]
+    assert m["threshold"]["target_frr"] == 0.01 and m["threshold"]["n_calibration"] == 12
+    assert "separate held-out" in m["threshold"]["method"]
+    assert b.bank.shape[0] == 40 and m["quantization"]["requested"] == "int8"
+    if m["extractor"]["quantization"] == "int8":
+        assert m["extractor"]["input_dtype"] == "uint8"
+    else:   # random weights can give all-zero int8 features: the trainer must say so and fall back
+        assert m["extractor"]["quantization"] == "dynamic" and "int8_fallback" in m["quantization"]
+    assert np.ptp(b.bank) > 0
+    assert b.calibration_scores.shape == (12,)
+
+
+def test_score_cli_one_line_per_image_and_matches_in_process(tiny_bundle, tiny_layout):
+    from device.detector import Detector
+
+    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--json", str(tiny_layout / "test")])
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(lines) == 16
+    det = Detector.from_bundle(tiny_bundle)
+    for rec in lines:
+        s = det.score_one(rec["image"])
+        assert rec["score"] == pytest.approx(s, rel=1e-6)
+        assert rec["decision"] == ("REJECT" if s > rec["threshold"] else "PASS")
+    good = [r["score"] for r in lines if "/good/" in r["image"]]
+    blob = [r["score"] for r in lines if "/blob/" in r["image"]]
+    assert min(blob) > max(good)   # gross defects are separated even by random features
+
+
+def test_trainer_and_device_compute_identical_scores(tiny_bundle, tiny_layout):
+    """The bank is built by the trainer with the same .tflite: bank images score ~0 on the device."""
+    from device.bundle import load_bundle
+    from device.detector import Detector
+
+    det = Detector.from_bundle(tiny_bundle)
+    train = sorted((tiny_layout / "train" / "good").glob("*.png"))
+    np.testing.assert_allclose([det.score_one(p) for p in train[:5]], 0.0, atol=1e-5)
+    cal = load_bundle(tiny_bundle).calibration_scores
+    val = sorted((tiny_layout / "val" / "good").glob("*.png"))
+    np.testing.assert_allclose([det.score_one(p) for p in val], cal, rtol=1e-5, atol=1e-6)
+
+
+def test_threshold_override_on_command_line(tiny_bundle, tiny_layout):
+    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--threshold", "-1", str(tiny_layout / "test")])
+    assert r.returncode == 0 and r.stdout.count("REJECT") == 16
+
+
+def test_device_path_without_tensorflow(tiny_bundle, tiny_layout):
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from device.cli import main
+        rc = main(["score", "--bundle", {str(tiny_bundle)!r}, {str(tiny_layout / 'test')!r}])
+        assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules), "TF got imported"
+        sys.exit(rc)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 16
+
+
+def test_evaluate_writes_report(tiny_bundle, tiny_layout, tmp_path):
+    r = _run(["trainer.cli", "evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_layout),
+              "--out", str(tmp_path / "ev")])
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["auroc"] == 1.0 and m["n_good"] == 8 and m["n_defective"] == 8
+    scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert len(scores) == 16 and {s["group"] for s in scores} == {"good", "blob"}
+    for f in ("roc.png", "histogram.png", "report.html"):
+        assert (tmp_path / "ev" / f).stat().st_size > 1000
+    assert 'src="roc.png"' in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, tiny_bundle):
+    (tmp_path / "empty").mkdir()
+    r = _run(["trainer.cli", "fit", "--train", str(tmp_path / "empty"), "--out", str(tmp_path / "b")])
+    assert r.returncode == 2 and "empty: folder holds no images" in r.stderr
+    write_pngs(tmp_path / "ok", stripes(6))
+    r = _run(["trainer.cli", "fit", "--train", str(tmp_path / "ok"), "--out", str(tmp_path / "b"),
+              "--weights", str(tmp_path / "missing.weights.h5")])
+    assert r.returncode == 2 and "missing.weights.h5: backbone weights file not found" in r.stderr
+    assert not (tmp_path / "b").exists()
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), str(tmp_path / "junk.png")])
+    assert r.returncode == 1 and "junk.png\tERROR" in r.stdout and "cannot decode" in r.stdout
+    r = _run(["device.cli", "score", "--bundle", str(tmp_path / "nobundle"), str(tmp_path / "junk.png")])
+    assert r.returncode == 2 and "nobundle: bundle directory not found" in r.stderr
+
+
+@pytest.mark.skipif(not WEIGHTS_035.is_file(), reason=f"ImageNet weights not found at {WEIGHTS_035}")
+def test_int8_features_close_to_float_with_real_weights():
+    """Stated tolerance: mean cosine >= 0.95 between int8 and float features (real weights, real-ish images)."""
+    from device.extractor import TFLiteExtractor, normalize_features
+    from models.backbone import build_extractor
+    from trainer.convert import convert
+    from trainer.data import _texture, random_crops
+
+    model, _ = build_extractor(0.35, (96, 96), str(WEIGHTS_035), "out", "max")
+    x, _ = random_crops([_texture("brick"), _texture("grass"), _texture("gravel")], (96, 96), 80, seed=0)
+    f8 = normalize_features(TFLiteExtractor(convert(model, x[:60], "int8"))(x[60:]), "l2")
+    ff = normalize_features(TFLiteExtractor(convert(model, None, "float"))(x[60:]), "l2")
+    kf = normalize_features(model.predict(x[60:].astype(np.float32), verbose=0), "l2")
+    cos = (f8 * ff).sum(1)
+    assert cos.mean() >= 0.95 and cos.min() >= 0.85
+    assert (ff * kf).sum(1).min() > 0.9999   # float TFLite == Keras

@@ -1,0 +1,65 @@
+"""k-NN scoring vs brute force, LOF, bank subsampling and threshold calibration."""
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from device.scoring import KNNScorer, LOFScorer, kcenter_greedy, subsample_bank
+from device.threshold import calibrate_threshold, false_reject_rate
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_knn_matches_brute_force(k):
+    rng = np.random.default_rng(k)
+    bank, q = rng.normal(size=(500, 64)).astype(np.float32), rng.normal(size=(50, 64)).astype(np.float32)
+    ref = np.sort(cdist(q, bank), axis=1)[:, :k].mean(axis=1)
+    np.testing.assert_allclose(KNNScorer(bank, k).score(q, chunk=7), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_leave_one_out_excludes_self():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(100, 16)).astype(np.float32)
+    d = cdist(bank, bank)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(KNNScorer(bank, 1).leave_one_out(), d.min(axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_knn_rejects_bad_k():
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        KNNScorer(np.zeros((3, 2), np.float32), k=4)
+
+
+def test_lof_scores_outlier_highest():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(200, 8)).astype(np.float32)
+    q = np.vstack([rng.normal(size=(20, 8)), np.full((1, 8), 6.0)]).astype(np.float32)
+    s = LOFScorer(bank, k=5).score(q)
+    assert s.argmax() == 20 and s[20] > 2 * np.median(s[:20])
+
+
+def test_coreset_covers_better_than_random():
+    rng = np.random.default_rng(0)
+    feats = np.vstack([rng.normal(size=(900, 8)), rng.normal(size=(100, 8)) + 8]).astype(np.float32)
+    cover = lambda idx: cdist(feats, feats[idx]).min(axis=1).max()
+    core = kcenter_greedy(feats, 50)
+    rand = subsample_bank(feats, 50, "random")
+    assert len(set(core.tolist())) == 50 and cover(core) < cover(rand)
+    assert len(subsample_bank(feats, None)) == 1000
+
+
+def test_threshold_hits_target_frr_on_synthetic_scores():
+    rng = np.random.default_rng(0)
+    cal = rng.gamma(2.0, 1.0, 2000)
+    for target in (0.01, 0.05, 0.1):
+        t = calibrate_threshold(cal, target)
+        assert false_reject_rate(cal, t) <= target
+        assert false_reject_rate(cal, t) >= target - 1.0 / len(cal)
+        fresh = rng.gamma(2.0, 1.0, 100_000)   # the rate holds on unseen normals from the same process
+        assert abs(false_reject_rate(fresh, t) - target) < 0.5 * target + 0.003
+
+
+def test_threshold_small_and_bad_inputs():
+    assert calibrate_threshold([1.0, 2.0, 3.0], 0.01) == 3.0     # fewer than 100 normals: none may be rejected
+    with pytest.raises(ValueError):
+        calibrate_threshold([], 0.01)
+    with pytest.raises(ValueError):
+        calibrate_threshold([1.0], 1.5)
