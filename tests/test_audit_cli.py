@@ -146,6 +146,10 @@ def test_bad_inputs_name_the_file(dataset, capsys):
                       capsys)
     assert rc == 2 and "--normal" in err
 
+    rc, _, err = _run(["audit", "nkn", "--images", str(dataset / "test" / "ok0.png"), "--out", str(dataset / "o7"),
+                       "--mask", "32"], capsys)
+    assert rc == 2 and "ok0.png" in err and "smaller than" in err
+
     (dataset / "bad.csv").write_text("image,label\nok0.png,maybe\n")
     rc, _, err = _run(["audit", "nkn", "--images", str(dataset / "test"), "--out", str(dataset / "o6"),
                        "--labels", str(dataset / "bad.csv"), *NKN_FAST], capsys)

@@ -26,6 +26,13 @@ def detector_class(method: str):
     """The detector class of ``method`` (imports TensorFlow on first use)."""
     if method not in METHODS:
         raise ValueError(f"unknown audit method {method!r}; expected one of {sorted(METHODS)}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        from device.errors import RuntimeMissingError
+
+        raise RuntimeMissingError(f"audit {method} needs TensorFlow (only the audit commands do): "
+                                  f"pip install 'tensorflow>=2.16' (or the [audit] extra)")
     mod, name = METHODS[method]
     return getattr(importlib.import_module(mod), name)
 

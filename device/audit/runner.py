@@ -27,7 +27,7 @@ from device.audit.methods import TRAINABLE, fit_and_calibrate, make_detector, mo
 from device.audit.metrics import auroc, pixel_auroc
 from device.audit.report import write_html, write_panel, write_scores_csv
 from device.audit.store import ResultStore, fingerprint
-from device.errors import ConfigError
+from device.errors import ConfigError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,14 @@ def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, nor
         idx = todo[s:s + step]
         imgs, origs = _load_batch([paths[i] for i in idx], work_size, expect)
         t0 = time.perf_counter()
-        if getattr(det, "any_size", False):
-            results = [det.anomaly_score(im[None]) for im in imgs]
-        else:
-            results = [det.anomaly_score(np.stack(imgs))]
+        try:
+            if getattr(det, "any_size", False):
+                results = [det.anomaly_score(im[None]) for im in imgs]
+            else:
+                results = [det.anomaly_score(np.stack(imgs))]
+        except ValueError as exc:
+            names = ", ".join(str(paths[i]) for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
+            raise ImageError(f"{names}: {method} cannot score this image: {exc}") from exc
         dt = (time.perf_counter() - t0) / len(idx)
         flat = []
         for r in results:
