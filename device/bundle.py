@@ -76,6 +76,7 @@ class Bundle:
     extractor_bytes: bytes
     bank: np.ndarray
     calibration_scores: np.ndarray | None
+    arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def threshold(self) -> float:
@@ -88,6 +89,11 @@ class Bundle:
     @property
     def scoring_method(self) -> str:
         return self.manifest["scoring"].get("method", "knn")
+
+    @property
+    def tile_index(self) -> np.ndarray | None:
+        """Per-position banks: tile position of each bank row (None: one shared bank)."""
+        return self.arrays.get("bank_tile_index.npy")
 
     @property
     def feature_normalize(self) -> str:
@@ -263,5 +269,16 @@ def load_bundle(path: str | Path) -> Bundle:
     cal = None
     if "calibration_scores.npy" in contents:
         cal = _load_npy(contents["calibration_scores.npy"], path / "calibration_scores.npy")
+    arrays = {}
+    if "bank_tile_index.npy" in contents:
+        idx = _load_npy(contents["bank_tile_index.npy"], path / "bank_tile_index.npy")
+        n_tiles = len(spec.tile_boxes())
+        if idx.shape != (bank.shape[0],) or idx.min() < 0 or idx.max() >= n_tiles:
+            raise BundleError(f"{path / 'bank_tile_index.npy'}: expected {bank.shape[0]} tile positions in "
+                              f"0..{n_tiles - 1}, found shape {idx.shape}")
+        missing = sorted(set(range(n_tiles)) - set(idx.tolist()))
+        if missing:
+            raise BundleError(f"{path / 'bank_tile_index.npy'}: no bank features for tile positions {missing}")
+        arrays["bank_tile_index.npy"] = idx
     return Bundle(path=path, manifest=manifest, input_spec=spec, extractor_bytes=contents["extractor.tflite"],
-                  bank=bank, calibration_scores=cal)
+                  bank=bank, calibration_scores=cal, arrays=arrays)

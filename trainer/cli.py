@@ -45,6 +45,12 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--color", choices=("rgb", "grey"), default="rgb")
     g.add_argument("--resize", choices=("stretch", "letterbox", "center_crop"), default="stretch")
     g.add_argument("--roi", type=_roi, default=None, help="x,y,width,height crop in source pixels")
+    g.add_argument("--working-size", type=_size, default=None,
+                   help="tile grid: bring the frame (or ROI) to this size first, e.g. 1024x1024")
+    g.add_argument("--grid", type=_size, default=None, help="tile grid rows x columns, e.g. 4x4")
+    g.add_argument("--overlap", type=float, default=0.0, help="tile overlap, fraction of a tile")
+    g.add_argument("--bank-mode", choices=("auto", "shared", "per_position"), default="auto",
+                   help="tiled inputs: one shared bank or one per tile position (auto: measured)")
     g.add_argument("--taps", default="out", help="feature layers: out, b13+out, b6+b13+out")
     g.add_argument("--pooling", choices=("max", "avg", "maxavg"), default="max")
     g.add_argument("--k", type=int, default=1, help="neighbours averaged in the score")
@@ -68,17 +74,24 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
 
 
 def fit_config(args):
+    from device.errors import ConfigError
     from trainer.doc import DocConfig
     from trainer.pipeline import FitConfig
 
-    return FitConfig(alpha=args.alpha, size=tuple(args.size), weights=args.weights, color=args.color,
+    cfg = FitConfig(alpha=args.alpha, size=tuple(args.size), weights=args.weights, color=args.color,
                      resize=args.resize, roi=args.roi, taps=args.taps, pooling=args.pooling, k=args.k,
                      scoring=args.scoring, doc=not args.no_doc,
                      doc_cfg=DocConfig(steps=args.doc_steps, lr=args.doc_lr, lam=args.doc_lambda,
                                        batch=args.doc_batch, train_from=args.train_from),
                      reference=args.reference, quant=args.quant, bank_max=args.bank_max,
                      bank_subsample=args.bank_subsample, target_frr=args.target_frr,
+                     working_size=args.working_size, grid=args.grid, overlap=args.overlap, bank_mode=args.bank_mode,
                      calib_fraction=args.calib_fraction, seed=args.seed)
+    try:
+        cfg.input_spec()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return cfg
 
 
 def _fit(args) -> int:

@@ -19,9 +19,18 @@ import numpy as np
 from device.detector import Detector
 from trainer.data import load_layout
 from trainer.pipeline import auroc
+from device.preprocess import decode_image, prepare_frame
+from trainer.heatmap import overlay_png, pixel_auroc, tile_heatmap
 from trainer.report import histogram_png, html_report, roc_png
 
 log = logging.getLogger(__name__)
+
+
+def _mask(path):
+    if path is None:
+        return None
+    m = decode_image(path)
+    return m if m.ndim == 2 else m[:, :, 0]
 
 
 def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads: int = 1,
@@ -29,14 +38,19 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     det = Detector.from_bundle(bundle, num_threads=num_threads)
-    items = load_layout(data, need_train=False).test_items()
-    recs, lat = [], []
+    layout = load_layout(data, need_train=False)
+    items = layout.test_items()
+    spec = det.spec
+    recs, lat, tile_scores = [], [], []
     for i, (p, label, group) in enumerate(items):
         t0 = time.perf_counter()
         s = det.score_one(p)
         lat.append((time.perf_counter() - t0) * 1e3)
+        tile_scores.append(det.last_tile_scores.copy())
         recs.append({"image": str(p), "label": label, "group": group, "score": s,
                      "decision": "REJECT" if det.is_anomalous(s) else "PASS"})
+        if spec.tiled:
+            recs[-1]["tile_grid"] = det.last_tile_scores.reshape(spec.grid_shape).round(5).tolist()
         if progress and (i + 1) % 50 == 0:
             log.info("evaluated %d/%d images", i + 1, len(items))
     labels = np.array([r["label"] for r in recs])
@@ -57,6 +71,24 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
                           "auroc_vs_good": auroc(labels[sel], scores[sel]),
                           "detected": int(sum(r["group"] == g and r["decision"] == "REJECT" for r in recs))})
     m["per_defect"] = per_group
+    imgs_tiles = []
+    if spec.tiled:
+        m["n_tiles"] = len(spec.tile_boxes())
+        if layout.masks and spec.roi is None and spec.resize == "stretch":
+            hms = [tile_heatmap(t, spec) for t in tile_scores]
+            masks = [None if r["label"] == 0 else _mask(layout.masks.get(p)) for r, (p, _, _) in zip(recs, items)]
+            keep = [i for i, r in enumerate(recs) if r["label"] == 0 or masks[i] is not None]
+            m["pixel_auroc_from_grid"] = pixel_auroc([hms[i] for i in keep], [masks[i] for i in keep])
+        (out / "overlays").mkdir(exist_ok=True)
+        worst = sorted(range(len(recs)), key=lambda i: -recs[i]["score"])
+        shown = worst[:8] + [i for i in worst[::-1] if recs[i]["label"] == 0][:2]
+        for i in shown:
+            name = f"overlays/{i:04d}_{recs[i]['group']}.png"
+            overlay_png(prepare_frame(items[i][0], spec.replace(grid=None, tile=None, stride=None, working_size=None,
+                                                                   size=spec.working_size)),
+                        tile_scores[i], spec, det.threshold, out / name)
+            imgs_tiles.append((f"{Path(recs[i]['image']).name} ({recs[i]['group']}, score {recs[i]['score']:.3f})",
+                               name))
     (out / "scores.json").write_text(json.dumps(recs, indent=1))
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     imgs = []
@@ -66,7 +98,7 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
     histogram_png(scores, [r["group"] for r in recs], det.threshold, out / "histogram.png")
     imgs.append(("Score histogram by group", "histogram.png"))
     html_report(out / "report.html", "Anomaly detection evaluation",
-                {k: v for k, v in m.items() if k != "per_defect"}, imgs,
+                {k: v for k, v in m.items() if k != "per_defect"}, imgs + imgs_tiles,
                 [("Per defect type", per_group),
                  ("Highest-scoring good images", sorted([r for r in recs if r["label"] == 0],
                                                          key=lambda r: -r["score"])[:10]),

@@ -21,7 +21,7 @@ import numpy as np
 
 from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
-from device.preprocess import InputSpec, preprocess_many
+from device.preprocess import InputSpec, cut_tiles, prepare_frame
 from device.scoring import KNNScorer, make_scorer, subsample_bank
 from device.threshold import describe_calibration
 from trainer.doc import DocConfig
@@ -49,13 +49,19 @@ class FitConfig:
     compare_float: bool = True
     bank_max: int | None = None
     bank_subsample: str = "coreset"
+    bank_mode: str = "auto"   # tiled inputs: "shared", "per_position" or "auto" (measured on validation)
+    working_size: tuple[int, int] | None = None
+    grid: tuple[int, int] | None = None
+    overlap: float = 0.0
     target_frr: float = 0.01
     calib_fraction: float = 0.2
     seed: int = 0
 
     def input_spec(self) -> InputSpec:
         return InputSpec(size=tuple(self.size), color=self.color, resize=self.resize, roi=self.roi,
-                         pixel_scale=1.0, pixel_offset=0.0)
+                         pixel_scale=1.0, pixel_offset=0.0,
+                         working_size=tuple(self.working_size) if self.working_size else None,
+                         grid=tuple(self.grid) if self.grid else None, overlap=self.overlap)
 
 
 @dataclasses.dataclass
@@ -84,9 +90,35 @@ def _knn_auroc(bank: np.ndarray, feats: np.ndarray, labels: np.ndarray, k: int, 
 
 
 def _as_batch(images, spec: InputSpec) -> np.ndarray:
+    """Prepared frames (N, H, W, 3): working size with a tile grid, else the network input."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return images
-    return preprocess_many(list(images), spec)
+    return np.stack([prepare_frame(im, spec) for im in images])
+
+
+def _tiles(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """All tiles of all frames, frame-major: (N * T, h, w, 3)."""
+    if not spec.tiled:
+        return frames
+    return np.concatenate([cut_tiles(f, spec) for f in frames])
+
+
+def _tile_scores(bank: np.ndarray, feats: np.ndarray, n_tiles: int, k: int, method: str,
+                 bank_pos: np.ndarray | None = None) -> np.ndarray:
+    """(N, T) tile scores: against one shared bank, or each tile against its position's bank."""
+    if bank_pos is None:
+        return make_scorer(method, bank, k).score(feats).reshape(-1, n_tiles)
+    pos = np.tile(np.arange(n_tiles), len(feats) // n_tiles)
+    out = np.empty(len(feats), np.float32)
+    for i in range(n_tiles):
+        out[pos == i] = make_scorer(method, bank[bank_pos == i], k).score(feats[pos == i])
+    return out.reshape(-1, n_tiles)
+
+
+def _image_auroc(bank, f_good, f_bad, n_tiles, k, method, bank_pos=None) -> float:
+    s = np.r_[_tile_scores(bank, f_good, n_tiles, k, method, bank_pos).max(1),
+              _tile_scores(bank, f_bad, n_tiles, k, method, bank_pos).max(1)]
+    return auroc(np.r_[np.zeros(len(f_good) // n_tiles), np.ones(len(f_bad) // n_tiles)], s)
 
 
 def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
@@ -123,15 +155,16 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
              f", {len(x_real)} real defects" if x_real is not None else "")
 
+    n_tiles = len(spec.tile_boxes())
+    t_train, t_cal, t_syn = _tiles(x_train, spec), _tiles(x_cal, spec), _tiles(x_syn, spec)
+    t_real = _tiles(x_real, spec) if x_real is not None else None
+
     def validate(model) -> dict:
-        bank = _keras_features(model, x_train)
-        fc, fs = _keras_features(model, x_cal), _keras_features(model, x_syn)
-        r = {"synthetic_auroc": _knn_auroc(bank, np.concatenate([fc, fs]),
-                                           np.r_[np.zeros(len(fc)), np.ones(len(fs))], cfg.k, cfg.scoring)}
-        if x_real is not None:
-            fr = _keras_features(model, x_real)
-            r["real_auroc"] = _knn_auroc(bank, np.concatenate([fc, fr]),
-                                         np.r_[np.zeros(len(fc)), np.ones(len(fr))], cfg.k, cfg.scoring)
+        bank = _keras_features(model, t_train)
+        fc = _keras_features(model, t_cal)
+        r = {"synthetic_auroc": _image_auroc(bank, fc, _keras_features(model, t_syn), n_tiles, cfg.k, cfg.scoring)}
+        if t_real is not None:
+            r["real_auroc"] = _image_auroc(bank, fc, _keras_features(model, t_real), n_tiles, cfg.k, cfg.scoring)
         return r
 
     # 1. untouched backbone
@@ -146,7 +179,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         backbone, _ = build_backbone(cfg.alpha, cfg.size, cfg.weights)
         dc = dataclasses.replace(cfg.doc_cfg, taps=cfg.taps, pooling=cfg.pooling, seed=cfg.seed)
         ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
-        backbone, hist = train_doc(backbone, x_train, ref_x, ref_y, dc, progress=progress)
+        backbone, hist = train_doc(backbone, t_train, ref_x, ref_y, dc, progress=progress)
         doc_model, _ = build_extractor(cfg.alpha, cfg.size, taps=cfg.taps, pooling=cfg.pooling, backbone=backbone)
         doc_val = validate(doc_model)
         doc_info = {**dataclasses.asdict(dc), "reference": ref_desc, "seconds": round(hist["seconds"], 1),
@@ -164,11 +197,12 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
 
     # 3. conversion, with float comparison
     quant = cfg.quant
-    blob = convert(model, x_train, quant)
+    rep = t_train[np.random.default_rng(cfg.seed).permutation(len(t_train))[:200]]
+    blob = convert(model, rep, quant)
     ext = TFLiteExtractor(blob, num_threads=1)
     quant_report = {}
     if quant == "int8":
-        raw = ext(x_cal[:64])
+        raw = ext(t_cal[:64])
         if not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or (np.abs(raw).sum(axis=1) == 0).any():
             log.warning("!" * 72)
             log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
@@ -176,35 +210,56 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
             log.warning("!" * 72)
             quant_report["int8_fallback"] = "int8 features constant or zero on calibration images"
             quant = "dynamic"
-            blob = convert(model, x_train, quant)
+            blob = convert(model, rep, quant)
             ext = TFLiteExtractor(blob, num_threads=1)
     t_lat = time.perf_counter()
-    f_train = normalize_features(ext(x_train), "l2")
-    f_cal = normalize_features(ext(x_cal), "l2")
-    f_syn = normalize_features(ext(x_syn), "l2")
-    ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(x_train) + len(x_cal) + len(x_syn))
-    val_labels = np.r_[np.zeros(len(f_cal)), np.ones(len(f_syn))]
+    f_train = normalize_features(ext(t_train), "l2")
+    f_cal = normalize_features(ext(t_cal), "l2")
+    f_syn = normalize_features(ext(t_syn), "l2")
+    ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(t_train) + len(t_cal) + len(t_syn)) * n_tiles
+    val_labels = np.r_[np.zeros(len(x_cal)), np.ones(len(x_syn))]
     if quant != "float" and cfg.compare_float:
         fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
-        ff_train, ff_cal, ff_syn = (normalize_features(fext(x), "l2") for x in (x_train, x_cal, x_syn))
+        ff_train, ff_cal, ff_syn = (normalize_features(fext(x), "l2") for x in (t_train, t_cal, t_syn))
         cos = np.sum(np.concatenate([f_cal, f_syn]) * np.concatenate([ff_cal, ff_syn]), axis=1)
-        quant_report.update({"float_val_auroc": _knn_auroc(ff_train, np.concatenate([ff_cal, ff_syn]), val_labels,
-                                                           cfg.k, cfg.scoring),
+        quant_report.update({"float_val_auroc": _image_auroc(ff_train, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring),
                              "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
 
-    # 4. bank (from the .tflite the device runs), calibration
-    keep = subsample_bank(f_train, cfg.bank_max, cfg.bank_subsample, cfg.seed)
+    # 4. bank (from the .tflite the device runs): shared or per tile position, measured; calibration
+    pos_train = np.tile(np.arange(n_tiles), len(x_train))
+    bank_mode, bank_report = "shared", {}
+    if n_tiles > 1:
+        for mode in ("shared", "per_position"):
+            bank_report[f"{mode}_synthetic_auroc"] = _image_auroc(
+                f_train, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, pos_train if mode == "per_position" else None)
+        if cfg.bank_mode == "auto":
+            bank_mode = max(("shared", "per_position"), key=lambda m: (bank_report[f"{m}_synthetic_auroc"], m == "shared"))
+            bank_report["reason"] = ("higher synthetic-defect validation AUROC: shared "
+                                     f"{bank_report['shared_synthetic_auroc']:.4f}, per-position "
+                                     f"{bank_report['per_position_synthetic_auroc']:.4f}")
+        else:
+            bank_mode = cfg.bank_mode
+            bank_report["reason"] = "configured"
+    if bank_mode == "per_position":
+        per = None if not cfg.bank_max else max(cfg.k + 1, cfg.bank_max // n_tiles)
+        keep = np.concatenate([np.flatnonzero(pos_train == i)[subsample_bank(f_train[pos_train == i], per,
+                                                                              cfg.bank_subsample, cfg.seed)]
+                               for i in range(n_tiles)])
+    else:
+        keep = subsample_bank(f_train, cfg.bank_max, cfg.bank_subsample, cfg.seed)
     bank = np.ascontiguousarray(f_train[keep], np.float32)
-    scorer = make_scorer(cfg.scoring, bank, cfg.k)
-    cal_scores = scorer.score(f_cal).astype(np.float32)
-    syn_scores = scorer.score(f_syn)
-    threshold = describe_calibration(cal_scores, cfg.target_frr, "held-out normal quantile: " + cal_how)
+    bank_pos = pos_train[keep].astype(np.int32) if bank_mode == "per_position" else None
+    cal_scores = _tile_scores(bank, f_cal, n_tiles, cfg.k, cfg.scoring, bank_pos).max(1).astype(np.float32)
+    syn_scores = _tile_scores(bank, f_syn, n_tiles, cfg.k, cfg.scoring, bank_pos).max(1)
+    threshold = describe_calibration(cal_scores, cfg.target_frr, "held-out normal quantile: " + cal_how
+                                     + (f", image score = max over {n_tiles} tiles" if n_tiles > 1 else ""))
     val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
 
     summary = {"weights": backbone_info["weights"], "selected": chosen, "selection_reason": reason,
                "candidates": {n: c[1] for n, c in candidates.items()}, "quant": quant,
                f"{quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
-               "bank_size": int(bank.shape[0]), "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
+               "bank_size": int(bank.shape[0]), "bank_mode": bank_mode, "n_tiles": n_tiles,
+               "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
                "tflite_ms_per_image": ms_per_image, "fit_seconds": round(time.time() - t_start, 1)}
     manifest = {
         "input": spec.to_dict(),
@@ -217,6 +272,8 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         "quantization": {"mode": quant, "requested": cfg.quant, "representative_images": int(min(len(x_train), 200)),
                          "val_auroc": val_auroc, **quant_report},
         "scoring": {"method": cfg.scoring, "k": cfg.k, "metric": "euclidean", "features": "l2-normalised",
+                    "image_score": "max over tiles" if n_tiles > 1 else "single tile",
+                    "bank_mode": bank_mode, "bank_mode_measurement": bank_report or None,
                     "bank_size": int(bank.shape[0]), "bank_source_images": int(len(x_train)),
                     "bank_subsample": cfg.bank_subsample if len(keep) < len(f_train) else "none"},
         "threshold": threshold,
@@ -226,8 +283,10 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
                      "fit_seconds": summary["fit_seconds"]},
         **(extra_manifest or {}),
     }
-    path = write_bundle(out, manifest, {"extractor.tflite": blob, "bank.npy": npy_bytes(bank),
-                                        "calibration_scores.npy": npy_bytes(cal_scores)})
+    files = {"extractor.tflite": blob, "bank.npy": npy_bytes(bank), "calibration_scores.npy": npy_bytes(cal_scores)}
+    if bank_pos is not None:
+        files["bank_tile_index.npy"] = npy_bytes(bank_pos)
+    path = write_bundle(out, manifest, files)
     return FitResult(bundle=path, summary=summary,
                      val_scores={"validation (held-out normal vs synthetic defects)":
                                  (val_labels, np.r_[cal_scores, syn_scores])})
