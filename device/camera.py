@@ -117,10 +117,8 @@ class FolderSource(_Base):
 
         if not self._open:
             raise CameraError(f"{self.name}: read before open()")
-        if self._i >= len(self._files):
-            if not self.loop:
-                raise EndOfStream(f"{self.name}: all {len(self._files)} images replayed")
-            self._i = 0
+        if self._i >= len(self._files) and not self.loop:
+            raise EndOfStream(f"{self.name}: all {len(self._files)} images replayed")
         n = self._i % len(self._files)
         f = self._files[n]
         img = self._cache.get(n)

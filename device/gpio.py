@@ -3,7 +3,8 @@
 :class:`PulseScheduler` drives the reject line from a timer thread: each reject is a
 pulse at ``t_trigger + delay`` of a fixed width, so pulses stay right when parts
 arrive faster than the conveyor delay (several pulses queued at once). Overlapping
-pulses merge into one longer pulse. A *hold* forces the line to the fail-safe level
+pulses merge into one longer pulse. A rising edge that fires late (a starved CPU)
+keeps its full width: the falling edge is scheduled from the actual rising edge. A *hold* forces the line to the fail-safe level
 (camera fault, model error, stop) while queued pulses keep their schedule underneath.
 
 The pin factory is passed in (``pin_factory=``) or named (``"mock"``, ``"lgpio"``);
@@ -62,7 +63,7 @@ class PulseScheduler:
     def __init__(self, device, name: str = "reject", clock: Callable[[], float] = time.monotonic,
                  keep_edges: int = 10000):
         self.device, self.name, self.clock = device, name, clock
-        self._heap: list[tuple[float, int, int]] = []     # (time, seq, +1 on / -1 off)
+        self._heap: list[tuple[float, int, float]] = []   # (time, seq, width >= 0: on / -1: off)
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._active = 0             # pulses currently on
@@ -77,8 +78,7 @@ class PulseScheduler:
     def pulse(self, t_on: float, width_s: float) -> None:
         """Queue a pulse from ``t_on`` (clock time; now if in the past) lasting ``width_s``."""
         with self._cond:
-            heapq.heappush(self._heap, (t_on, next(self._seq), +1))
-            heapq.heappush(self._heap, (t_on + width_s, next(self._seq), -1))
+            heapq.heappush(self._heap, (t_on, next(self._seq), float(width_s)))
             self._cond.notify()
 
     def hold(self, level: bool | None) -> None:
@@ -115,13 +115,17 @@ class PulseScheduler:
                 if not self._heap:
                     self._cond.wait()
                     continue
-                t, _, delta = self._heap[0]
-                wait = t - self.clock()
-                if wait > 0:
-                    self._cond.wait(wait)
+                t, _, width = self._heap[0]
+                now = self.clock()
+                if t > now:
+                    self._cond.wait(t - now)
                     continue
                 heapq.heappop(self._heap)
-                self._active = max(0, self._active + delta)
+                if width >= 0:      # rising edge: the falling one keeps the full width even if late
+                    self._active += 1
+                    heapq.heappush(self._heap, (now + width, next(self._seq), -1.0))
+                else:
+                    self._active = max(0, self._active - 1)
                 try:
                     self._apply(t)
                 except Exception:  # a dead pin must not kill the scheduler thread
@@ -133,7 +137,7 @@ class PulseScheduler:
             self.drain(drain_s)
         with self._cond:
             self._stop = True
-            dropped = len(self._heap) // 2
+            dropped = sum(1 for e in self._heap if e[2] >= 0)
             self._heap.clear()
             self._active = 0
             if final_level is not None:

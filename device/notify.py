@@ -52,8 +52,12 @@ class Notifier:
         if self._sock is None:
             return False
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._addr)
+            # Never block the frame loop on a busy systemd: drop the message instead.
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._addr)
             return True
+        except BlockingIOError:
+            log.warning("sd_notify(%s) dropped: notification socket full", fields[0] if fields else "")
+            return False
         except OSError as exc:
             log.warning("sd_notify(%s) failed: %s", fields[0] if fields else "", exc)
             return False

@@ -1,0 +1,135 @@
+"""Shared fixtures of the device-daemon tests: a tiny real bundle, replay frames, configs.
+
+The bundle is built once per session with the real pipeline (Keras MobileNetV2 α0.35 at
+32 px with the shared ImageNet weights -> int8 TFLite -> bank through the same .tflite), so the daemon
+runs the exact code path of the appliance. Tests that need it skip when TensorFlow is absent.
+
+Frames: "normal" parts are the bank images themselves (score ~0 -> PASS), "defects" are
+noise images (far from the bank -> REJECT), so decisions are known in advance.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FRAME_HW = (48, 64)
+SHARED = Path(os.environ.get("ANOMALY_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
+N_BANK = 24
+
+
+def normal_image(i: int) -> np.ndarray:
+    """Smooth gradient 'part' with a per-index phase (RGB uint8, 48x64)."""
+    h, w = FRAME_HW
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    ph = i * 0.37
+    r = 128 + 100 * np.sin(x / 9.0 + ph)
+    g = 128 + 100 * np.cos(y / 7.0 - ph)
+    b = 128 + 60 * np.sin((x + y) / 11.0 + 2 * ph)
+    return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
+
+
+def defect_image(i: int) -> np.ndarray:
+    """Noise 'part': far from every bank feature."""
+    rng = np.random.default_rng(1000 + i)
+    return rng.integers(0, 256, size=FRAME_HW + (3,), dtype=np.uint8)
+
+
+def build_bundle(dest: Path, size=(32, 32)) -> Path:
+    """A real bundle (int8 TFLite extractor, l2 features, k=1) at ``dest``."""
+    tf = pytest.importorskip("tensorflow", reason="building a test bundle needs TensorFlow (trainer extra)")
+    from device.bundle import npy_bytes, write_bundle
+    from device.extractor import TFLiteExtractor, normalize_features
+    from device.preprocess import InputSpec, preprocess
+    from device.scoring import KNNScorer
+    from models.backbone import build_extractor
+    from trainer.convert import convert
+
+    if not WEIGHTS.is_file():
+        # Random-init MobileNetV2 features collapse to one point after int8 conversion.
+        pytest.skip(f"test bundle needs the ImageNet α0.35 weights at {WEIGHTS} (set ANOMALY_SHARED)")
+    tf.keras.utils.set_random_seed(0)
+    model, info = build_extractor(alpha=0.35, size=size, weights=str(WEIGHTS))
+    spec = InputSpec(size=size, pixel_scale=1.0, pixel_offset=0.0)
+    imgs = [normal_image(i) for i in range(N_BANK)]
+    batch = np.concatenate([preprocess(im, spec) for im in imgs])
+    blob = convert(model, representative=batch, mode="int8")
+    ext = TFLiteExtractor(blob)
+    bank = normalize_features(ext(batch), "l2").astype(np.float32)
+    loo = KNNScorer(bank, 1).leave_one_out()
+    thr = float(loo.max())
+    manifest = {
+        "input": spec.to_dict(),
+        "extractor": {"file": "extractor.tflite", "quantization": "int8", "feature_normalize": "l2",
+                      **ext.describe()},
+        "backbone": info,
+        "scoring": {"method": "knn", "k": 1, "metric": "euclidean"},
+        "threshold": {"value": thr, "target_frr": 0.0, "method": "leave-one-out max (test bundle)"},
+    }
+    return write_bundle(dest, manifest, {"extractor.tflite": blob, "bank.npy": npy_bytes(bank),
+                                         "calibration_scores.npy": npy_bytes(loo.astype(np.float32))})
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+def write_frames(folder: Path, pattern: str) -> list[str]:
+    """Write frames for ``pattern`` ('N' normal, 'D' defect) as PNGs; returns the expected decisions."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = []
+    for i, c in enumerate(pattern):
+        img = normal_image(i % N_BANK) if c == "N" else defect_image(i)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        expected.append("PASS" if c == "N" else "REJECT")
+    return expected
+
+
+def write_config(path: Path, bundle: Path, camera: str, journal: Path, extra: str = "") -> Path:
+    """A device.toml; ``camera`` is the body of [camera], ``extra`` more sections."""
+    path.write_text(textwrap.dedent(f"""\
+        [bundle]
+        path = "{bundle}"
+
+        [camera]
+        {camera}
+
+        [journal]
+        path = "{journal}"
+        """) + textwrap.dedent(extra))
+    return path
+
+
+def pin_edges(pin, t_cleared: float) -> list[tuple[float, bool]]:
+    """Absolute (monotonic) times of a MockPin's recorded state changes after ``clear_states()``."""
+    out, t = [], t_cleared
+    for s in pin.states[1:]:
+        t += s.timestamp
+        out.append((t, bool(s.state)))
+    return out
+
+
+def pulses(edges: list[tuple[float, bool]]) -> list[tuple[float, float]]:
+    """(start, width) of each high pulse in an edge list."""
+    out, start = [], None
+    for t, level in edges:
+        if level and start is None:
+            start = t
+        elif not level and start is not None:
+            out.append((start, t - start))
+            start = None
+    return out
+
+
+def env_no_notify() -> dict:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    return env

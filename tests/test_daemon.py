@@ -1,0 +1,343 @@
+"""Replayed frames -> daemon -> gpiozero MockFactory: pulses against the journal, signals, faults."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra)")
+pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
+
+from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_image, pin_edges,  # noqa: F401,E402
+                            pulses, write_config, write_frames)
+from gpiozero.pins.mock import MockFactory  # noqa: E402
+
+from device.camera import CameraError, FolderSource  # noqa: E402
+from device.config import load_config  # noqa: E402
+from device.daemon import Daemon  # noqa: E402
+from device.errors import BundleError  # noqa: E402
+from device.journal import Journal  # noqa: E402
+from device.notify import Notifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PATTERN = "NNDNDDNNNDDDN"
+
+
+def outputs(delay_ms=100, width_ms=15, rate=25.0, extra=""):
+    return (f"[trigger]\nrate_hz = {rate}\n\n[outputs]\nreject_pin = 17\nalarm_pin = 27\n"
+            f"reject_delay_ms = {delay_ms}\nreject_width_ms = {width_ms}\n{extra}")
+
+
+def run_daemon(cfg_path, factory=None, **kw):
+    factory = factory or MockFactory()
+    cfg = load_config(cfg_path)
+    d = Daemon(cfg, config_path=cfg_path, pin_factory=factory, notifier=kw.pop("notifier", Notifier(env={})), **kw)
+    pin = factory.pin(17)
+    t0 = time.monotonic()
+    pin.clear_states()
+    return d, pin, t0
+
+
+def check_pulses_match_journal(rows, edges, width_s, late_tol=0.030):
+    """Every REJECT/ERROR row has one pulse starting at its reject_at with the configured width."""
+    got = pulses(edges)
+    wanted = [r["reject_at"] for r in rows if r["decision"] != "PASS"]
+    assert all(r["reject_at"] is None for r in rows if r["decision"] == "PASS")
+    assert len(got) == len(wanted), (got, wanted)
+    for (start, width), at in zip(got, wanted):
+        assert at - 0.001 <= start <= at + late_tol, f"pulse at {start:.4f}, scheduled {at:.4f}"
+        assert width == pytest.approx(width_s, abs=0.008)  # loose: shared CI cores
+
+
+def test_folder_replay_pulses_match_journal(bundle_dir, tmp_path):
+    expected = write_frames(tmp_path / "frames", PATTERN)
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                       tmp_path / "j.sqlite", outputs(delay_ms=100, width_ms=15, rate=25.0))
+    d, pin, t0 = run_daemon(cfg)
+    assert d.run(signals=False) == 0
+    rows = Journal(tmp_path / "j.sqlite").decisions()
+    assert [r["decision"] for r in rows] == expected
+    # Parts come every 40 ms with a 100 ms delay: several pulses were queued at once.
+    rej = [r for r in rows if r["decision"] == "REJECT"]
+    assert any(b["t_trigger"] < a["reject_at"] for a, b in zip(rej, rej[1:]))
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.015)
+    assert pin.state == 0  # safe level "inactive" after the stop
+    for r in rows:
+        assert r["threshold"] == pytest.approx(d.detector.threshold)
+        assert r["preprocess_ms"] > 0 and r["inference_ms"] > 0 and r["knn_ms"] > 0
+
+
+def test_video_replay_pulses_match_journal(bundle_dir, tmp_path):
+    import cv2
+
+    video = tmp_path / "line.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    assert w.isOpened(), "OpenCV cannot write MJPG here"
+    pattern = "NDNNDDN"
+    for i, c in enumerate(pattern):
+        img = normal_image(i) if c == "N" else defect_image(i)
+        w.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    w.release()
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "video"\npath = "{video}"',
+                       tmp_path / "j.sqlite", outputs(delay_ms=60, width_ms=10, rate=30.0))
+    d, pin, t0 = run_daemon(cfg)
+    assert d.run(signals=False) == 0
+    rows = Journal(tmp_path / "j.sqlite").decisions()
+    assert [r["decision"] for r in rows] == ["PASS" if c == "N" else "REJECT" for c in pattern]
+    assert rows[0]["name"] == f"video:{video}:0"
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
+
+
+def test_overlapping_pulses_merge_and_fast_parts(bundle_dir, tmp_path):
+    """Free-running as fast as possible: pulses wider than the part spacing merge, none lost."""
+    write_frames(tmp_path / "frames", "DDDDNNNNNNNNNNNND")
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                       tmp_path / "j.sqlite", outputs(delay_ms=50, width_ms=30, rate=0.0))
+    d, pin, t0 = run_daemon(cfg)
+    d.run(signals=False)
+    rows = Journal(tmp_path / "j.sqlite").decisions()
+    p = pulses(pin_edges(pin, t0))
+    rej = [r["reject_at"] for r in rows if r["decision"] == "REJECT"]
+    assert len(rej) == 5
+    # Expected line: the union of [reject_at, reject_at + width] over the journal's rejects.
+    union = []
+    for at in rej:
+        if union and at <= union[-1][1]:
+            union[-1][1] = at + 0.030
+        else:
+            union.append([at, at + 0.030])
+    assert len(p) == len(union) < len(rej)  # the first four parts (ms apart) merged into one pulse
+    for (start, width), (a, b) in zip(p, union):
+        assert start == pytest.approx(a, abs=0.015) and start + width == pytest.approx(b, abs=0.015)
+
+
+def test_sigterm_mid_run_consistent_journal_and_safe_outputs(bundle_dir, tmp_path):
+    write_frames(tmp_path / "frames", PATTERN)
+    cfg = write_config(tmp_path / "d.toml", bundle_dir,
+                       f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
+                       tmp_path / "j.sqlite", outputs(delay_ms=80, width_ms=10, rate=50.0,
+                                                      extra='safe_level = "active"\n'))
+    d, pin, t0 = run_daemon(cfg)
+    threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert d.run(signals=True) == 0
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.integrity_ok()
+    rows = j.decisions()
+    assert len(rows) >= 10
+    assert [e["kind"] for e in j.events()][-1] == "stop"
+    edges = pin_edges(pin, t0)
+    # safe level "active": held high until ready, high again at stop; queued pulses fired before that.
+    assert [lvl for _, lvl in edges[:2]] == [True, False] and t_ready_ok(edges[1][0], rows)
+    assert edges[-1][1] is True and pin.state == 1
+    check_pulses_match_journal(rows, edges[2:-1], 0.010)
+    assert signal.getsignal(signal.SIGTERM) is not d.request_stop  # handlers restored
+
+
+def t_ready_ok(t_release, rows):
+    """The reject line left the safe level before the first decision."""
+    return t_release <= rows[0]["t_trigger"]
+
+
+def _subprocess_run(cfg, sig, after_s):
+    env = env_no_notify()
+    p = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGKILL, -9)])
+def test_service_process_signals(bundle_dir, tmp_path, sig, code):
+    write_frames(tmp_path / "frames", PATTERN)
+    cfg = write_config(tmp_path / "d.toml", bundle_dir,
+                       f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
+                       tmp_path / "j.sqlite", outputs(rate=100.0, extra='pin_factory = "mock"\n'))
+    rc, err = _subprocess_run(cfg, sig, 3.5)
+    assert rc == code, err[-2000:]
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n, = db.execute("SELECT COUNT(*) FROM decisions").fetchone()
+    assert n > 0, err[-2000:]
+    kinds = [k for k, in db.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds[:2] == ["start", "ready"]
+    assert (kinds[-1] == "stop") == (sig == signal.SIGTERM)
+    # Frame ids are consecutive: nothing but (at most) the frame in flight is missing.
+    frames = [f for f, in db.execute("SELECT frame FROM decisions ORDER BY id")]
+    assert frames == list(range(len(frames)))
+
+
+class FlakySource:
+    """A folder source whose reads 4-6 fail and whose first reopen fails too."""
+
+    def __init__(self, path):
+        self.inner = FolderSource(path, loop=True)
+        self.name = "flaky"
+        self.reads = self.opens = 0
+
+    def open(self):
+        self.opens += 1
+        if self.opens == 2:
+            raise CameraError("flaky: still unplugged")
+        self.inner.open()
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 4:
+            raise CameraError("flaky: read timed out")
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
+
+
+def test_camera_fails_then_recovers(bundle_dir, tmp_path):
+    write_frames(tmp_path / "frames", "NNNNNNNN")
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
+                       'retry_initial_s = 0.05\nretry_max_s = 0.2', tmp_path / "j.sqlite",
+                       outputs(rate=0.0, extra='safe_level = "active"\n'))
+    factory = MockFactory()
+    src = FlakySource(tmp_path / "frames")
+    d, pin, t0 = run_daemon(cfg, factory, source=src, max_frames=8)
+    alarm = factory.pin(27)
+    alarm.clear_states()
+    assert d.run(signals=False) == 0
+    j = Journal(tmp_path / "j.sqlite")
+    kinds = [e["kind"] for e in j.events()]
+    assert kinds.index("camera_fault") < kinds.index("camera_ok")
+    assert "flaky: read timed out" in [e["message"] for e in j.events() if e["kind"] == "camera_fault"][0]
+    assert len(j.decisions()) == 8 and src.opens == 3
+    # Alarm raised during the fault and cleared after; reject line held at the safe level meanwhile.
+    assert [s.state for s in alarm.states] == [False, True, False]
+    levels = [lvl for _, lvl in pin_edges(pin, t0)]
+    assert levels == [True, False, True, False, True]  # safe until ready, ready, fault, recovered, stop
+    assert j.summary()["camera"] == "stopped"
+
+
+def test_sighup_reload_keeps_old_bundle_when_new_is_bad(bundle_dir, tmp_path):
+    write_frames(tmp_path / "frames", PATTERN)
+    bad = tmp_path / "bad_bundle"
+    shutil.copytree(bundle_dir, bad)
+    with open(bad / "bank.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x01\x02")
+    cam = f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true'
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
+    d, pin, t0 = run_daemon(cfg)
+    def operator():
+        time.sleep(0.5)
+        write_config(cfg, bad, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.5)
+        write_config(cfg, bundle_dir, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
+        cfg.write_text(cfg.read_text().replace(f'path = "{bundle_dir}"', f'path = "{bundle_dir}"\nthreshold = 0.75', 1))
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    op = threading.Thread(target=operator)
+    op.start()
+    assert d.run() == 0
+    op.join()
+    j = Journal(tmp_path / "j.sqlite")
+    ev = j.events()
+    failed = [e for e in ev if e["kind"] == "reload_failed"]
+    assert failed and "bank.npy" in failed[0]["message"] and "sha256" in failed[0]["message"]
+    assert [e["kind"] for e in ev].count("reload") == 1
+    thr = [r["threshold"] for r in j.decisions()]
+    assert thr[0] != 0.75 and thr[-1] == pytest.approx(0.75)
+    t_fail = failed[0]["ts"]
+    assert any(r["ts"] > t_fail and r["threshold"] == thr[0] for r in j.decisions())  # old kept running
+
+
+def test_sd_notify_ready_after_bundle_and_camera_then_watchdog(bundle_dir, tmp_path):
+    write_frames(tmp_path / "frames", PATTERN)
+    sock_path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(0.2)
+    msgs, done = [], threading.Event()
+
+    def reader():
+        while True:
+            try:
+                msgs.append(srv.recv(4096).decode())
+            except socket.timeout:
+                if done.is_set():
+                    return
+
+    rd = threading.Thread(target=reader)
+    rd.start()
+    cfg = write_config(tmp_path / "d.toml", bundle_dir,
+                       f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
+                       tmp_path / "j.sqlite", outputs(rate=50.0))
+    n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
+    d, pin, t0 = run_daemon(cfg, notifier=n, max_frames=30)
+    assert d.run(signals=False) == 0
+    done.set()
+    rd.join()
+    srv.close()
+    first = [m.split("\n")[0] for m in msgs]
+    assert "READY=1" in first and first[-1] == "STOPPING=1"
+    i_ready = first.index("READY=1")
+    assert all(not m.startswith("WATCHDOG") for m in first[:i_ready])
+    assert any(m.startswith("STATUS=loading bundle") for m in first[:i_ready])
+    # 30 frames at 50/s = 0.6 s with keep-alives every 50 ms (half of WatchdogSec).
+    assert first[i_ready:].count("WATCHDOG=1") >= 5
+
+
+def test_corrupted_bundle_documented_error(bundle_dir, tmp_path, capsys):
+    from device.cli import main
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bad)
+    (bad / "extractor.tflite").write_bytes((bad / "extractor.tflite").read_bytes()[:1000])
+    write_frames(tmp_path / "frames", "N")
+    cfg = write_config(tmp_path / "d.toml", bad, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                       tmp_path / "j.sqlite")
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "extractor.tflite" in err and "truncated" in err
+    with pytest.raises(BundleError, match="extractor.tflite"):
+        Daemon(load_config(cfg), pin_factory=MockFactory(), notifier=Notifier(env={})).start()
+    # The failure is journaled too.
+    assert Journal(tmp_path / "j.sqlite").events()[-1]["kind"] == "bundle_error"
+
+
+def test_selftest_and_status_commands(bundle_dir, tmp_path, capsys):
+    import json
+
+    from device.cli import main
+
+    expected = write_frames(tmp_path / "frames", PATTERN)
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, 'source = "picamera2"', tmp_path / "j.sqlite",
+                       outputs(rate=0.0))
+    assert main(["selftest", "--config", str(cfg), "--source", str(tmp_path / "frames"), "--frames", "13",
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] and rep["frames"] == 13 and rep["rejects"] == expected.count("REJECT")
+    assert rep["reject_edges"] >= 1 and rep["pins"] == "mock"
+    # status reads the journal written by a run
+    cfg2 = write_config(tmp_path / "d2.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                        tmp_path / "j2.sqlite", outputs(rate=0.0, delay_ms=0, width_ms=1,
+                                                        extra='pin_factory = "mock"\n'))
+    assert main(["run", "--config", str(cfg2)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(cfg2), "--json", "--last", "3"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["summary"]["decisions"] == 13 and st["summary"]["rejects"] == expected.count("REJECT")
+    assert st["summary"]["camera"] == "stopped" and len(st["last"]) == 3 and st["last"][-1]["frame"] == 12
+    assert main(["status", "--config", str(cfg2)]) == 0
+    assert "decisions 13" in capsys.readouterr().out
+    assert main(["status", "--journal", str(tmp_path / "none.sqlite")]) == 2
+    assert "no journal yet" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""Config validation, pulse scheduler, sd_notify and projected k-NN: fast unit tests (no TensorFlow)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from device.config import load_config, parse_config
+from device.errors import ConfigError
+from device.notify import Notifier
+from device.scoring import KNNScorer, ProjectedKNNScorer, fit_pca
+
+GOOD = """
+[bundle]
+path = "bundle"
+threads = 1
+
+[camera]
+source = "folder"
+path = "frames"
+roi = [10, 20, 300, 200]
+
+[trigger]
+mode = "gpio"
+pin = 4
+
+[outputs]
+reject_pin = 17
+reject_delay_ms = 350
+reject_width_ms = 40
+safe_level = "active"
+alarm_pin = 27
+alarm_after_rejects = 3
+"""
+
+
+def test_good_config_and_relative_paths(tmp_path):
+    p = tmp_path / "device.toml"
+    p.write_text(GOOD)
+    cfg = load_config(p)
+    assert cfg.bundle.path == str(tmp_path / "bundle") and cfg.camera.path == str(tmp_path / "frames")
+    assert cfg.camera.roi == (10, 20, 300, 200) and cfg.trigger.pin == 4
+    assert cfg.outputs.reject_delay_ms == 350.0 and cfg.outputs.safe_level == "active"
+    assert cfg.journal.path == str(tmp_path / "journal.sqlite")
+
+
+def test_every_unknown_key_and_bad_value_is_named(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("""
+[bundle]
+path = "b"
+threads = "two"
+treshold = 0.5
+
+[camera]
+source = "webcam"
+path = "f"
+awb_gains = [1.5]
+
+[outputs]
+reject_pin = 60
+reject_width_ms = -5
+safe_level = "maybe"
+
+[extras]
+x = 1
+""")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "8 problem(s)" in msg
+    for needle in ("[bundle].threads: expected an integer, found string 'two'",
+                   "[bundle].treshold: unknown key; expected one of path, target_frr, threads, threshold",
+                   "[camera].source: expected one of 'folder', 'video', 'opencv', 'picamera2', found 'webcam'",
+                   "[camera].awb_gains: expected [red_gain, blue_gain]",
+                   "[outputs].reject_pin: expected 0..53, found 60",
+                   "[outputs].reject_width_ms: expected 0.1..60000.0, found -5",
+                   "[outputs].safe_level: expected one of 'inactive', 'active', found 'maybe'",
+                   "[extras]: unknown section"):
+        assert needle in msg, (needle, msg)
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"camera": {"source": "folder", "path": "f"}}, "[bundle].path: required key missing"),
+    ({"bundle": {"path": "b"}, "camera": {"source": "video"}}, "[camera].path: required when source = 'video'"),
+    ({"bundle": {"path": "b", "threshold": 0.3, "target_frr": 0.01}}, "give one or the other"),
+    ({"bundle": {"path": "b"}, "trigger": {"mode": "gpio"}}, "[trigger].pin: required when mode = 'gpio'"),
+    ({"bundle": {"path": "b"}, "outputs": {"reject_pin": 17, "alarm_pin": 17}},
+     "[outputs].alarm_pin: GPIO17 is already used by [outputs].reject_pin"),
+    ({"bundle": {"path": "b"}, "camera": {"retry_initial_s": 5.0, "retry_max_s": 1.0}}, "[camera].retry_max_s"),
+    ({"bundle": {"path": "b"}, "outputs": {"reject_active_high": 1}}, "expected true or false, found integer 1"),
+    ({"bundle": "b"}, "bundle: expected a table [bundle], found string"),
+])
+def test_cross_field_problems(doc, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert needle in str(e.value)
+
+
+def test_toml_syntax_and_missing_file(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[bundle]\npath = \n")
+    with pytest.raises(ConfigError, match=r"x.toml: TOML syntax error: .*line 2"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_check_config_cli_exit_codes(tmp_path, capsys):
+    from device.cli import main
+
+    p = tmp_path / "d.toml"
+    p.write_text(GOOD.replace("threads = 1", "threads = 0"))
+    assert main(["check-config", "--config", str(p), "--no-bundle"]) == 2
+    assert "[bundle].threads: expected 1..64, found 0" in capsys.readouterr().err
+    p.write_text(GOOD)
+    assert main(["check-config", "--config", str(p), "--no-bundle"]) == 0
+    assert "config OK" in capsys.readouterr().out
+    assert main(["check-config", "--config", str(p)]) == 2   # bundle folder does not exist
+    assert "bundle directory not found" in capsys.readouterr().err
+
+
+def test_pulse_scheduler_queues_faster_than_delay_and_merges():
+    pytest.importorskip("gpiozero")
+    from gpiozero.pins.mock import MockFactory
+
+    from device.gpio import Outputs
+
+    f = MockFactory()
+    out = Outputs(reject_pin=17, pin_factory=f)
+    out.run_mode()
+    t0 = time.monotonic() + 0.05
+    # Four parts 10 ms apart, each rejected 50 ms later with 5 ms pulses; two overlapping at the end.
+    for i in range(4):
+        out.reject.pulse(t0 + 0.010 * i, 0.005)
+    out.reject.pulse(t0 + 0.032, 0.005)
+    assert out.reject.pending == 5
+    assert out.reject.drain(1.0)
+    time.sleep(0.02)
+    edges = [(t, lvl) for ts, t, lvl in out.reject.edges]
+    starts = [t for t, lvl in edges if lvl]
+    assert len(starts) == 4     # the part at +32 ms overlaps the one at +30 ms: merged
+    for i, s in enumerate(starts):
+        assert s == pytest.approx(t0 + 0.010 * i, abs=0.01)
+    ends = [t for t, lvl in edges if not lvl]
+    assert ends[-1] - starts[-1] == pytest.approx(0.007, abs=0.006)
+    out.close()
+    assert f.pin(17).state == 0
+
+
+def test_outputs_hold_safe_level_and_alarm():
+    pytest.importorskip("gpiozero")
+    from gpiozero.pins.mock import MockFactory
+
+    from device.gpio import Outputs
+
+    f = MockFactory()
+    out = Outputs(reject_pin=17, alarm_pin=27, safe_level="active", pin_factory=f)
+    assert f.pin(17).state == 1          # safe (active) until running
+    out.run_mode()
+    assert f.pin(17).state == 0
+    out.fault(True)
+    out.set_alarm(True)
+    assert f.pin(17).state == 1 and f.pin(27).state == 1
+    out.fault(False)
+    out.set_alarm(False)
+    assert f.pin(17).state == 0 and f.pin(27).state == 0
+    out.close()
+    out.close()                           # idempotent
+    assert f.pin(17).state == 1
+
+
+def test_notifier_datagrams_and_watchdog_rate(tmp_path):
+    path = str(tmp_path / "n.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(1)
+    n = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+    assert n.enabled and n.watchdog_s == 2.0
+    assert n.ready("up")
+    assert srv.recv(100) == b"READY=1\nSTATUS=up"
+    assert n.watchdog() and not n.watchdog()    # second within WatchdogSec/2: skipped
+    assert srv.recv(100) == b"WATCHDOG=1"
+    assert not Notifier(env={}).ready()
+    assert Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s == 0
+    n.close()
+    srv.close()
+
+
+def test_projected_knn_full_rank_equals_knn_and_low_rank_keeps_ranking():
+    rng = np.random.default_rng(0)
+    # Normal features near a 20-dim subspace; anomalies shifted far along it.
+    basis = rng.normal(size=(20, 256)).astype(np.float32)
+    bank = rng.normal(size=(500, 20)).astype(np.float32) @ basis + 0.01 * rng.normal(size=(500, 256)).astype(np.float32)
+    normal = rng.normal(size=(50, 20)).astype(np.float32) @ basis
+    anom = normal + 12.0 * basis[0]
+    full = KNNScorer(bank, 2)
+    mean, comps, ev = fit_pca(bank, 256)
+    same = ProjectedKNNScorer(bank, 2, mean, comps)
+    q = np.vstack([normal, anom])
+    np.testing.assert_allclose(same.score(q), full.score(q), rtol=1e-3, atol=1e-3)
+    mean, comps, ev = fit_pca(bank, 32)
+    assert ev > 0.99 and comps.shape == (32, 256)
+    low = ProjectedKNNScorer(bank, 2, mean, comps)
+    s = low.score(q)
+    assert s[:50].max() < s[50:].min()      # anomalies still separated
+    assert low.leave_one_out().shape == (500,)
+    with pytest.raises(ValueError, match="projection does not fit the bank"):
+        ProjectedKNNScorer(bank, 1, mean[:10], comps)
+    with pytest.raises(ValueError, match="PCA dims must be in 1..256"):
+        fit_pca(bank, 300)
