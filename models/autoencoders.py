@@ -47,7 +47,7 @@ class AEConfig:
     size: tuple = (128, 128)
     latent: int = 64
     hidden: int = 392
-    filters: int = 32
+    filters: int = 16
     epochs: int = 30
     batch: int = 32
     lr: float = 1e-3
@@ -129,7 +129,7 @@ class ProjectionDetector:
         inpaint_alpha: step size of the masked (inpainting) projection.
     """
 
-    def __init__(self, config: AEConfig | None = None, *, steps: int = 100, alpha: float = 2.0,
+    def __init__(self, config: AEConfig | None = None, *, steps: int = 50, alpha: float = 2.0,
                  lam: float = 0.05, map_mode: str = "grad", smooth: float = 2.0, batch: int = 32,
                  inpaint_alpha: float = 0.05, **cfg):
         self.config = config or AEConfig(**cfg)

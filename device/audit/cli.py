@@ -112,7 +112,7 @@ def register(subparsers) -> None:
     p.add_argument("--arch", choices=("conv", "dense"), help="architecture when fitting (default conv)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--latent", type=int)
-    p.add_argument("--steps", type=int, help="projection iterations (default 100)")
+    p.add_argument("--steps", type=int, help="projection iterations (default 50)")
     p.add_argument("--alpha", type=float, help="projection step size")
     p.add_argument("--lam", type=float, help="weight of ||x - x0||_1 in the energy")
     p.add_argument("--map", choices=("grad", "recon"), help="map scored: |x0 - xT| (grad) or |x0 - f(x0)|")

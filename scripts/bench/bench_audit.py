@@ -90,7 +90,7 @@ def bench_projection(root: Path, quick: bool) -> dict:
     r = {"proj_n_train": len(tr), "proj_n_test": len(te), "proj_n_anomalous": int(lab.sum()), "proj_size": 128}
     x = te.astype(np.float32) / 255
     for kind in ("ae", "vae"):
-        det = ProjectionDetector(kind=kind, size=(128, 128), epochs=3 if quick else 40, latent=64)
+        det = ProjectionDetector(kind=kind, size=(128, 128), epochs=3 if quick else 25, latent=64)
         _, t = _timed(det.fit, tr)
         r[f"proj_{kind}_fit_s"] = t
         s, t = _timed(det.anomaly_score, x)
