@@ -1,0 +1,405 @@
+"""End-to-end benchmark: fit (DOC | untouched) -> int8 TFLite bundle -> device scoring, on shared data.
+
+Invocation (from the repository root, no Makefile needed)::
+
+    .venv/bin/python scripts/bench/bench_e2e.py [--quick] [--data fashion mnist magnetic_tile] [--seeds 5]
+
+For each data set (Fashion-MNIST 7 vs 9, MNIST-test 1 vs 9, magnetic tile) and each of
+``--seeds`` seeded splits this runs :func:`trainer.pipeline.fit` with the data set's
+configuration (``CONFIGS``): the untouched backbone and the DOC fine-tuned one are both
+validated on held-out normal images vs *synthetic* defects only (no real defects are
+shown to model selection), the better one is converted to full-int8 TFLite and banked.
+The test split is then scored through the device path: on seed 0 every test image goes
+through ``device.detector.Detector.score_one`` (1 thread; per-image latency is the sum
+of preprocess, inference and k-NN); other seeds score the same preprocessed batch with
+the same bundle. Float AUROC uses the float TFLite of the selected extractor with a bank
+built from the same training images. For both candidates the real test AUROC (float
+Keras features) is recorded beside their synthetic validation AUROC, so the script also
+reports how well synthetic validation predicts real AUROC.
+
+Writes ``scripts/bench/results/e2e.json`` (flat keys -> numbers, plus ``command`` and
+``date``) and a table into ``BENCHMARKS.md`` between ``<!-- e2e:start -->`` and
+``<!-- e2e:end -->`` (only that section is touched). ``--quick`` runs one seed, fewer
+training images and DOC steps, and writes ``e2e_quick.json`` without touching BENCHMARKS.md.
+
+Environment: ``ANOMALY_SHARED`` (default ``../shared``) holds ``data/`` and ``weights/``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # the device's k-NN runs single-threaded numpy
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "scripts" / "bench" / "results"
+RESEARCH = RESULTS / "e2e_research.json"
+MARK_START, MARK_END = "<!-- e2e:start -->", "<!-- e2e:end -->"
+WEIGHTS_NAME = "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
+TARGETS = {"fashion": 0.97, "mnist": 0.995, "magnetic_tile": 0.95}
+TITLES = {"fashion": "Fashion-MNIST 7 vs 9", "mnist": "MNIST-test 1 vs 9", "magnetic_tile": "Magnetic tile"}
+
+# Per data set: loader kwargs, FitConfig fields, DOC fields, DOC reference set.
+CONFIGS = {
+    # research (BENCHMARKS.md, e2e section): aligned objects keep their layout with grid pooling of a mid-level
+    # tap; all 6000 training sneakers in the bank; DOC with the other Fashion classes as the reference set.
+    "fashion": {
+        "data": {"n_train": None},
+        "fit": {"size": (96, 96), "color": "grey", "taps": "b10", "pooling": "grid3", "k": 5},
+        "doc": {"steps": 300, "lr": 1e-4, "train_from": "block_8_expand", "lam": 1000.0},
+        "reference": "fashion_other",
+    },
+    "mnist": {
+        "data": {},
+        "fit": {"size": (96, 96), "color": "grey", "taps": "b6+b10+b13", "pooling": "max", "k": 1},
+        "doc": {"steps": 100, "lr": 1e-5, "train_from": "block_13_expand", "lam": 1000.0},
+        "reference": "mnist_other",
+    },
+    "magnetic_tile": {
+        "data": {},
+        "fit": {"size": (320, 320), "color": "grey", "taps": "b13+out", "pooling": "grid3", "k": 1},
+        "doc": {"steps": 100, "lr": 1e-5, "train_from": "block_16_expand", "lam": 1000.0},
+        "reference": "textures",
+    },
+}
+
+log = logging.getLogger("bench_e2e")
+
+
+# ------------------------------------------------------------------ helpers
+
+def shared_dir() -> Path:
+    from trainer.datasets import shared_root
+
+    return shared_root()
+
+
+def _write_reference_folder(folder: Path, xs: np.ndarray, ys: np.ndarray) -> str:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        d = folder / f"class_{int(y):02d}"
+        d.mkdir(exist_ok=True)
+        cv2.imwrite(str(d / f"{i:05d}.png"), cv2.cvtColor(x, cv2.COLOR_RGB2BGR))
+    return str(folder)
+
+
+def texture_images() -> list[np.ndarray]:
+    """scikit-image's bundled textures and photos (no network), uint8 RGB."""
+    from skimage import data as skd
+
+    from trainer.data import sample_photos
+
+    out = []
+    for name in ("brick", "grass", "gravel", "rough_wall" if hasattr(skd, "rough_wall") else "brick"):
+        try:
+            img = getattr(skd, name)()
+        except Exception:  # noqa: BLE001 - optional samples fetched on demand
+            continue
+        img = img if img.ndim == 3 else np.repeat(img[:, :, None], 3, axis=2)
+        out.append(np.ascontiguousarray(img[:, :, :3].astype(np.uint8)))
+    out += [p for _, p in sample_photos()]
+    return out
+
+
+def make_reference(kind: str, size: tuple[int, int], n: int, seed: int, tmp: Path) -> str:
+    """A DOC reference spec for FitConfig.reference: a folder written under ``tmp`` or ``samples``."""
+    from trainer import datasets
+    from trainer.data import random_crops
+
+    if kind == "samples":
+        return "samples"
+    if kind == "fashion_other":
+        xs, ys, _ = datasets.fashion_reference((7, 9), n, size, seed)
+    elif kind == "mnist_other":
+        xs, ys, _ = datasets.mnist_reference((1, 9), n, size, seed)
+    elif kind == "fashion_for_digits":
+        xs, ys, _ = datasets.fashion_reference((), n, size, seed)
+    elif kind == "textures":
+        xs, ys = random_crops(texture_images(), size, n, seed)
+    else:
+        raise ValueError(f"unknown reference kind {kind!r}")
+    return _write_reference_folder(tmp / f"ref_{kind}_{seed}", xs, ys)
+
+
+@contextlib.contextmanager
+def capture_models():
+    """Record the candidate Keras extractors and the float TFLite blob that ``fit`` makes.
+
+    ``fit`` imports ``convert`` at call time and calls ``_keras_features`` from its module,
+    so wrapping both sees every candidate model (in validation order) and the float blob.
+    """
+    import trainer.convert as conv_mod
+    import trainer.pipeline as pl
+
+    seen = {"models": [], "float_blob": None, "int8_model": None}
+    orig_feat, orig_conv = pl._keras_features, conv_mod.convert
+
+    def feat(model, x):
+        if not any(m is model for m in seen["models"]):
+            seen["models"].append(model)
+        return orig_feat(model, x)
+
+    def conv(model, representative=None, mode="int8", **kw):
+        blob = orig_conv(model, representative, mode, **kw)
+        if mode == "float":
+            seen["float_blob"] = blob
+        seen["int8_model"] = model
+        return blob
+
+    pl._keras_features, conv_mod.convert = feat, conv
+    try:
+        yield seen
+    finally:
+        pl._keras_features, conv_mod.convert = orig_feat, orig_conv
+
+
+def l2(f: np.ndarray) -> np.ndarray:
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+# ------------------------------------------------------------------ one run
+
+def run_one(name: str, conf: dict, seed: int, tmp: Path, per_image: bool, quick: bool) -> dict:
+    """Fit one split and score its test set; returns a flat dict of numbers (and a few strings)."""
+    from device.detector import Detector
+    from device.extractor import TFLiteExtractor
+    from device.preprocess import preprocess_many
+    from device.scoring import KNNScorer
+    from trainer.datasets import load_dataset
+    from trainer.doc import DocConfig
+    from trainer.pipeline import FitConfig, auroc, fit
+
+    data_kw = dict(conf["data"])
+    doc_kw = dict(conf["doc"])
+    if quick:
+        if name == "fashion":
+            data_kw["n_train"] = 300
+        doc_kw["steps"] = min(doc_kw.get("steps", 200), 30)
+    ds = load_dataset(name, seed=seed, **data_kw)
+    weights = str(shared_dir() / "weights" / WEIGHTS_NAME)
+    fc = FitConfig(alpha=0.35, weights=weights, seed=seed, doc=doc_kw.pop("enabled", True),
+                   doc_cfg=DocConfig(**doc_kw), **conf["fit"])
+    spec = fc.input_spec()
+    imgs = ds.images("train")
+    perm = np.random.default_rng(seed).permutation(len(imgs))
+    n_cal = int(round(len(imgs) * fc.calib_fraction))
+    train = [imgs[i] for i in np.sort(perm[n_cal:])]
+    calib = [imgs[i] for i in np.sort(perm[:n_cal])]
+    if fc.doc:
+        fc.reference = make_reference(conf["reference"], tuple(fc.size), fc.n_reference, seed, tmp)
+    bundle_dir = tmp / f"bundle_{name}_{seed}"
+    t0 = time.time()
+    with capture_models() as cap:
+        res = fit(train, bundle_dir, fc, calib=calib, progress=False)
+    fit_s = time.time() - t0
+    manifest = json.loads((res.bundle / "manifest.json").read_text())
+    doc_info = manifest["backbone"]["selection"].get("doc") or {}
+    s = res.summary
+    out = {"fit_seconds": round(fit_s, 1), "doc_seconds": doc_info.get("seconds", 0.0),
+           "selected_doc": int(s["selected"] == "doc"), "int8_val_auroc_synthetic": s.get("int8_val_auroc"),
+           "float_val_auroc_synthetic": s.get("float_val_auroc"),
+           "feature_cosine_mean": s.get("feature_cosine_mean"), "feature_cosine_min": s.get("feature_cosine_min"),
+           "n_train": len(train), "n_calibration": len(calib), "n_test": len(ds.test),
+           "n_test_anomalous": int(ds.test_labels.sum())}
+
+    labels = ds.test_labels
+    x_test = preprocess_many(ds.images("test"), spec)
+    x_train = preprocess_many(train, spec)
+    det = Detector.from_bundle(res.bundle, num_threads=1)
+    if per_image:
+        scores, lat, stages = [], [], {}
+        for im in ds.images("test"):
+            scores.append(det.score_one(im))
+            lat.append(sum(det.last_timing.values()))
+            for k, v in det.last_timing.items():
+                stages.setdefault(k, []).append(v)
+        scores = np.array(scores)
+        out.update({"latency_ms_median": float(np.median(lat)), "latency_ms_mean": float(np.mean(lat)),
+                    "latency_ms_p95": float(np.percentile(lat, 95)),
+                    **{f"{k.replace('_ms', '')}_ms_median": float(np.median(v)) for k, v in stages.items()}})
+        batch_scores = det.score_batch(x_test)
+        out["device_batch_vs_one_max_abs_diff"] = float(np.max(np.abs(batch_scores - scores)))
+    else:
+        scores = det.score_batch(x_test)
+    out["int8_auroc"] = auroc(labels, scores)
+    for g in sorted(set(ds.test_groups) - {"good"}):
+        m = np.array([gg in ("good", g) for gg in ds.test_groups])
+        out[f"int8_auroc_{g}"] = auroc(labels[m], scores[m])
+    if cap["float_blob"] is not None:
+        fext = TFLiteExtractor(cap["float_blob"], num_threads=1)
+        fs = KNNScorer(l2(fext(x_train)), fc.k).score(l2(fext(x_test)))
+        out["float_auroc"] = auroc(labels, fs)
+        out["int8_minus_float"] = out["int8_auroc"] - out["float_auroc"]
+    # synthetic validation vs real test, per candidate (float Keras features)
+    cands = list(s["candidates"])
+    for cname, model in zip(cands, cap["models"]):
+        from trainer.pipeline import _keras_features
+
+        sc = KNNScorer(_keras_features(model, x_train), fc.k).score(_keras_features(model, x_test))
+        out[f"cand_{cname}_synthetic_auroc"] = s["candidates"][cname]["synthetic_auroc"]
+        out[f"cand_{cname}_real_auroc"] = auroc(labels, sc)
+    out["selected_name"] = s["selected"]
+    out["config"] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in conf["fit"].items()},
+                     "doc": doc_kw, "reference": conf["reference"] if fc.doc else None, "data": data_kw}
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def render(flat: dict, runs: dict, research: list | None) -> str:
+    lines = [MARK_START, "", "### End-to-end benchmark (fit → int8 TFLite → device scoring)", "",
+             f"`{flat['command']}` on {flat['date']} (α0.35 ImageNet weights, CPU, 1 interpreter thread). "
+             "Model selection saw held-out normal images and **synthetic** defects only. "
+             "AUROC on the fixed split (seed 0); mean ± std over "
+             f"{flat.get('n_seeds', 1)} seeded splits.", "",
+             "| data set | config | selected | float AUROC | int8 AUROC | int8 mean ± std | target | fit s | ms/image |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rs in runs.items():
+        r0 = rs[0]
+        c = r0["config"]
+        cfg = f"{c['size'][0]} px {c['color']}, {c['taps']} {c['pooling']}, k={c['k']}"
+        if c.get("reference"):
+            d = c["doc"]
+            cfg += f"; DOC {c['reference']} {d.get('steps')} steps lr {d.get('lr'):g} from {d.get('train_from')}"
+        ok = "met" if r0["int8_auroc"] >= TARGETS[name] else "missed"
+        lines.append(f"| {TITLES[name]} | {cfg} | {r0['selected_name']} | {r0.get('float_auroc', float('nan')):.4f} | "
+                     f"{r0['int8_auroc']:.4f} | {flat[f'{name}.int8_auroc_mean']:.4f} ± "
+                     f"{flat[f'{name}.int8_auroc_std']:.4f} | ≥ {TARGETS[name]} ({ok}) | {r0['fit_seconds']:.0f} | "
+                     f"{r0.get('latency_ms_median', float('nan')):.2f} |")
+    lines += ["", "Synthetic-defect validation AUROC (what model selection saw) vs real test AUROC, per candidate "
+              "extractor and split (float Keras features):", "",
+              "| data set | candidate | synthetic val (mean) | real test (mean) | chosen by synthetic = better on real |",
+              "| --- | --- | --- | --- | --- |"]
+    for name, rs in runs.items():
+        cands = sorted({k[5:-len('_synthetic_auroc')] for k in rs[0] if k.startswith("cand_") and k.endswith("_synthetic_auroc")})
+        for cn in cands:
+            syn = np.mean([r[f"cand_{cn}_synthetic_auroc"] for r in rs])
+            real = np.mean([r[f"cand_{cn}_real_auroc"] for r in rs])
+            lines.append(f"| {TITLES[name]} | {cn} | {syn:.4f} | {real:.4f} | "
+                         f"{flat.get(f'{name}.selection_agrees_with_real_fraction', float('nan')):.2f} |")
+    if research:
+        lines += ["", "Configurations tried (research log; float Keras features unless noted; `syn` = synthetic-defect "
+                  "validation AUROC, `real` = real test AUROC on the seed-0 split):", "",
+                  "| data set | configuration | syn | real | note |", "| --- | --- | --- | --- | --- |"]
+        for r in research:
+            lines.append(f"| {r['data']} | {r['config']} | {r['syn']} | {r['real']} | {r.get('note', '')} |")
+        by = {}
+        for r in research:
+            if isinstance(r["syn"], (int, float)) and isinstance(r["real"], (int, float)):
+                by.setdefault(r["data"], []).append((r["syn"], r["real"]))
+        if by:
+            lines += ["", "Rank agreement between synthetic and real AUROC across the configurations above "
+                      "(Spearman ρ): " + ", ".join(f"{d} ρ = {spearman(*zip(*v)):.2f} (n = {len(v)})"
+                                                   for d, v in by.items()) + "."]
+    lines += ["", MARK_END]
+    return "\n".join(lines)
+
+
+def write_benchmarks_md(section: str) -> None:
+    """Replace (or append) only the e2e section of BENCHMARKS.md; re-reads the file right before writing."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text and MARK_END in text:
+        a, b = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
+        text = text[:a] + section + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one seed, few images and DOC steps; no BENCHMARKS.md")
+    ap.add_argument("--data", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--seeds", type=int, default=5, help="seeded splits (seed 0 is the fixed split)")
+    ap.add_argument("--out", default=None, help="results JSON (default scripts/bench/results/e2e.json)")
+    ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--doc-every-seed", action="store_true",
+                    help="train DOC on every split even when seed 0 selected the untouched backbone")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("trainer.pipeline", "trainer.doc", "trainer.convert", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    n_seeds = 1 if args.quick else args.seeds
+    command = ".venv/bin/python scripts/bench/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    flat: dict = {"command": command.strip(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  "n_seeds": n_seeds}
+    runs: dict = {}
+    out_path = Path(args.out) if args.out else RESULTS / ("e2e_quick.json" if args.quick else "e2e.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_e2e_") as td:
+        for name in args.data:
+            runs[name] = []
+            conf = CONFIGS[name]
+            for seed in range(n_seeds):
+                t0 = time.time()
+                r = run_one(name, conf, seed, Path(td), per_image=(seed == 0), quick=args.quick)
+                if seed == 0 and r["selected_name"] == "untouched" and not args.doc_every_seed:
+                    # the already-chosen configuration for the other splits: skip DOC training there
+                    conf = {**conf, "doc": {**conf["doc"], "enabled": False}}
+                    flat[f"{name}.other_seeds_without_doc"] = 1
+                runs[name].append(r)
+                print(f"{name} seed {seed}: int8 {r['int8_auroc']:.4f} float {r.get('float_auroc', float('nan')):.4f} "
+                      f"selected {r['selected_name']} syn-val {r['int8_val_auroc_synthetic']:.4f} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+            rs = runs[name]
+            for k, v in rs[0].items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    flat[f"{name}.{k}"] = v
+            for key in ("int8_auroc", "float_auroc", "int8_minus_float", "fit_seconds"):
+                vals = [r[key] for r in rs if key in r]
+                if vals:
+                    flat[f"{name}.{key}_mean"] = float(np.mean(vals))
+                    flat[f"{name}.{key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                    flat[f"{name}.{key}_min"] = float(np.min(vals))
+            # did synthetic validation pick the candidate that is better on the real test?
+            agree = []
+            for r in rs:
+                if "cand_doc_real_auroc" in r:
+                    syn_pick = r["cand_doc_synthetic_auroc"] > r["cand_untouched_synthetic_auroc"]
+                    real_pick = r["cand_doc_real_auroc"] > r["cand_untouched_real_auroc"]
+                    agree.append(float(syn_pick == real_pick))
+            if agree:
+                flat[f"{name}.selection_agrees_with_real_fraction"] = float(np.mean(agree))
+            flat[f"{name}.target"] = TARGETS[name]
+            flat[f"{name}.target_met"] = int(rs[0]["int8_auroc"] >= TARGETS[name])
+            flat[f"{name}.int8_within_0.01_of_float"] = int(abs(rs[0].get("int8_minus_float", 1)) <= 0.01)
+            out_path.write_text(json.dumps(flat, indent=1, sort_keys=True))   # partial results survive a stop
+    research = json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None
+    section = render(flat, runs, research)
+    print(section)
+    out_path.write_text(json.dumps(flat, indent=1, sort_keys=True))
+    (out_path.with_suffix(".runs.json")).write_text(json.dumps(runs, indent=1, default=str))
+    if not args.quick and not args.no_md:
+        write_benchmarks_md(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
