@@ -219,7 +219,9 @@ def _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_en
         if panels:
             ppath = out / "panels" / f"{store.key(rel)}.png"
             if not ppath.is_file():
-                title = f"{rel}  score={row['score']:.4g}" + (f"  {row['decision']}" if "decision" in row else "")
+                others = "  ".join(f"{k[6:]}={v:.4g}" for k, v in row.items() if k.startswith("score_"))
+                title = (f"{rel}  score={row['score']:.4g}" + (f"  {row['decision']}" if "decision" in row else "")
+                         + (f"\n{others}" if others else ""))
                 write_panel(ppath, rec["input"], rec.get("projected", rec.get("recon")), rec["map"], title=title, mask=mask,
                             extra=rec.get("sigma"), extra_title="GP sigma" if "sigma" in rec else "")
             row["panel"] = ppath.relative_to(out).as_posix()
