@@ -214,7 +214,11 @@ def scorer_for_bundle(bundle):
     """The scorer a loaded bundle asks for, honouring an optional ``scoring.projection``.
 
     ``scoring.projection = {"method": "pca", "mean": "pca_mean.npy", "components":
-    "pca_components.npy", "dims": d}`` (files listed in the manifest, so hash-verified).
+    "pca_components.npy", "dims": d, "rerank": true, "shortlist": 64}`` (files listed in the
+    manifest, so hash-verified). With ``rerank`` (the default) scores are exact full-bank
+    k-NN scores (:class:`ShortlistKNNScorer`), so the bundle's threshold is unchanged;
+    ``rerank: false`` scores in the projected space (:class:`ProjectedKNNScorer`, faster,
+    approximate: calibrate the threshold on projected scores).
     """
     from device.errors import BundleError
 
@@ -236,6 +240,90 @@ def scorer_for_bundle(bundle):
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path}: not a valid .npy array ({exc})") from exc
     try:
+        if proj.get("rerank", True):
+            return ShortlistKNNScorer(bundle.bank, bundle.k, arrays[0], arrays[1],
+                                      shortlist=int(proj.get("shortlist", 64)),
+                                      certify=bool(proj.get("certify", False)))
         return ProjectedKNNScorer(bundle.bank, bundle.k, arrays[0], arrays[1])
     except ValueError as exc:
         raise BundleError(f"{where}: {exc}") from exc
+
+
+class ShortlistKNNScorer:
+    """Exact k-NN scores (the same as :class:`KNNScorer`) at the cost of a PCA-space search.
+
+    Each query is compared with the projected bank first; a lower bound of the true squared
+    distance, ``projected d² + (|r_q| - |r_i|)²`` (``r``: the residual off the PCA subspace),
+    picks ``shortlist`` candidates, whose exact distances give the score. The result is
+    certified exact when the next-best lower bound exceeds the k-th exact distance. With
+    ``certify=True`` uncertified queries fall back to the brute-force scan (always exact, slower
+    for parts far from everything); by default they keep the shortlist score, an upper bound
+    that equals the exact score whenever a true neighbour is among the candidates (measured:
+    see BENCHMARKS.md). Scores and thresholds are those of the full float32 bank.
+
+    Args:
+        bank: (N, D) features; k: neighbours averaged.
+        mean, components: from :func:`fit_pca`. shortlist: candidates re-ranked exactly.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> bank = rng.normal(size=(300, 32)).astype(np.float32)
+        >>> s = ShortlistKNNScorer(bank, 1, *fit_pca(bank, 8)[:2], shortlist=16)
+        >>> q = rng.normal(size=(5, 32)).astype(np.float32)
+        >>> bool(np.allclose(s.score(q), KNNScorer(bank, 1).score(q), atol=1e-4))
+        True
+    """
+
+    method = "knn"
+
+    def __init__(self, bank: np.ndarray, k: int, mean: np.ndarray, components: np.ndarray, shortlist: int = 64,
+                 certify: bool = False):
+        self.full = KNNScorer(bank, k)
+        self.proj = ProjectedKNNScorer(self.full.bank, k, mean, components)
+        self.k = self.full.k
+        self.m = int(min(max(shortlist, self.k), self.full.bank.shape[0]))
+        pb = self.proj.knn.bank
+        mean = self.proj.mean
+        xc_sq = self.full._bank_sq - 2.0 * (self.full.bank @ mean) + float(mean @ mean)
+        self._res = np.sqrt(np.maximum(xc_sq - np.einsum("ij,ij->i", pb, pb), 0.0)).astype(np.float32)
+        self.certify = certify
+        self.fallbacks = 0        # queries not certified exact (re-scored by brute force when certify)
+        self.queries = 0
+
+    def score(self, feats: np.ndarray, exclude: np.ndarray | None = None, chunk: int = 256) -> np.ndarray:
+        feats = np.ascontiguousarray(feats, np.float32)
+        if exclude is not None or self.m >= self.full.bank.shape[0]:
+            return self.full.score(feats, exclude=exclude)
+        out = np.empty(feats.shape[0], np.float32)
+        for i in range(0, feats.shape[0], chunk):
+            out[i:i + chunk] = self._score_chunk(feats[i:i + chunk])
+        return out
+
+    def _score_chunk(self, q: np.ndarray) -> np.ndarray:
+        m, k = self.m, self.k
+        pq = self.proj.project(q)                                  # (M, d)
+        pd2 = self.proj.knn._sq_dists(pq)                          # (M, N)
+        qc = q - self.proj.mean
+        rq = np.sqrt(np.maximum(np.einsum("ij,ij->i", qc, qc) - np.einsum("ij,ij->i", pq, pq), 0.0))
+        lb = pd2 + (rq[:, None] - self._res[None, :]) ** 2
+        order = np.argpartition(lb, m, axis=1)
+        cand = order[:, :m]                                        # (M, m)
+        rows = np.arange(q.shape[0])
+        next_lb = lb[rows, order[:, m]]
+        cb = self.full.bank[cand]                                  # (M, m, D)
+        d2 = (self.full._bank_sq[cand] - 2.0 * np.einsum("md,mcd->mc", q, cb)
+              + np.einsum("ij,ij->i", q, q)[:, None])
+        d2 = np.maximum(d2, 0.0)
+        best = np.partition(d2, k - 1, axis=1)[:, :k] if k > 1 else d2.min(axis=1, keepdims=True)
+        kth = best.max(axis=1)
+        scores = np.sqrt(best).mean(axis=1)
+        unsure = next_lb * (1.0 - 1e-4) - 1e-6 < kth             # a non-candidate might be closer
+        self.queries += q.shape[0]
+        if unsure.any():
+            self.fallbacks += int(unsure.sum())
+            if self.certify:
+                scores[unsure] = self.full.score(q[unsure])
+        return scores
+
+    def leave_one_out(self) -> np.ndarray:
+        return self.full.leave_one_out()

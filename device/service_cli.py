@@ -23,9 +23,32 @@ import time
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/anomaly-device/device.toml"
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_thread_blas() -> None:
+    """One BLAS thread for the frame path (a 1-row k-NN product is memory-bound; extra BLAS
+    threads only add wake-up latency and fight the camera and TFLite for cores).
+
+    Environment variables win when numpy is not imported yet; otherwise threadpoolctl is
+    used when installed. An explicit ``OPENBLAS_NUM_THREADS`` etc. is respected.
+    """
+    if "numpy" not in sys.modules:
+        import os
+
+        for k in BLAS_ENV:
+            os.environ.setdefault(k, "1")
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+    except ImportError:
+        log.debug("numpy already imported and no threadpoolctl: BLAS threads left as they are")
 
 
 def _run(args) -> int:
+    single_thread_blas()
     from device.config import load_config
     from device.daemon import Daemon
 
@@ -62,6 +85,7 @@ def _selftest(args) -> int:
     from device.journal import Journal
     from device.notify import Notifier
 
+    single_thread_blas()
     cfg = load_config(args.config)
     if args.source:
         from pathlib import Path
