@@ -299,9 +299,10 @@ def render(flat: dict, runs: dict, research: list | None) -> str:
     for name, rs in runs.items():
         cands = sorted({k[5:-len('_synthetic_auroc')] for k in rs[0] if k.startswith("cand_") and k.endswith("_synthetic_auroc")})
         for cn in cands:
-            syn = np.mean([r[f"cand_{cn}_synthetic_auroc"] for r in rs])
-            real = np.mean([r[f"cand_{cn}_real_auroc"] for r in rs])
-            lines.append(f"| {TITLES[name]} | {cn} | {syn:.4f} | {real:.4f} | "
+            have = [r for r in rs if f"cand_{cn}_synthetic_auroc" in r]
+            syn = np.mean([r[f"cand_{cn}_synthetic_auroc"] for r in have])
+            real = np.mean([r[f"cand_{cn}_real_auroc"] for r in have])
+            lines.append(f"| {TITLES[name]} | {cn} (n = {len(have)}) | {syn:.4f} | {real:.4f} | "
                          f"{flat.get(f'{name}.selection_agrees_with_real_fraction', float('nan')):.2f} |")
     if research:
         lines += ["", "Configurations tried (research log, seed-0 split; float Keras features, untouched backbone "
@@ -338,10 +339,11 @@ def write_benchmarks_md(section: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, few images and DOC steps; no BENCHMARKS.md")
-    ap.add_argument("--data", nargs="+", default=["mnist", "fashion", "magnetic_tile"], choices=list(CONFIGS))
+    ap.add_argument("--data", nargs="+", default=["fashion", "magnetic_tile", "mnist"], choices=list(CONFIGS))
     ap.add_argument("--seeds", type=int, default=5, help="seeded splits (seed 0 is the fixed split)")
     ap.add_argument("--out", default=None, help="results JSON (default scripts/bench/results/e2e.json)")
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--resume", action="store_true", help="reuse data sets already finished in the runs file")
     ap.add_argument("--doc-every-seed", action="store_true",
                     help="train DOC on every split even when seed 0 selected the untouched backbone")
     args = ap.parse_args(argv)
@@ -356,7 +358,17 @@ def main(argv=None) -> int:
     out_path = Path(args.out) if args.out else RESULTS / ("e2e_quick.json" if args.quick else "e2e.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_e2e_") as td:
+        prev = {}
+        if args.resume and out_path.with_suffix(".runs.json").exists():
+            prev = json.loads(out_path.with_suffix(".runs.json").read_text())
+            old_flat = json.loads(out_path.read_text()) if out_path.exists() else {}
+            for name in prev:
+                flat.update({k: v for k, v in old_flat.items() if k.startswith(name + ".")})
         for name in args.data:
+            if len(prev.get(name, [])) >= n_seeds:
+                runs[name] = prev[name][:n_seeds]
+                print(f"{name}: reusing {n_seeds} finished splits from the previous run", flush=True)
+                continue
             runs[name] = []
             conf = CONFIGS[name]
             for seed in range(n_seeds):
@@ -393,13 +405,18 @@ def main(argv=None) -> int:
             flat[f"{name}.target_met"] = int(rs[0]["int8_auroc"] >= TARGETS[name])
             flat[f"{name}.int8_within_0.01_of_float"] = int(abs(rs[0].get("int8_minus_float", 1)) <= 0.01)
             # partial results survive a stop: JSON and the BENCHMARKS.md section after every data set
-            research = json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None
-            section = render(flat, runs, research)
             out_path.write_text(json.dumps(flat, indent=1, sort_keys=True))
             (out_path.with_suffix(".runs.json")).write_text(json.dumps(runs, indent=1, default=str))
+            research = json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None
+            try:
+                section = render(flat, runs, research)
+            except Exception:  # noqa: BLE001 - never lose measured runs to a report bug
+                log.exception("rendering the table failed; results are in %s", out_path)
+                continue
             if not args.quick and not args.no_md:
                 write_benchmarks_md(section)
-    print(section)
+    if runs:
+        print(render(flat, runs, json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None))
     return 0
 
 
