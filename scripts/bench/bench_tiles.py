@@ -1,0 +1,573 @@
+""".venv/bin/python scripts/bench/bench_tiles.py [--quick] [--parts small mt latency] [--textures brick ...]
+
+Benchmark of issue 5 (small defects on large frames: tiled inspection with a per-tile score grid).
+Every figure goes through the product path: :func:`trainer.pipeline.fit` (DOC off, untouched
+alpha-0.35 ImageNet backbone, full-int8 TFLite, k-NN bank, threshold) writes a bundle, and
+:func:`trainer.evaluate.evaluate` scores an MVTec-style folder with ``Detector.score_one``
+(image score = max over tiles; per-tile grid -> pixel AUROC).
+
+Parts:
+
+1. ``small``: a generated small-defect set. Each scikit-image texture (512x512 grey) is cut into
+   four 248x248 quadrants with 16-px gaps (no shared pixels): the two top quadrants feed
+   ``train/good``, the bottom-left one ``val/good`` (threshold calibration), the bottom-right one
+   ``test/``. A 1024x1024 frame is a random window of the mirror-tiled quadrant (random phase and
+   flips, gain jitter +-7 %, sensor noise sigma 2). Test defects are drawn with OpenCV on
+   bottom-right frames: ``scratch`` (polyline 1-3 px wide, 30-100 px long) and ``spot`` (filled
+   ellipse 4-12 px across), in a strong contrasting grey level; masks go to ``ground_truth/``.
+   Whole frame (stretched to 96 px, and to 224 px) vs tiled (4x4 and 6x6 grids, overlap 0.25,
+   96-px tiles, working size 1024x1024).
+2. ``mt``: magnetic tile (``$ANOMALY_SHARED/data/magnetic_tile``): seeded split of ``MT_Free``
+   (60 % train, 10 % val, 30 % test/good), defects subsampled with the same seed, masks
+   symlinked (binarised at 128 by the evaluation). Whole frame vs a 2x2 grid, overlap 0.25,
+   at the same network input size.
+3. ``latency``: ``Detector.score_one`` on an in-memory 1024x1024 frame, 1, 4, 9, 16 and 27 tiles
+   (no grid, 2x2, 3x3, 4x4, 3x9; overlap 0.25), 1 and 2 threads, int8, alpha 0.35, 96-px tiles,
+   shared bank of exactly 1000 features (the bundle's bank, padded with jittered copies when the
+   fit yields fewer, so every row times a 1k lookup); 16 tiles also against a 10k bank.
+   Median and p99 over ``--frames`` frames after 20 warm-up frames, plus per-stage medians.
+
+Pixel AUROC: ``pixel_auroc_from_grid`` is the figure ``trainer.evaluate`` reports (heatmap and mask
+resized to 64x64 with nearest-neighbour, which drops most pixels of a 1-3 px scratch: about one
+mask pixel in 16x16 survives). ``pixel_auroc_grid256`` is recomputed here from the same per-tile grids
+at 256x256 with each cell positive when any of its mask pixels is (area downsampling), so thin
+defects count.
+
+Writes ``scripts/bench/results/tiles.json`` (flat keys -> numbers, plus ``command`` and ``date``;
+``--quick`` writes ``tiles_quick.json``) and the table into ``BENCHMARKS.md`` between
+``<!-- tiles:start -->`` and ``<!-- tiles:end -->`` (only that section; not with ``--quick``).
+Generated data and bundles live under ``--work`` (default ``/tmp/bench_tiles``), never in the repo.
+
+Environment: ``ANOMALY_SHARED`` (default ``../shared`` next to the repo) holds ``data/`` and
+``weights/``. Without it the magnetic-tile part cannot run: the script says so, runs what it
+can (the generated set needs backbone weights: ``--weights`` or ``$ANOMALY_BACKBONE_WEIGHTS``),
+reports which parts ran and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "scripts" / "bench" / "results"
+MARK_START, MARK_END = "<!-- tiles:start -->", "<!-- tiles:end -->"
+WEIGHTS_NAME = "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
+FRAME = 1024
+HALF, GAP = 248, 16
+TAPS, POOLING = "out", "max"
+SCRATCH_LEN = tuple(float(v) for v in os.environ.get("BENCH_TILES_SCRATCH_LEN", "30,100").split(","))
+
+log = logging.getLogger("bench_tiles")
+
+
+# ------------------------------------------------------------------ generated small-defect set
+
+def _quadrants(name: str) -> dict[str, np.ndarray]:
+    """Disjoint source regions of a 512x512 texture: left half (columns 0-247) for training
+    (and validation windows), right half (columns 264-511) for test; a 16-px gap between them."""
+    from skimage import data as skd
+
+    img = getattr(skd, name)()
+    if img.ndim == 3:
+        img = img[:, :, :3].mean(axis=2).astype(np.uint8)
+    assert img.shape[1] >= 2 * HALF + GAP, img.shape
+    left = np.ascontiguousarray(img[:, :HALF])
+    right = np.ascontiguousarray(img[:, HALF + GAP:2 * HALF + GAP])
+    return {"train_a": left, "train_b": left, "val": left, "test": right}
+
+
+def make_frame(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A FRAME x FRAME grey frame: random window of the mirror-tiled region, flips, gain, noise."""
+    h, w = region.shape
+    canvas = np.pad(region, ((0, FRAME + 2 * h), (0, FRAME + 2 * w)), mode="symmetric")
+    y, x = int(rng.integers(0, 2 * h)), int(rng.integers(0, 2 * w))
+    f = canvas[y:y + FRAME, x:x + FRAME].astype(np.float32)
+    if rng.random() < 0.5:
+        f = f[:, ::-1]
+    if rng.random() < 0.5:
+        f = f[::-1]
+    f = f * rng.uniform(0.93, 1.07) + rng.normal(0, 2.0, f.shape)
+    return np.ascontiguousarray(np.clip(f, 0, 255).astype(np.uint8))
+
+
+def draw_small_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
+                      polarity: str = "auto", scratch_len: tuple[float, float] = SCRATCH_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one small defect on a grey frame: ``scratch`` (1-3 px wide, 30-100 px long polyline)
+    or ``spot`` (filled ellipse 4-12 px across), in a grey level far from the local mean.
+    Returns (image, uint8 mask 0/255)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    m = 48
+    cx, cy = float(rng.uniform(m, w - m)), float(rng.uniform(m, h - m))
+    if kind == "scratch":
+        width = int(rng.integers(1, 4))
+        length = rng.uniform(*scratch_len)
+        n = int(rng.integers(1, 4))
+        ang = rng.uniform(0, 2 * np.pi)
+        pts = [(cx, cy)]
+        for _ in range(n):
+            ang += rng.normal(0, 0.25)
+            x, y = pts[-1]
+            pts.append((np.clip(x + length / n * np.cos(ang), 0, w - 1), np.clip(y + length / n * np.sin(ang), 0, h - 1)))
+        cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 255, width, cv2.LINE_8)
+    elif kind == "spot":
+        d = int(rng.integers(4, 13))
+        ax = (max(2, d // 2), max(2, int(round(d / 2 * rng.uniform(0.6, 1.0)))))
+        cv2.ellipse(mask, (int(cx), int(cy)), ax, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_8)
+    else:
+        raise ValueError(f"unknown small defect {kind!r}")
+    ring = cv2.dilate(mask, np.ones((15, 15), np.uint8)) > 0
+    local = float(img[ring].mean())
+    dark = local > 110 if polarity == "auto" else polarity == "dark"
+    level = local - rng.uniform(70, 110) if dark else local + rng.uniform(70, 110)
+    out = img.copy()
+    sel = mask > 0
+    out[sel] = np.clip(level + rng.normal(0, 4, int(sel.sum())), 0, 255).astype(np.uint8)
+    return out, mask
+
+
+def make_small_defect_set(root: Path, texture: str, n_train: int, n_val: int, n_good: int, n_defect: int,
+                          seed: int) -> dict:
+    import cv2
+
+    if root.exists():
+        shutil.rmtree(root)
+    quads = _quadrants(texture)
+    rng = np.random.default_rng(seed)
+    dirs = {k: root / k for k in ("train/good", "val/good", "test/good", "test/scratch", "test/spot",
+                                  "ground_truth/scratch", "ground_truth/spot")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    for i in range(n_train):
+        cv2.imwrite(str(dirs["train/good"] / f"{i:04d}.png"),
+                    make_frame(quads["train_a" if i % 2 == 0 else "train_b"], rng))
+    for i in range(n_val):
+        cv2.imwrite(str(dirs["val/good"] / f"{i:04d}.png"), make_frame(quads["val"], rng))
+    for i in range(n_good):
+        cv2.imwrite(str(dirs["test/good"] / f"{i:04d}.png"), make_frame(quads["test"], rng))
+    sizes = []
+    for kind in ("scratch", "spot"):
+        for i in range(n_defect):
+            img, mask = draw_small_defect(make_frame(quads["test"], rng), kind, rng)
+            cv2.imwrite(str(dirs[f"test/{kind}"] / f"{i:04d}.png"), img)
+            cv2.imwrite(str(dirs[f"ground_truth/{kind}"] / f"{i:04d}_mask.png"), mask)
+            sizes.append(int((mask > 0).sum()))
+    return {"n_train": n_train, "n_val": n_val, "n_test_good": n_good, "n_test_defective": 2 * n_defect,
+            "defect_pixels_median": float(np.median(sizes)),
+            "defect_area_fraction_median": float(np.median(sizes)) / FRAME ** 2}
+
+
+# ------------------------------------------------------------------ magnetic tile layout
+
+def make_mt_layout(root: Path, base: Path, n_defect: int | None, n_train_cap: int | None, seed: int) -> dict:
+    from trainer.datasets import MT_DEFECTS, MT_NORMAL
+
+    if root.exists():
+        shutil.rmtree(root)
+    free = sorted((base / MT_NORMAL / "Imgs").glob("*.jpg"))
+    if not free:
+        raise FileNotFoundError(f"{base / MT_NORMAL / 'Imgs'}: no .jpg images")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(free))
+    n_tr, n_val = int(round(0.6 * len(free))), int(round(0.1 * len(free)))
+    parts = {"train/good": perm[:n_tr], "val/good": perm[n_tr:n_tr + n_val], "test/good": perm[n_tr + n_val:]}
+    if n_train_cap:
+        parts["train/good"] = parts["train/good"][:n_train_cap]
+    for d, idx in parts.items():
+        (root / d).mkdir(parents=True)
+        for i in np.sort(idx):
+            (root / d / free[i].name).symlink_to(free[i])
+    defects = [(p, name) for name in MT_DEFECTS for p in sorted((base / name / "Imgs").glob("*.jpg"))]
+    if n_defect is not None and n_defect < len(defects):
+        defects = [defects[i] for i in np.sort(rng.choice(len(defects), n_defect, replace=False))]
+    for p, name in defects:
+        (root / "test" / name).mkdir(parents=True, exist_ok=True)
+        (root / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
+        (root / "test" / name / p.name).symlink_to(p)
+        mask = p.with_suffix(".png")
+        if mask.is_file():
+            (root / "ground_truth" / name / f"{p.stem}_mask.png").symlink_to(mask)
+    return {"n_train": len(parts["train/good"]), "n_val": len(parts["val/good"]),
+            "n_test_good": len(parts["test/good"]), "n_test_defective": len(defects)}
+
+
+# ------------------------------------------------------------------ fit + evaluate one configuration
+
+def grid_pixel_auroc(scores_json: Path, spec, side: int = 256) -> float:
+    """Pixel AUROC from the per-tile grids at ``side`` px, a cell positive if any mask pixel is."""
+    import cv2
+    from sklearn.metrics import roc_auc_score
+
+    from trainer.data import load_layout
+    from trainer.heatmap import tile_heatmap
+
+    recs = json.loads(scores_json.read_text())
+    masks = load_layout(Path(recs[0]["image"]).parents[2], need_train=False).masks
+    ys, ss = [], []
+    for r in recs:
+        p = Path(r["image"])
+        if r["label"] == 1 and p not in masks:
+            continue
+        hm = tile_heatmap(np.asarray(r["tile_grid"], np.float32).ravel(), spec)
+        ss.append(cv2.resize(hm, (side, side), interpolation=cv2.INTER_NEAREST).ravel())
+        if r["label"] == 0:
+            ys.append(np.zeros(side * side, bool))
+        else:
+            m = (cv2.imread(str(masks[p]), cv2.IMREAD_GRAYSCALE) >= 128).astype(np.float32)
+            ys.append(cv2.resize(m, (side, side), interpolation=cv2.INTER_AREA).ravel() > 0)
+    y = np.concatenate(ys)
+    return float(roc_auc_score(y, np.concatenate(ss))) if 0 < y.sum() < len(y) else float("nan")
+
+
+def run_config(layout: Path, work: Path, name: str, fit_kw: dict, weights: str, seed: int) -> dict:
+    from trainer.data import load_layout
+    from trainer.evaluate import evaluate
+    from trainer.pipeline import FitConfig, fit
+
+    lay = load_layout(layout)
+    cfg = FitConfig(alpha=0.35, weights=weights, taps=TAPS, pooling=POOLING, k=1, doc=False, quant="int8",
+                    compare_float=False, seed=seed, **fit_kw)
+    t0 = time.time()
+    res = fit(lay.train, work / f"bundle_{name}", cfg, calib=lay.val_good or None, progress=False)
+    t_fit = time.time() - t0
+    t0 = time.time()
+    m = evaluate(res.bundle, layout, work / f"eval_{name}", num_threads=1, progress=False)
+    t_eval = time.time() - t0
+    out = {"image_auroc": m["auroc"], "n_tiles": res.summary["n_tiles"], "bank_size": res.summary["bank_size"],
+           "bank_mode": res.summary["bank_mode"], "val_synthetic_auroc": res.summary["int8_val_auroc"]
+           if "int8_val_auroc" in res.summary else float("nan"),
+           "false_rejects": m["false_rejects"], "misses": m["misses"], "n_good": m["n_good"],
+           "n_defective": m["n_defective"], "eval_latency_ms_median": m["latency_ms_median"],
+           "fit_s": t_fit, "eval_s": t_eval}
+    for g in m["per_defect"]:
+        out[f"auroc_{g['defect']}"] = g["auroc_vs_good"]
+    from device.bundle import load_bundle
+
+    meas = load_bundle(res.bundle).manifest["scoring"].get("bank_mode_measurement") or {}
+    for mode in ("shared", "per_position"):   # fit's own synthetic-defect measurement (large defects)
+        if f"{mode}_synthetic_auroc" in meas:
+            out[f"fit_{mode}_synthetic_auroc"] = meas[f"{mode}_synthetic_auroc"]
+    if "pixel_auroc_from_grid" in m:
+        out["pixel_auroc_from_grid"] = m["pixel_auroc_from_grid"]
+        out["pixel_auroc_grid256"] = grid_pixel_auroc(work / f"eval_{name}" / "scores.json", cfg.input_spec())
+    log.info("%s: %s", name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()})
+    return out
+
+
+SMALL_CONFIGS = {
+    "whole96": {"size": (96, 96), "color": "grey"},
+    "whole224": {"size": (224, 224), "color": "grey"},
+    "grid4x4": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (4, 4), "overlap": 0.25},
+    "grid6x6": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (6, 6), "overlap": 0.25},
+    "grid12x12": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (12, 12), "overlap": 0.25},
+    "grid16x16": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16), "overlap": 0.0},
+}
+# The generated frames are not aligned (random phase), so the bank is shared; fit still measures
+# per-position banks on its synthetic defects and the figures are recorded (fit_*_synthetic_auroc).
+for _c in SMALL_CONFIGS.values():
+    if "grid" in _c:
+        _c["bank_mode"] = "shared"
+MT_CONFIGS = {
+    "whole224": {"size": (224, 224), "color": "grey"},
+    "grid2x2_224": {"size": (224, 224), "color": "grey", "working_size": (384, 384), "grid": (2, 2), "overlap": 0.25},
+    "whole96": {"size": (96, 96), "color": "grey"},
+    "grid2x2_96": {"size": (96, 96), "color": "grey", "working_size": (168, 168), "grid": (2, 2), "overlap": 0.25},
+}
+
+
+# ------------------------------------------------------------------ latency
+
+LAT_GRIDS = {1: None, 4: (2, 2), 9: (3, 3), 16: (4, 4), 27: (3, 9)}
+
+
+def _pad_bank(bank: np.ndarray, n: int, seed: int) -> np.ndarray:
+    from device.extractor import normalize_features
+
+    if len(bank) >= n:
+        return bank[:n]
+    rng = np.random.default_rng(seed)
+    extra = bank[rng.integers(0, len(bank), n - len(bank))] + rng.normal(0, 0.02, (n - len(bank), bank.shape[1]))
+    return np.concatenate([bank, normalize_features(extra.astype(np.float32), "l2")])
+
+
+def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames: list[np.ndarray], work: Path,
+                weights: str, n_timed: int, seed: int) -> dict:
+    from device.detector import Detector
+    from device.scoring import make_scorer
+    from trainer.pipeline import FitConfig, fit
+
+    out = {}
+    for n_tiles, grid in LAT_GRIDS.items():
+        kw = {} if grid is None else {"working_size": (FRAME, FRAME), "grid": grid, "overlap": 0.25}
+        cfg = FitConfig(alpha=0.35, size=(96, 96), color="grey", weights=weights, taps=TAPS, pooling=POOLING,
+                        doc=False, quant="int8", compare_float=False, bank_max=1000, bank_mode="shared",
+                        seed=seed, **kw)
+        res = fit(train_frames, work / f"bundle_lat{n_tiles}", cfg, calib=calib, progress=False)
+        assert res.summary["n_tiles"] == n_tiles, res.summary
+        banks = {1000: None} if n_tiles != 16 else {1000: None, 10000: None}
+        for threads in (1, 2):
+            det = Detector.from_bundle(res.bundle, num_threads=threads)
+            for bsize in banks:
+                det.scorer = make_scorer("knn", _pad_bank(det.bundle.bank, bsize, seed), 1)
+                for f in frames[:20]:
+                    det.score_one(f)
+                lat, stages = [], {"preprocess_ms": [], "inference_ms": [], "knn_ms": []}
+                for i in range(n_timed):
+                    f = frames[i % len(frames)]
+                    t0 = time.perf_counter()
+                    det.score_one(f)
+                    lat.append((time.perf_counter() - t0) * 1e3)
+                    for k in stages:
+                        stages[k].append(det.last_timing[k])
+                key = f"latency_t{n_tiles}_th{threads}" + ("" if bsize == 1000 else f"_bank{bsize // 1000}k")
+                out[f"{key}_median_ms"] = float(np.median(lat))
+                out[f"{key}_p99_ms"] = float(np.percentile(lat, 99))
+                for k, v in stages.items():
+                    out[f"{key}_{k.replace('_ms', '')}_median_ms"] = float(np.median(v))
+                log.info("latency %d tiles, %d threads, bank %d: median %.2f ms, p99 %.2f ms (%s)", n_tiles,
+                         threads, bsize, out[f"{key}_median_ms"], out[f"{key}_p99_ms"],
+                         ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items()))
+    out["latency_frames_timed"] = n_timed
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+def _f(v, nd=3):
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
+
+
+def render(flat: dict, meta: dict) -> str:
+    L = [MARK_START, "", "### Tiled inspection (issue 5): small defects on large frames", "",
+         f"`{flat['command']}` — {flat['date']}. α0.35 ImageNet backbone untouched (DOC off), taps `{TAPS}`, "
+         f"{POOLING} pooling + L2, full-int8 TFLite, 1-NN, k-NN bank from the device's .tflite; image score = max "
+         "over tiles; every AUROC through `trainer.evaluate.evaluate` (device path, `Detector.score_one`). "
+         "Bank mode `auto` (measured on synthetic defects during `fit`); bank = all training tiles.", ""]
+    for tex in meta.get("textures", []):
+        info = meta["small"][tex]
+        L += [f"**Generated small-defect set — `skimage.data.{tex}()`**, 1024×1024 frames mirror-tiled from "
+              f"disjoint 248-px quadrants (train: top two, val: bottom-left, test: bottom-right); "
+              f"{info['n_train']} train, {info['n_val']} val, {info['n_test_good']} test good, "
+              f"{info['n_test_defective']} defective (scratch 1–3 px wide, spot 4–12 px; median defect "
+              f"{info['defect_pixels_median']:.0f} px = {100 * info['defect_area_fraction_median']:.3f} % of the frame).", "",
+              "| input | tiles | bank mode | bank | image AUROC | scratch | spot | pixel AUROC (grid, 64 px nearest) "
+              "| pixel AUROC (grid, 256 px any) | eval ms/frame |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for c in SMALL_CONFIGS:
+            p = f"small_{tex}_{c}_"
+            if p + "image_auroc" not in flat:
+                continue
+            desc = {"whole96": "whole frame → 96 px", "whole224": "whole frame → 224 px",
+                    "grid4x4": "4×4 grid, overlap 0.25 (315-px tiles) → 96 px",
+                    "grid6x6": "6×6 grid, overlap 0.25 (216-px tiles) → 96 px",
+                    "grid12x12": "12×12 grid, overlap 0.25 (111-px tiles) → 96 px",
+                    "grid16x16": "16×16 grid, no overlap (64-px tiles) → 96 px"}[c]
+            L.append(f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
+                     f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | "
+                     f"{_f(flat.get(p + 'auroc_scratch'))} | {_f(flat.get(p + 'auroc_spot'))} | "
+                     f"{_f(flat.get(p + 'pixel_auroc_from_grid'))} | {_f(flat.get(p + 'pixel_auroc_grid256'))} | "
+                     f"{_f(flat[p + 'eval_latency_ms_median'], 1)} |")
+        L.append("")
+    if "mt" in meta:
+        info = meta["mt"]
+        L += [f"**Magnetic tile** (seeded split of MT_Free: {info['n_train']} train, {info['n_val']} val, "
+              f"{info['n_test_good']} test good; {info['n_test_defective']} defects, seeded subsample of all five "
+              "kinds; grey).", "",
+              "| input | tiles | bank mode | bank | image AUROC | pixel AUROC (grid, 64 px) | eval ms/frame |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+        for c in MT_CONFIGS:
+            p = f"mt_{c}_"
+            if p + "image_auroc" not in flat:
+                continue
+            desc = {"whole224": "whole frame → 224 px", "grid2x2_224": "2×2 grid of 384×384, overlap 0.25 → 224 px",
+                    "whole96": "whole frame → 96 px", "grid2x2_96": "2×2 grid of 168×168, overlap 0.25 → 96 px"}[c]
+            L.append(f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
+                     f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | "
+                     f"{_f(flat.get(p + 'pixel_auroc_from_grid'))} | {_f(flat[p + 'eval_latency_ms_median'], 1)} |")
+        L.append("")
+    if "latency_t1_th1_median_ms" in flat:
+        L += ["**Device-path latency per frame** (`Detector.score_one` on an in-memory 1024×1024 grey frame: "
+              "preprocess + batched int8 inference + 1-NN against a 1000-feature shared bank; "
+              f"{flat['latency_frames_timed']:.0f} frames after 20 warm-up; 2 shared CPU cores, other jobs running).", "",
+              "| tiles | grid | 1 thread median / p99 ms | 2 threads median / p99 ms | 1 thread: preprocess / inference / k-NN ms |",
+              "| --- | --- | --- | --- | --- |"]
+        for n, g in LAT_GRIDS.items():
+            k1, k2 = f"latency_t{n}_th1", f"latency_t{n}_th2"
+            L.append(f"| {n} | {'none' if g is None else f'{g[0]}×{g[1]}'} | {_f(flat[k1 + '_median_ms'], 2)} / "
+                     f"{_f(flat[k1 + '_p99_ms'], 2)} | {_f(flat[k2 + '_median_ms'], 2)} / {_f(flat[k2 + '_p99_ms'], 2)} | "
+                     f"{_f(flat[k1 + '_preprocess_median_ms'], 2)} / {_f(flat[k1 + '_inference_median_ms'], 2)} / "
+                     f"{_f(flat[k1 + '_knn_median_ms'], 2)} |")
+        if "latency_t16_th1_bank10k_median_ms" in flat:
+            k1, k2 = "latency_t16_th1_bank10k", "latency_t16_th2_bank10k"
+            L.append(f"| 16, 10k bank | 4×4 | {_f(flat[k1 + '_median_ms'], 2)} / {_f(flat[k1 + '_p99_ms'], 2)} | "
+                     f"{_f(flat[k2 + '_median_ms'], 2)} / {_f(flat[k2 + '_p99_ms'], 2)} | "
+                     f"{_f(flat[k1 + '_preprocess_median_ms'], 2)} / {_f(flat[k1 + '_inference_median_ms'], 2)} / "
+                     f"{_f(flat[k1 + '_knn_median_ms'], 2)} |")
+        L.append("")
+    if meta.get("targets"):
+        L += ["Targets: " + "; ".join(meta["targets"]) + ".", ""]
+    if meta.get("skipped"):
+        L += ["Not run: " + "; ".join(meta["skipped"]) + ".", ""]
+    L += [MARK_END]
+    return "\n".join(L)
+
+
+def write_benchmarks_md(section: str) -> None:
+    """Replace (or append) only the tiles section of BENCHMARKS.md; re-reads the file right before writing."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text and MARK_END in text:
+        a, b = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
+        text = text[:a] + section + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# ------------------------------------------------------------------ main
+
+def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: bool, no_md: bool,
+           t_start: float) -> Path:
+    """Targets, metadata, JSON and (full runs) the BENCHMARKS.md section; called after every part."""
+    flat = dict(flat)
+    targets = []
+    for tex in meta["textures"]:
+        w = flat.get(f"small_{tex}_whole96_image_auroc")
+        tiled = {g: flat[f"small_{tex}_{g}_image_auroc"] for g in SMALL_CONFIGS
+                 if g.startswith("grid") and f"small_{tex}_{g}_image_auroc" in flat}
+        if tiled:
+            g = max(tiled, key=tiled.get)
+            ok = tiled[g] >= 0.95
+            flat[f"target_small_{tex}_met"] = float(ok)
+            targets.append(f"{tex}: tiled ≥ 0.95 image AUROC — {'met' if ok else 'NOT met'} "
+                           f"(best tiled {tiled[g]:.3f} with {g} vs whole frame {_f(w)})")
+    for res in ("224", "96"):
+        a, b = flat.get(f"mt_whole{res}_image_auroc"), flat.get(f"mt_grid2x2_{res}_image_auroc")
+        if a is not None and b is not None:
+            flat[f"target_mt_{res}_no_loss_met"] = float(b >= a - 0.005)
+            targets.append(f"magnetic tile at {res} px: 2×2 grid {b:.3f} vs whole {a:.3f} — "
+                           f"{'no loss' if b >= a - 0.005 else 'LOSS'}")
+    if "latency_t16_th1_median_ms" in flat:
+        v = min(flat["latency_t16_th1_median_ms"], flat["latency_t16_th2_median_ms"])
+        flat["target_latency_16_met"] = float(v <= 5.0)
+        targets.append(f"16 tiles ≤ 5 ms — {'met' if v <= 5.0 else 'NOT met'} (best median {v:.2f} ms)")
+    meta["targets"], meta["skipped"] = targets, skipped
+    flat["seconds"] = round(time.time() - t_start, 1)
+    flat["command"] = "python scripts/bench/bench_tiles.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    flat["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flat.update({f"part_{p}_ran": float(p in parts_run) for p in ("small", "mt", "latency")})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS / ("tiles_quick.json" if quick else "tiles.json")
+    out_json.write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
+    section = render(flat, meta)
+    print(section)
+    if not quick and not no_md:
+        write_benchmarks_md(section)
+    log.info("parts run: %s; results in %s (%.0f s)", ", ".join(parts_run) or "none", out_json, flat["seconds"])
+    return out_json
+
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few frames, one texture; writes tiles_quick.json only")
+    ap.add_argument("--parts", nargs="+", default=["small", "mt", "latency"], choices=["small", "mt", "latency"])
+    ap.add_argument("--textures", nargs="+", default=None, help="scikit-image textures (default: brick)")
+    ap.add_argument("--small-configs", nargs="+", default=list(SMALL_CONFIGS), choices=list(SMALL_CONFIGS))
+    ap.add_argument("--mt-configs", nargs="+", default=list(MT_CONFIGS), choices=list(MT_CONFIGS))
+    ap.add_argument("--work", default="/tmp/bench_tiles", help="generated data, bundles, evaluation reports")
+    ap.add_argument("--weights", default=None, help="backbone weights (default: $ANOMALY_SHARED/weights/...)")
+    ap.add_argument("--frames", type=int, default=None, help="latency: timed frames (default 300, quick 60)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("tensorflow", "absl", "trainer", "device", "models"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    work = Path(args.work) / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    shared = Path(os.environ.get("ANOMALY_SHARED") or ROOT.parent / "shared").expanduser()
+    have_shared = (shared / "data").is_dir()
+    weights = args.weights or os.environ.get("ANOMALY_BACKBONE_WEIGHTS")
+    if weights is None and (shared / "weights" / WEIGHTS_NAME).is_file():
+        weights = str(shared / "weights" / WEIGHTS_NAME)
+    skipped, parts_run = [], []
+    if not have_shared:
+        log.error("%s: shared folder not found (set ANOMALY_SHARED): the magnetic-tile part cannot run%s", shared,
+                  "" if weights else ", and without backbone weights (--weights) neither can the others")
+        skipped.append(f"magnetic tile ({shared / 'data'} missing)")
+    if weights is None:
+        skipped.append("generated set and latency (no backbone weights)")
+
+    quick = args.quick
+    textures = args.textures or ["brick"]
+    flat: dict = {}
+    meta: dict = {"small": {}, "bank_mode": {}, "textures": []}
+    t_start = time.time()
+
+    if "small" in args.parts and weights:
+        for tex in textures:
+            layout = work / f"small_{tex}"
+            n = (24, 8, 12, 6) if quick else (100, 20, 50, 25)
+            info = make_small_defect_set(layout, tex, *n, seed=args.seed)
+            meta["small"][tex] = info
+            meta["textures"].append(tex)
+            log.info("small-defect set %s: %s", tex, info)
+            for c in (args.small_configs if not quick else [c for c in args.small_configs if c != "whole224"]):
+                r = run_config(layout, work, f"small_{tex}_{c}", SMALL_CONFIGS[c], weights, args.seed)
+                meta["bank_mode"][f"small_{tex}_{c}_"] = bm = r.pop("bank_mode")
+                r["bank_per_position"] = bm == "per_position"
+                flat.update({f"small_{tex}_{c}_{k}": float(v) for k, v in r.items()})
+        parts_run.append("small")
+        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
+
+    if "mt" in args.parts and have_shared and weights:
+        layout = work / "magnetic_tile"
+        info = make_mt_layout(layout, shared / "data" / "magnetic_tile", 40 if quick else 200,
+                              60 if quick else None, args.seed)
+        meta["mt"] = info
+        log.info("magnetic tile layout: %s", info)
+        flat.update({f"mt_{k}": float(v) for k, v in info.items()})
+        for c in (args.mt_configs if not quick else ["whole96", "grid2x2_96"]):
+            r = run_config(layout, work, f"mt_{c}", MT_CONFIGS[c], weights, args.seed)
+            meta["bank_mode"][f"mt_{c}_"] = bm = r.pop("bank_mode")
+            r["bank_per_position"] = bm == "per_position"
+            flat.update({f"mt_{c}_{k}": float(v) for k, v in r.items()})
+        parts_run.append("mt")
+        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
+
+    if "latency" in args.parts and weights:
+        rng = np.random.default_rng(args.seed + 7)
+        quads = _quadrants("brick")
+        tr = [make_frame(quads["train_a"], rng) for _ in range(8 if quick else 16)]
+        cal = [make_frame(quads["val"], rng) for _ in range(4)]
+        frames = [make_frame(quads["test"], rng) for _ in range(20)]
+        flat.update(run_latency(tr, cal, frames, work, weights, args.frames or (60 if quick else 300), args.seed))
+        parts_run.append("latency")
+        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
+
+    if not parts_run:
+        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
+    if not have_shared:
+        log.error("shared folder missing: ran %s only", ", ".join(parts_run) or "nothing")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
