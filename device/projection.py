@@ -6,15 +6,17 @@ Two entry points:
   fragment (``scoring.projection``) and the extra files to pass to
   :func:`device.bundle.write_bundle`. Calibrate the threshold with
   :class:`device.scoring.ProjectedKNNScorer` so it is in the projected score space.
-* :func:`project_bundle` for an existing bundle: writes a copy with the projection and a
-  threshold re-calibrated on leave-one-out scores of the projected bank (each bank
-  feature scored without itself), at the source bundle's target false-reject rate.
+* :func:`project_bundle` for an existing bundle: writes a copy with the projection. By
+  default the device re-ranks a PCA shortlist exactly, so scores and threshold are
+  unchanged; with ``rerank=False`` the threshold is re-calibrated on leave-one-out scores
+  of the projected bank (each bank feature scored without itself).
 
 Example:
     $ anomaly-device project-bundle bundle/ bundle-pca128/ --dims 128
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -31,16 +33,25 @@ MEAN_FILE = "pca_mean.npy"
 COMPONENTS_FILE = "pca_components.npy"
 
 
-def projection_entries(bank: np.ndarray, dims: int) -> tuple[dict, dict[str, bytes]]:
-    """``(scoring.projection manifest value, {file name: bytes})`` for a PCA of ``bank``."""
+def projection_entries(bank: np.ndarray, dims: int, rerank: bool = True, shortlist: int = 64) -> tuple[dict, dict[str, bytes]]:
+    """``(scoring.projection manifest value, {file name: bytes})`` for a PCA of ``bank``.
+
+    With ``rerank`` (default) the device scores with :class:`device.scoring.ShortlistKNNScorer`:
+    the same scores as the full bank, so the threshold and calibration scores need no change.
+    """
     mean, comps, explained = fit_pca(bank, dims)
     frag = {"method": "pca", "dims": int(dims), "mean": MEAN_FILE, "components": COMPONENTS_FILE,
-            "explained_variance": round(explained, 6)}
+            "explained_variance": round(explained, 6), "rerank": bool(rerank), "shortlist": int(shortlist)}
     return frag, {MEAN_FILE: npy_bytes(mean), COMPONENTS_FILE: npy_bytes(comps)}
 
 
-def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: float | None = None) -> dict:
-    """Write ``dest``: ``src`` plus a ``dims``-component PCA projection and a matching threshold.
+def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: float | None = None,
+                   rerank: bool = True, shortlist: int = 64) -> dict:
+    """Write ``dest``: ``src`` plus a ``dims``-component PCA projection.
+
+    With ``rerank`` the threshold is kept (scores are the full bank's). Without it, scores
+    live in the projected space and the threshold is re-calibrated on leave-one-out scores
+    of the projected bank at ``target_frr`` (default: the source bundle's).
 
     Returns:
         summary dict (dims, explained variance, old and new threshold).
@@ -48,27 +59,29 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
     b = load_bundle(src)
     if b.scoring_method != "knn":
         raise BundleError(f"{src}: only k-NN bundles can be projected (scoring.method is {b.scoring_method!r})")
-    if b.bank.shape[0] <= b.k:
-        raise BundleError(f"{src}: bank of {b.bank.shape[0]} features is too small to calibrate leave-one-out")
-    frag, files = projection_entries(b.bank, dims)
-    scorer = ProjectedKNNScorer(b.bank, b.k, np.load(_io(files[MEAN_FILE])), np.load(_io(files[COMPONENTS_FILE])))
-    loo = scorer.leave_one_out()
-    frr = target_frr if target_frr is not None else float(b.manifest["threshold"].get("target_frr", 0.01))
-    thr = describe_calibration(loo, frr, f"leave-one-out on the PCA-{dims} bank")
+    if b.manifest["scoring"].get("projection"):
+        raise BundleError(f"{src}: bundle already has a scoring.projection")
+    try:
+        frag, files = projection_entries(b.bank, dims, rerank, shortlist)
+    except ValueError as exc:
+        raise BundleError(f"{src}: {exc}") from exc
     manifest = {k: v for k, v in b.manifest.items() if k not in ("schema", "schema_version", "created", "files")}
     manifest["scoring"] = {**manifest["scoring"], "projection": frag}
-    manifest["threshold"] = {**thr, "previous": b.manifest["threshold"]}
     entries = {name: b.path / name for name in b.manifest["files"] if name not in files}
     entries.update(files)
-    entries["calibration_scores.npy"] = npy_bytes(loo.astype(np.float32))
+    thr_value = b.threshold
+    if not rerank:
+        if b.bank.shape[0] <= b.k:
+            raise BundleError(f"{src}: bank of {b.bank.shape[0]} features is too small to calibrate leave-one-out")
+        mean, comps = np.load(io.BytesIO(files[MEAN_FILE])), np.load(io.BytesIO(files[COMPONENTS_FILE]))
+        loo = ProjectedKNNScorer(b.bank, b.k, mean, comps).leave_one_out()
+        frr = target_frr if target_frr is not None else float(b.manifest["threshold"].get("target_frr", 0.01))
+        thr = describe_calibration(loo, frr, f"leave-one-out on the PCA-{dims} bank")
+        manifest["threshold"] = {**thr, "previous": b.manifest["threshold"]}
+        entries["calibration_scores.npy"] = npy_bytes(loo.astype(np.float32))
+        thr_value = thr["value"]
     write_bundle(dest, manifest, entries)
-    out = {"dest": str(dest), "dims": dims, "explained_variance": frag["explained_variance"],
-           "threshold": thr["value"], "previous_threshold": b.threshold, "target_frr": frr}
+    out = {"dest": str(dest), "dims": dims, "explained_variance": frag["explained_variance"], "rerank": rerank,
+           "threshold": thr_value, "previous_threshold": b.threshold}
     log.info("projected bundle written: %s", out)
     return out
-
-
-def _io(data: bytes):
-    import io
-
-    return io.BytesIO(data)

@@ -174,7 +174,8 @@ def _status(args) -> int:
 def _project_bundle(args) -> int:
     from device.projection import project_bundle
 
-    out = project_bundle(args.src, args.dest, args.dims, target_frr=args.target_frr)
+    out = project_bundle(args.src, args.dest, args.dims, target_frr=args.target_frr,
+                         rerank=not args.no_rerank, shortlist=args.shortlist)
     print(json.dumps(out))
     return 0
 
@@ -211,7 +212,10 @@ def register(sub) -> None:
     p.add_argument("src")
     p.add_argument("dest")
     p.add_argument("--dims", type=int, default=128)
-    p.add_argument("--target-frr", type=float, help="default: the source bundle's threshold.target_frr or 0.01")
+    p.add_argument("--shortlist", type=int, default=64, help="candidates re-ranked exactly (default 64)")
+    p.add_argument("--no-rerank", action="store_true",
+                   help="score in the PCA space only (faster, lower AUROC; threshold re-calibrated)")
+    p.add_argument("--target-frr", type=float, help="with --no-rerank: default the source bundle's target_frr or 0.01")
     p.set_defaults(func=_project_bundle)
 
 

@@ -341,3 +341,35 @@ def test_selftest_and_status_commands(bundle_dir, tmp_path, capsys):
     assert "decisions 13" in capsys.readouterr().out
     assert main(["status", "--journal", str(tmp_path / "none.sqlite")]) == 2
     assert "no journal yet" in capsys.readouterr().err
+
+
+def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
+    """A PCA shortlist + re-rank bundle makes the daemon decide exactly as the full bank does."""
+    import json
+
+    from device.cli import main
+    from device.scoring import ShortlistKNNScorer
+
+    dest = tmp_path / "bundle-pca"
+    assert main(["project-bundle", str(bundle_dir), str(dest), "--dims", "16", "--shortlist", "4"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rerank"] and info["threshold"] == info["previous_threshold"]
+    expected = write_frames(tmp_path / "frames", PATTERN)
+    scores = {}
+    for name, b in (("full", bundle_dir), ("pca", dest)):
+        cfg = write_config(tmp_path / f"{name}.toml", b, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                           tmp_path / f"{name}.sqlite", outputs(rate=0.0, delay_ms=0, width_ms=1))
+        d, pin, t0 = run_daemon(cfg)
+        assert d.run(signals=False) == 0
+        assert isinstance(d.detector.scorer, ShortlistKNNScorer) == (name == "pca")
+        rows = Journal(tmp_path / f"{name}.sqlite").decisions()
+        assert [r["decision"] for r in rows] == expected
+        scores[name] = [r["score"] for r in rows]
+    assert scores["pca"] == pytest.approx(scores["full"], abs=1e-3)  # float32 noise near 0: sqrt(~1e-7)
+    # A tampered projection file is caught by the bundle's hashes.
+    comp = dest / "pca_components.npy"
+    data = bytearray(comp.read_bytes())
+    data[-1] ^= 0xFF
+    comp.write_bytes(bytes(data))
+    assert main(["check-config", "--config", str(tmp_path / "pca.toml")]) == 2
+    assert "pca_components.npy" in capsys.readouterr().err
