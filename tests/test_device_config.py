@@ -211,3 +211,23 @@ def test_projected_knn_full_rank_equals_knn_and_low_rank_keeps_ranking():
         ProjectedKNNScorer(bank, 1, mean[:10], comps)
     with pytest.raises(ValueError, match="PCA dims must be in 1..256"):
         fit_pca(bank, 300)
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "systemd" / "device.example.toml")
+    assert cfg.camera.source == "picamera2" and cfg.outputs.reject_pin == 17
+    assert cfg.journal.archive_dir == "/var/lib/anomaly-device/archive"
+
+
+def test_install_script_syntax():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("scripts/install-pi.sh", "scripts/ci-deps.sh"):
+        r = subprocess.run([shutil.which("bash") or "/bin/bash", "-n", str(root / script)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, (script, r.stderr)
