@@ -103,6 +103,13 @@ def _tiles(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.concatenate([cut_tiles(f, spec) for f in frames])
 
 
+def _device_features(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int) -> np.ndarray:
+    """Features exactly as the device computes them: one interpreter call per frame (its
+    tiles together), so batch-dependent kernels (dynamic-range quantisation) agree too."""
+    return normalize_features(np.concatenate([ext(tiles[i:i + n_tiles]) for i in range(0, len(tiles), n_tiles)]),
+                              "l2")
+
+
 def _tile_scores(bank: np.ndarray, feats: np.ndarray, n_tiles: int, k: int, method: str,
                  bank_pos: np.ndarray | None = None) -> np.ndarray:
     """(N, T) tile scores: against one shared bank, or each tile against its position's bank."""
@@ -136,6 +143,9 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     from trainer.doc import train_doc
     from trainer.synth import synthetic_defects
 
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)   # random-init layers and heads are reproducible
     t_start = time.time()
     spec = cfg.input_spec()
     x_all = _as_batch(train, spec)
@@ -213,14 +223,12 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
             blob = convert(model, rep, quant)
             ext = TFLiteExtractor(blob, num_threads=1)
     t_lat = time.perf_counter()
-    f_train = normalize_features(ext(t_train), "l2")
-    f_cal = normalize_features(ext(t_cal), "l2")
-    f_syn = normalize_features(ext(t_syn), "l2")
+    f_train, f_cal, f_syn = (_device_features(ext, t, n_tiles) for t in (t_train, t_cal, t_syn))
     ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(t_train) + len(t_cal) + len(t_syn)) * n_tiles
     val_labels = np.r_[np.zeros(len(x_cal)), np.ones(len(x_syn))]
     if quant != "float" and cfg.compare_float:
         fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
-        ff_train, ff_cal, ff_syn = (normalize_features(fext(x), "l2") for x in (t_train, t_cal, t_syn))
+        ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles) for t in (t_train, t_cal, t_syn))
         cos = np.sum(np.concatenate([f_cal, f_syn]) * np.concatenate([ff_cal, ff_syn]), axis=1)
         quant_report.update({"float_val_auroc": _image_auroc(ff_train, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring),
                              "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
