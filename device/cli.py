@@ -83,7 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("bundle")
     v.set_defaults(func=_verify)
 
-    for mod in COMMAND_MODULES:
+    register_commands(sub, COMMAND_MODULES)
+    return p
+
+
+def register_commands(sub, modules) -> None:
+    """Let each module in ``modules`` add its subcommands (``register(sub)``); a module
+    that is not installed is skipped, any other import error propagates."""
+    for mod in modules:
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -91,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         m.register(sub)
-    return p
 
 
 def main(argv=None) -> int:

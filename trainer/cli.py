@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+
+from device.cli import register_commands
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(size=(160, 160), taps="b6+b13+out")
     d.set_defaults(func=_demo)
 
-    for mod in COMMAND_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
-        m.register(sub)
+    register_commands(sub, COMMAND_MODULES)
     return p
 
 

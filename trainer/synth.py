@@ -96,12 +96,18 @@ def cutpaste(img, rng, scale=1.0):
     return out, mask
 
 
-def blur(img, rng, scale=1.0):
-    cv2 = _cv2()
+def _disc(img, rng, scale):
+    """A random filled disc mask (8-16 % of the short side) and its radius."""
     h, w = img.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     r = max(3, int(min(h, w) * rng.uniform(0.08, 0.16) * scale))
-    cv2.circle(mask, (int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))), r, 255, -1)
+    _cv2().circle(mask, (int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))), r, 255, -1)
+    return mask, r
+
+
+def blur(img, rng, scale=1.0):
+    cv2 = _cv2()
+    mask, r = _disc(img, rng, scale)
     k = 2 * max(2, r // 2) + 1
     blurred = cv2.GaussianBlur(img, (k, k), 0)
     out = np.where((mask > 0)[..., None] if img.ndim == 3 else mask > 0, blurred, img)
@@ -110,10 +116,7 @@ def blur(img, rng, scale=1.0):
 
 def brightness(img, rng, scale=1.0):
     cv2 = _cv2()
-    h, w = img.shape[:2]
-    mask = np.zeros((h, w), np.uint8)
-    r = max(3, int(min(h, w) * rng.uniform(0.08, 0.16) * scale))
-    cv2.circle(mask, (int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))), r, 255, -1)
+    mask, r = _disc(img, rng, scale)
     soft = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), r / 3)
     gain = rng.choice([-1, 1]) * rng.uniform(50, 90)
     add = soft[..., None] * gain if img.ndim == 3 else soft * gain
