@@ -44,12 +44,15 @@ fi
 echo "== apt packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-PKGS="python3-venv python3-numpy python3-opencv python3-gpiozero python3-lgpio"
-if apt-cache show python3-picamera2 >/dev/null 2>&1; then
-    PKGS="$PKGS python3-picamera2"
-else
-    echo "install-pi: python3-picamera2 not available from apt (not Raspberry Pi OS?): USB/OpenCV cameras only" >&2
-fi
+PKGS="python3-venv python3-pip python3-numpy python3-opencv python3-gpiozero"
+# Raspberry Pi OS only (plain Debian lacks them): the camera stack and the lgpio pin factory.
+for p in python3-picamera2 python3-lgpio; do
+    if apt-cache show "$p" >/dev/null 2>&1; then
+        PKGS="$PKGS $p"
+    else
+        echo "install-pi: $p not available from apt (not Raspberry Pi OS?): skipped" >&2
+    fi
+done
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $PKGS
 
