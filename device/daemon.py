@@ -262,9 +262,12 @@ class Daemon:
     def step(self) -> bool:
         """Handle one trigger; returns False when the source is exhausted."""
         if not self.camera_up:
-            if self._stop.wait(self._next_backoff()):
-                return True
-            self._open_camera()
+            end = time.monotonic() + self._next_backoff()
+            while not self._stop.is_set() and time.monotonic() < end:
+                self._feed_watchdog()          # only within camera_fault_grace_s
+                self._stop.wait(min(1.0, max(0.0, end - time.monotonic())))
+            if not self._stop.is_set():
+                self._open_camera()
             return True
         t_trig = self.trigger.wait(self.cfg.trigger.timeout_s)
         if t_trig is None:

@@ -373,3 +373,64 @@ def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
     comp.write_bytes(bytes(data))
     assert main(["check-config", "--config", str(tmp_path / "pca.toml")]) == 2
     assert "pca_components.npy" in capsys.readouterr().err
+
+
+class DeadAfter:
+    """A folder source that dies for good after ``n`` reads (and cannot be reopened)."""
+
+    def __init__(self, path, n):
+        self.inner, self.n, self.name, self.reads, self.opens = FolderSource(path, loop=True), n, "dying", 0, 0
+
+    def open(self):
+        self.opens += 1
+        if self.opens > 1:
+            raise CameraError("dying: device gone")
+        self.inner.open()
+
+    def read(self):
+        self.reads += 1
+        if self.reads > self.n:
+            raise CameraError("dying: read failed")
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
+
+
+def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
+    write_frames(tmp_path / "frames", "NNN")
+    sock_path = str(tmp_path / "wd.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(0.2)
+    got, done = [], threading.Event()
+
+    def reader():
+        while True:
+            try:
+                got.append((time.monotonic(), srv.recv(4096).decode()))
+            except socket.timeout:
+                if done.is_set():
+                    return
+
+    rd = threading.Thread(target=reader)
+    rd.start()
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
+                       'retry_initial_s = 0.05\nretry_max_s = 0.1', tmp_path / "j.sqlite",
+                       outputs(rate=50.0) + "\n[service]\ncamera_fault_grace_s = 0.4\n")
+    n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
+    d, pin, t0 = run_daemon(cfg, source=DeadAfter(tmp_path / "frames", 5), notifier=n)
+    threading.Timer(1.5, d.request_stop).start()
+    assert d.run(signals=False) == 0
+    done.set()
+    rd.join()
+    srv.close()
+    fault = [e for e in Journal(tmp_path / "j.sqlite").events() if e["kind"] == "camera_fault"]
+    assert len(fault) == 1 and "read failed" in fault[0]["message"]
+    pings = [t for t, m in got if m == "WATCHDOG=1"]
+    status = [t for t, m in got if m.startswith("STATUS=camera fault")]
+    assert status, got
+    t_fault = status[0]
+    during = [t - t_fault for t in pings if t > t_fault]
+    assert during and max(during) < 0.4 + 0.15     # fed while retrying within the grace...
+    assert any(0.2 < x for x in during)            # ...for most of it, then no more (systemd restarts us)
