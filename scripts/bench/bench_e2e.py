@@ -292,6 +292,20 @@ def render(flat: dict, runs: dict, research: list | None) -> str:
                      f"{r0['int8_auroc']:.4f} | {flat[f'{name}.int8_auroc_mean']:.4f} ± "
                      f"{flat[f'{name}.int8_auroc_std']:.4f} | ≥ {TARGETS[name]} ({ok}) | {r0['fit_seconds']:.0f} | "
                      f"{r0.get('latency_ms_median', float('nan')):.2f} |")
+    notes = []
+    for name in runs:
+        if flat.get(f"{name}.other_seeds_without_doc"):
+            notes.append(f"{TITLES[name]}: seed 0 selected the untouched backbone, so seeds 1.. reuse that choice "
+                         "(no DOC training)")
+        if flat.get(f"{name}.other_seeds_doc_steps"):
+            notes.append(f"{TITLES[name]}: seeds 1.. train DOC for {flat[f'{name}.other_seeds_doc_steps']} steps")
+        if f"{name}.int8_minus_float_mean" in flat:
+            notes.append(f"{TITLES[name]}: int8 − float AUROC {flat[f'{name}.int8_minus_float_mean']:+.4f} mean over "
+                         f"splits; feature cosine int8 vs float {flat.get(f'{name}.feature_cosine_mean', float('nan')):.3f} "
+                         f"(seed 0); per-image latency = preprocess + inference + k-NN, median over the test set "
+                         f"(inference alone {flat.get(f'{name}.inference_ms_median', float('nan')):.2f} ms)")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     lines += ["", "Synthetic-defect validation AUROC (what model selection saw) vs real test AUROC, per candidate "
               "extractor and split (float Keras features):", "",
               "| data set | candidate | synthetic val (mean) | real test (mean) | chosen by synthetic = better on real |",
@@ -344,6 +358,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results JSON (default scripts/bench/results/e2e.json)")
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--resume", action="store_true", help="reuse data sets already finished in the runs file")
+    ap.add_argument("--rest-doc-steps", type=int, default=None,
+                    help="DOC steps on seeds 1.. when seed 0 selected DOC (default: as configured)")
     ap.add_argument("--doc-every-seed", action="store_true",
                     help="train DOC on every split even when seed 0 selected the untouched backbone")
     args = ap.parse_args(argv)
@@ -378,6 +394,9 @@ def main(argv=None) -> int:
                     # the already-chosen configuration for the other splits: skip DOC training there
                     conf = {**conf, "doc": {**conf["doc"], "enabled": False}}
                     flat[f"{name}.other_seeds_without_doc"] = 1
+                elif seed == 0 and args.rest_doc_steps:
+                    conf = {**conf, "doc": {**conf["doc"], "steps": args.rest_doc_steps}}
+                    flat[f"{name}.other_seeds_doc_steps"] = args.rest_doc_steps
                 runs[name].append(r)
                 print(f"{name} seed {seed}: int8 {r['int8_auroc']:.4f} float {r.get('float_auroc', float('nan')):.4f} "
                       f"selected {r['selected_name']} syn-val {r['int8_val_auroc_synthetic']:.4f} "
