@@ -112,6 +112,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.frames = 0
+        self.passes = 0
         self.rejects_in_row = 0
         self.camera_up = False
         self.camera_fault_since: float | None = None
@@ -324,7 +325,9 @@ class Daemon:
         self.frames += 1
         if self.archive is not None:
             every = self.cfg.journal.archive_pass_every
-            if reject or (every and self.frames % every == 0):
+            if not reject:
+                self.passes += 1
+            if reject or (every and (self.passes - 1) % every == 0):   # 1st pass, then 1 in N
                 path = self.archive.submit(frame.image, frame.index, decision)
                 if path:
                     self.journal.set_image(row, path)

@@ -434,3 +434,63 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     during = [t - t_fault for t in pings if t > t_fault]
     assert during and max(during) < 0.4 + 0.15     # fed while retrying within the grace...
     assert any(0.2 < x for x in during)            # ...for most of it, then no more (systemd restarts us)
+
+
+def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
+    """Photo-eye edges on a mock input pin trigger frames; the delay counts from the edge; rejects archived."""
+    write_frames(tmp_path / "frames", "NDND")
+    cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
+                       tmp_path / "j.sqlite",
+                       '[trigger]\nmode = "gpio"\npin = 4\nbounce_ms = 0\ntimeout_s = 0.05\n\n'
+                       '[outputs]\nreject_pin = 17\nreject_delay_ms = 30\nreject_width_ms = 10\n\n'
+                       f'[journal]\narchive_dir = "{tmp_path / "archive"}"\narchive_pass_every = 2\n')
+    cfg.write_text(cfg.read_text().replace("[journal]\n", "", 1).replace(
+        f'path = "{tmp_path / "j.sqlite"}"\n', "", 1).replace(
+        "[journal]\narchive", f'[journal]\npath = "{tmp_path / "j.sqlite"}"\narchive'))
+    factory = MockFactory()
+    d, pin, t0 = run_daemon(cfg, factory, max_frames=4)
+    eye = factory.pin(4)
+    presses = []
+
+    def photo_eye():
+        time.sleep(0.5)
+        for _ in range(4):
+            eye.drive_low()           # pull-up input: low = beam broken = part present
+            presses.append(time.monotonic())
+            time.sleep(0.01)
+            eye.drive_high()
+            time.sleep(0.12)
+
+    th = threading.Thread(target=photo_eye)
+    th.start()
+    assert d.run(signals=False) == 0
+    th.join()
+    rows = Journal(tmp_path / "j.sqlite").decisions()
+    assert [r["decision"] for r in rows] == ["PASS", "REJECT", "PASS", "REJECT"]
+    for r, t in zip(rows, presses):
+        assert r["t_trigger"] == pytest.approx(t, abs=0.005)    # reference = the photo-eye edge
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
+    saved = sorted(p.name for p in (tmp_path / "archive").rglob("*.png"))
+    assert saved == ["000000000_pass.png", "000000001_reject.png", "000000003_reject.png"]  # 1 in 2 passes
+    assert [bool(r["image"]) for r in rows] == [True, True, False, True]
+
+
+def test_archive_prunes_by_size_and_age(tmp_path):
+    import numpy as np
+
+    from device.archive import ImageArchive
+
+    a = ImageArchive(tmp_path / "a", max_mb=0.02, max_age_days=1.0, prune_every=1000)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        assert a.submit(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT")
+    a.close()
+    files = sorted((tmp_path / "a").rglob("*.png"))
+    assert len(files) == 6
+    old = files[0]
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    removed = a.prune()
+    kept = sorted(p.name for p in (tmp_path / "a").rglob("*.png"))
+    assert removed >= 1 and old.name not in kept
+    assert sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.png")) <= 0.02e6
+    assert kept == sorted(kept)[-len(kept):] and "000000005_reject.png" in kept   # newest kept
