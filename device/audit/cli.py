@@ -85,7 +85,8 @@ def _projection(args) -> int:
 
 def _nkn(args) -> int:
     return _run(args, "nkn", {"mask": args.mask, "context": args.context, "stride": args.stride,
-                              "fit_steps": args.fit_steps, "fit_windows": args.fit_windows, "seed": args.seed,
+                              "fit_steps": args.fit_steps, "fit_windows": args.fit_windows,
+                              "fit_points": args.fit_points, "seed": args.seed,
                               "score_map": args.score_map})
 
 
@@ -125,5 +126,6 @@ def register(subparsers) -> None:
     n.add_argument("--stride", type=int, help="mask stride in px (default: mask side)")
     n.add_argument("--fit-steps", type=int, help="kernel hyper-parameter steps per image (default 40)")
     n.add_argument("--fit-windows", type=int, help="context windows per hyper-parameter step (default 8)")
+    n.add_argument("--fit-points", type=int, help="visible pixels used to fit the hyper-parameters (default 256)")
     n.add_argument("--score-map", choices=("norm", "raw"), help="map scored: |x-x̂|/σ (norm) or |x-x̂| (raw)")
     n.set_defaults(func=_nkn)

@@ -162,10 +162,13 @@ def table(r: dict) -> str:
                  f"| NKN, σ-normalised max\\|(x-x̂)/σ\\| | same | score ratio {fmt(g('nkn_brick_score_ratio_norm'), 2)} | {fmt(g('nkn_brick_pixel_auroc_norm'))} (local amplitude: {fmt(g('nkn_brick_pixel_auroc_norm_local'))}) | same run | – | ≤ 60 |",
                  f"| NKN, raw | mt-nkn-v1: {g('nkn_mt_n_normal')} + {g('nkn_mt_n_anomalous')} tiles, 128 px | {fmt(g('nkn_mt_image_auroc_raw'))} | {fmt(g('nkn_mt_pixel_auroc_raw'))} | {fmt(g('nkn_mt_s_per_image'), 1)} | {pi(g('nkn_mt_s_per_image'))} | ≤ 60 |",
                  f"| NKN, σ-normalised | same | {fmt(g('nkn_mt_image_auroc_norm'))} | {fmt(g('nkn_mt_pixel_auroc_norm'))} | same run | – | ≤ 60 |"]
-    notes = [f"", f"Command: `{r.get('command')}` on {r.get('date')} ({r.get('machine')}). "
+    runs = sorted({(r.get(f"{n}_command", r.get("command")), r.get(f"{n}_date", r.get("date")))
+                   for n in ("anogan", "projection", "nkn") if f"{n}_section_s" in r}, key=lambda c: c[1])
+    notes = ["", "Runs: " + "; ".join(f"`{c.strip()}` on {d}" for c, d in runs) + f" ({r.get('machine')}). "
              f"Times are wall-clock on a 2-core x86 machine shared with other jobs (TensorFlow CPU, batched). "
              f"The Pi 4 column is an estimate (×{lo}-{hi} of this machine, not measured). "
-             f"NKN: mask {g('nkn_mask')} px, context {g('nkn_context')} px, {g('nkn_fit_steps')} hyper-parameter steps per image. "
+             f"NKN: mask {g('nkn_mask')} px, context {g('nkn_context')} px, {g('nkn_fit_steps')} hyper-parameter steps "
+             f"per image on {g('nkn_fit_points') or 'all'} visible pixels. "
              f"Fit times: AnoGAN {fmt(g('anogan_fit_s'), 0)} s, AE {fmt(g('proj_ae_fit_s'), 0)} s, VAE {fmt(g('proj_vae_fit_s'), 0)} s."]
     return "\n".join(rows + notes)
 
@@ -198,12 +201,16 @@ def main(argv=None) -> int:
     jpath = Path(args.json)
     if jpath.is_file() and set(args.only) != {"anogan", "projection", "nkn"}:
         old = json.loads(jpath.read_text())
-        r = {**old, **{k: v for k, v in r.items()}}
+        for n in ("anogan", "projection", "nkn"):   # keep each earlier section's own command and date
+            if f"{n}_section_s" in old and f"{n}_command" not in old:
+                old[f"{n}_command"], old[f"{n}_date"] = old.get("command"), old.get("date")
+        r = {**old, **r}
     fns = {"anogan": bench_anogan, "projection": bench_projection, "nkn": bench_nkn}
     for name in args.only:
         t0 = time.perf_counter()
         res = fns[name](root, args.quick)
         res[f"{name}_section_s"] = time.perf_counter() - t0
+        res[f"{name}_command"], res[f"{name}_date"] = r["command"], r["date"]
         r.update(res)
         log.info("%s done in %.0f s", name, res[f"{name}_section_s"])
         jpath.parent.mkdir(parents=True, exist_ok=True)
