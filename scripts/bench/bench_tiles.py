@@ -55,7 +55,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the device runs 1 BLAS thread
+    os.environ.setdefault(_k, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -65,7 +68,7 @@ MARK_START, MARK_END = "<!-- tiles:start -->", "<!-- tiles:end -->"
 WEIGHTS_NAME = "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
 FRAME = 1024
 HALF, GAP = 248, 16
-TAPS, POOLING = "out", "max"
+SMALL_TAPS, MT_TAPS, POOLING = "b6+b13+out", "out", "max"   # feature taps: generated set + latency, magnetic tile
 SCRATCH_LEN = tuple(float(v) for v in os.environ.get("BENCH_TILES_SCRATCH_LEN", "30,100").split(","))
 
 log = logging.getLogger("bench_tiles")
@@ -139,6 +142,9 @@ def draw_small_defect(img: np.ndarray, kind: str, rng: np.random.Generator,
     return out, mask
 
 
+POLARITY = {"brick": "dark"}   # brick: mortar lines are bright, so defects are dark; others: away from local mean
+
+
 def make_small_defect_set(root: Path, texture: str, n_train: int, n_val: int, n_good: int, n_defect: int,
                           seed: int) -> dict:
     import cv2
@@ -161,7 +167,7 @@ def make_small_defect_set(root: Path, texture: str, n_train: int, n_val: int, n_
     sizes = []
     for kind in ("scratch", "spot"):
         for i in range(n_defect):
-            img, mask = draw_small_defect(make_frame(quads["test"], rng), kind, rng)
+            img, mask = draw_small_defect(make_frame(quads["test"], rng), kind, rng, POLARITY.get(texture, "auto"))
             cv2.imwrite(str(dirs[f"test/{kind}"] / f"{i:04d}.png"), img)
             cv2.imwrite(str(dirs[f"ground_truth/{kind}"] / f"{i:04d}_mask.png"), mask)
             sizes.append(int((mask > 0).sum()))
@@ -238,7 +244,7 @@ def run_config(layout: Path, work: Path, name: str, fit_kw: dict, weights: str, 
     from trainer.pipeline import FitConfig, fit
 
     lay = load_layout(layout)
-    cfg = FitConfig(alpha=0.35, weights=weights, taps=TAPS, pooling=POOLING, k=1, doc=False, quant="int8",
+    cfg = FitConfig(alpha=0.35, weights=weights, pooling=POOLING, k=1, doc=False, quant="int8",
                     compare_float=False, seed=seed, **fit_kw)
     t0 = time.time()
     res = fit(lay.train, work / f"bundle_{name}", cfg, calib=lay.val_good or None, progress=False)
@@ -278,6 +284,7 @@ SMALL_CONFIGS = {
 # The generated frames are not aligned (random phase), so the bank is shared; fit still measures
 # per-position banks on its synthetic defects and the figures are recorded (fit_*_synthetic_auroc).
 for _c in SMALL_CONFIGS.values():
+    _c["taps"] = SMALL_TAPS
     if "grid" in _c:
         _c["bank_mode"] = "shared"
 MT_CONFIGS = {
@@ -286,6 +293,9 @@ MT_CONFIGS = {
     "whole96": {"size": (96, 96), "color": "grey"},
     "grid2x2_96": {"size": (96, 96), "color": "grey", "working_size": (168, 168), "grid": (2, 2), "overlap": 0.25},
 }
+
+for _c in MT_CONFIGS.values():
+    _c["taps"] = MT_TAPS
 
 
 # ------------------------------------------------------------------ latency
@@ -312,7 +322,7 @@ def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames:
     out = {}
     for n_tiles, grid in LAT_GRIDS.items():
         kw = {} if grid is None else {"working_size": (FRAME, FRAME), "grid": grid, "overlap": 0.25}
-        cfg = FitConfig(alpha=0.35, size=(96, 96), color="grey", weights=weights, taps=TAPS, pooling=POOLING,
+        cfg = FitConfig(alpha=0.35, size=(96, 96), color="grey", weights=weights, taps=SMALL_TAPS, pooling=POOLING,
                         doc=False, quant="int8", compare_float=False, bank_max=1000, bank_mode="shared",
                         seed=seed, **kw)
         res = fit(train_frames, work / f"bundle_lat{n_tiles}", cfg, calib=calib, progress=False)
@@ -324,21 +334,28 @@ def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames:
                 det.scorer = make_scorer("knn", _pad_bank(det.bundle.bank, bsize, seed), 1)
                 for f in frames[:20]:
                     det.score_one(f)
-                lat, stages = [], {"preprocess_ms": [], "inference_ms": [], "knn_ms": []}
+                lat, cpu, stages = [], [], {"preprocess_ms": [], "inference_ms": [], "knn_ms": []}
+                load0 = os.getloadavg()[0]
                 for i in range(n_timed):
                     f = frames[i % len(frames)]
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     det.score_one(f)
                     lat.append((time.perf_counter() - t0) * 1e3)
+                    cpu.append((time.process_time() - c0) * 1e3)
                     for k in stages:
                         stages[k].append(det.last_timing[k])
                 key = f"latency_t{n_tiles}_th{threads}" + ("" if bsize == 1000 else f"_bank{bsize // 1000}k")
                 out[f"{key}_median_ms"] = float(np.median(lat))
                 out[f"{key}_p99_ms"] = float(np.percentile(lat, 99))
+                out[f"{key}_p5_ms"] = float(np.percentile(lat, 5))   # least-disturbed frames on a shared machine
+                out[f"{key}_cpu_median_ms"] = float(np.median(cpu))   # process CPU time: robust to other jobs
+                out[f"{key}_cpu_p99_ms"] = float(np.percentile(cpu, 99))
+                out[f"{key}_loadavg"] = (load0 + os.getloadavg()[0]) / 2
                 for k, v in stages.items():
                     out[f"{key}_{k.replace('_ms', '')}_median_ms"] = float(np.median(v))
-                log.info("latency %d tiles, %d threads, bank %d: median %.2f ms, p99 %.2f ms (%s)", n_tiles,
-                         threads, bsize, out[f"{key}_median_ms"], out[f"{key}_p99_ms"],
+                log.info("latency %d tiles, %d threads, bank %d: median %.2f ms, p99 %.2f ms, CPU median %.2f ms, "
+                         "load %.1f (%s)", n_tiles, threads, bsize, out[f"{key}_median_ms"], out[f"{key}_p99_ms"],
+                         out[f"{key}_cpu_median_ms"], out[f"{key}_loadavg"],
                          ", ".join(f"{k} {np.median(v):.2f}" for k, v in stages.items()))
     out["latency_frames_timed"] = n_timed
     return out
@@ -352,10 +369,11 @@ def _f(v, nd=3):
 
 def render(flat: dict, meta: dict) -> str:
     L = [MARK_START, "", "### Tiled inspection (issue 5): small defects on large frames", "",
-         f"`{flat['command']}` — {flat['date']}. α0.35 ImageNet backbone untouched (DOC off), taps `{TAPS}`, "
+         f"`{flat['command']}` — {flat['date']}. α0.35 ImageNet backbone untouched (DOC off), taps `{SMALL_TAPS}` (generated set, latency) / `{MT_TAPS}` (magnetic tile), "
          f"{POOLING} pooling + L2, full-int8 TFLite, 1-NN, k-NN bank from the device's .tflite; image score = max "
          "over tiles; every AUROC through `trainer.evaluate.evaluate` (device path, `Detector.score_one`). "
-         "Bank mode `auto` (measured on synthetic defects during `fit`); bank = all training tiles.", ""]
+         "Bank: all training tiles; mode `shared` on the generated set (its frames are not aligned), `auto` on "
+         "magnetic tile (chosen by `fit` on its synthetic-defect validation).", ""]
     for tex in meta.get("textures", []):
         info = meta["small"][tex]
         L += [f"**Generated small-defect set — `skimage.data.{tex}()`**, 1024×1024 frames mirror-tiled from "
@@ -400,20 +418,23 @@ def render(flat: dict, meta: dict) -> str:
         L.append("")
     if "latency_t1_th1_median_ms" in flat:
         L += ["**Device-path latency per frame** (`Detector.score_one` on an in-memory 1024×1024 grey frame: "
-              "preprocess + batched int8 inference + 1-NN against a 1000-feature shared bank; "
-              f"{flat['latency_frames_timed']:.0f} frames after 20 warm-up; 2 shared CPU cores, other jobs running).", "",
-              "| tiles | grid | 1 thread median / p99 ms | 2 threads median / p99 ms | 1 thread: preprocess / inference / k-NN ms |",
-              "| --- | --- | --- | --- | --- |"]
-        for n, g in LAT_GRIDS.items():
-            k1, k2 = f"latency_t{n}_th1", f"latency_t{n}_th2"
-            L.append(f"| {n} | {'none' if g is None else f'{g[0]}×{g[1]}'} | {_f(flat[k1 + '_median_ms'], 2)} / "
-                     f"{_f(flat[k1 + '_p99_ms'], 2)} | {_f(flat[k2 + '_median_ms'], 2)} / {_f(flat[k2 + '_p99_ms'], 2)} | "
-                     f"{_f(flat[k1 + '_preprocess_median_ms'], 2)} / {_f(flat[k1 + '_inference_median_ms'], 2)} / "
-                     f"{_f(flat[k1 + '_knn_median_ms'], 2)} |")
+              "preprocess + batched int8 inference + 1-NN against a 1000-feature shared bank, 1 BLAS thread; "
+              f"{flat['latency_frames_timed']:.0f} frames after 20 warm-up). Wall clock on a 2-core machine shared "
+              "with other jobs (load average "
+              f"{_f(np.mean([v for k, v in flat.items() if k.endswith('_loadavg')]), 1)}), so the process CPU time "
+              "per frame is given as well (for 1 thread ≈ the uncontended wall time).", "",
+              "| tiles | grid | 1 thread: wall median / p99 / p5 ms | 1 thread: CPU median ms | 2 threads: wall median / p99 ms "
+              "| 2 threads: CPU median ms | 1 thread: preprocess / inference / k-NN ms (wall medians) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+        rows = [(str(n), "none" if g is None else f"{g[0]}×{g[1]}", f"latency_t{n}_th1", f"latency_t{n}_th2")
+                for n, g in LAT_GRIDS.items()]
         if "latency_t16_th1_bank10k_median_ms" in flat:
-            k1, k2 = "latency_t16_th1_bank10k", "latency_t16_th2_bank10k"
-            L.append(f"| 16, 10k bank | 4×4 | {_f(flat[k1 + '_median_ms'], 2)} / {_f(flat[k1 + '_p99_ms'], 2)} | "
+            rows.append(("16, **10k bank**", "4×4", "latency_t16_th1_bank10k", "latency_t16_th2_bank10k"))
+        for n, g, k1, k2 in rows:
+            L.append(f"| {n} | {g} | {_f(flat[k1 + '_median_ms'], 2)} / {_f(flat[k1 + '_p99_ms'], 2)} / "
+                     f"{_f(flat.get(k1 + '_p5_ms'), 2)} | {_f(flat.get(k1 + '_cpu_median_ms'), 2)} | "
                      f"{_f(flat[k2 + '_median_ms'], 2)} / {_f(flat[k2 + '_p99_ms'], 2)} | "
+                     f"{_f(flat.get(k2 + '_cpu_median_ms'), 2)} | "
                      f"{_f(flat[k1 + '_preprocess_median_ms'], 2)} / {_f(flat[k1 + '_inference_median_ms'], 2)} / "
                      f"{_f(flat[k1 + '_knn_median_ms'], 2)} |")
         L.append("")
@@ -468,10 +489,12 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
     flat["seconds"] = round(time.time() - t_start, 1)
     flat["command"] = "python scripts/bench/bench_tiles.py " + " ".join(argv if argv is not None else sys.argv[1:])
     flat["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    flat.update({f"part_{p}_ran": float(p in parts_run) for p in ("small", "mt", "latency")})
+    flat.update({f"part_{p}_ran": float(p in parts_run or bool(flat.get(f"part_{p}_ran")))
+                 for p in ("small", "mt", "latency")})
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json = RESULTS / ("tiles_quick.json" if quick else "tiles.json")
     out_json.write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
+    out_json.with_name(out_json.stem + "_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     section = render(flat, meta)
     print(section)
     if not quick and not no_md:
@@ -490,9 +513,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mt-configs", nargs="+", default=list(MT_CONFIGS), choices=list(MT_CONFIGS))
     ap.add_argument("--work", default="/tmp/bench_tiles", help="generated data, bundles, evaluation reports")
     ap.add_argument("--weights", default=None, help="backbone weights (default: $ANOMALY_SHARED/weights/...)")
-    ap.add_argument("--frames", type=int, default=None, help="latency: timed frames (default 300, quick 60)")
+    ap.add_argument("--frames", type=int, default=None, help="latency: timed frames (default 200, quick 60)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--merge", action="store_true",
+                    help="start from the existing results JSON (re-run some --parts, keep the others)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("tensorflow", "absl", "trainer", "device", "models"):
@@ -518,7 +543,23 @@ def main(argv=None) -> int:
     textures = args.textures or ["brick"]
     flat: dict = {}
     meta: dict = {"small": {}, "bank_mode": {}, "textures": []}
+    prev = RESULTS / ("tiles_quick.json" if args.quick else "tiles.json")
+    if args.merge and prev.is_file() and prev.with_name(prev.stem + "_meta.json").is_file():
+        flat = {k: v for k, v in json.loads(prev.read_text()).items() if not isinstance(v, str)}
+        meta = json.loads(prev.with_name(prev.stem + "_meta.json").read_text())
+        if "small" in args.parts:
+            meta["textures"] = []
     t_start = time.time()
+
+    if "latency" in args.parts and weights:
+        rng = np.random.default_rng(args.seed + 7)
+        quads = _quadrants("brick")
+        tr = [make_frame(quads["train_a"], rng) for _ in range(8 if quick else 16)]
+        cal = [make_frame(quads["val"], rng) for _ in range(4)]
+        frames = [make_frame(quads["test"], rng) for _ in range(20)]
+        flat.update(run_latency(tr, cal, frames, work, weights, args.frames or (60 if quick else 200), args.seed))
+        parts_run.append("latency")
+        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
 
     if "small" in args.parts and weights:
         for tex in textures:
@@ -533,6 +574,7 @@ def main(argv=None) -> int:
                 meta["bank_mode"][f"small_{tex}_{c}_"] = bm = r.pop("bank_mode")
                 r["bank_per_position"] = bm == "per_position"
                 flat.update({f"small_{tex}_{c}_{k}": float(v) for k, v in r.items()})
+                finish(flat, meta, parts_run + ["small"], skipped, argv, quick, args.no_md, t_start)
         parts_run.append("small")
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
 
@@ -548,17 +590,8 @@ def main(argv=None) -> int:
             meta["bank_mode"][f"mt_{c}_"] = bm = r.pop("bank_mode")
             r["bank_per_position"] = bm == "per_position"
             flat.update({f"mt_{c}_{k}": float(v) for k, v in r.items()})
+            finish(flat, meta, parts_run + ["mt"], skipped, argv, quick, args.no_md, t_start)
         parts_run.append("mt")
-        finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
-
-    if "latency" in args.parts and weights:
-        rng = np.random.default_rng(args.seed + 7)
-        quads = _quadrants("brick")
-        tr = [make_frame(quads["train_a"], rng) for _ in range(8 if quick else 16)]
-        cal = [make_frame(quads["val"], rng) for _ in range(4)]
-        frames = [make_frame(quads["test"], rng) for _ in range(20)]
-        flat.update(run_latency(tr, cal, frames, work, weights, args.frames or (60 if quick else 300), args.seed))
-        parts_run.append("latency")
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
 
     if not parts_run:
