@@ -128,6 +128,12 @@ def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, nor
     out = Path(out)
     paths = data.list_audit_images(images, pattern)
     rels = [data.relative_name(p, images) for p in paths]
+    seen: dict[str, Path] = {}
+    for p, r in zip(paths, rels):
+        if ResultStore.key(r) in seen:
+            raise ConfigError(f"{p} and {seen[ResultStore.key(r)]} have the same name {r!r} relative to "
+                              f"--images; pass their common parent folder instead")
+        seen[ResultStore.key(r)] = p
     label_map = data.read_labels(labels) if labels else None
     if masks is not None and not Path(masks).is_dir():
         raise ConfigError(f"{masks}: masks folder not found")
