@@ -176,3 +176,26 @@ def test_auroc_matches_pairwise_definition():
     m = np.zeros((4, 4), np.uint8)
     m[1, 1] = 1
     assert pixel_auroc([m], [m.astype(float)]) == 1.0
+
+
+def test_train_audit_models_then_audit_from_bundle(dataset, capsys):
+    from device.bundle import npy_bytes, write_bundle
+    from device.preprocess import InputSpec
+    from trainer.cli import main as train_main
+
+    b = write_bundle(dataset / "bundle", {"input": InputSpec(size=(16, 16)).to_dict(),
+                                          "extractor": {"output_dim": 2, "input_shape": [16, 16, 3]},
+                                          "backbone": {}, "scoring": {"k": 1}, "threshold": {"value": 1.0}},
+                     {"extractor.tflite": b"x", "bank.npy": npy_bytes(np.zeros((1, 2), np.float32))})
+    rc = train_main(["audit-models", "--bundle", str(b), "--normal", str(dataset / "normal"),
+                     "--methods", "projection", "--epochs", "2", "--latent", "4"])
+    assert rc == 0
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert set(manifest["audit"]) == {"projection"}
+    assert "audit_projection_encoder.weights.h5" in manifest["files"]
+    assert manifest["audit"]["projection"]["threshold"]["n_calibration"] == 6
+    capsys.readouterr()
+    rc, stdout, err = _run(["audit", "projection", "--bundle", str(b), "--images", str(dataset / "test"),
+                            "--out", str(dataset / "ob")], capsys)
+    assert rc == 0, err
+    assert "threshold_source\tprojection: held-out normal images (6)" in stdout
