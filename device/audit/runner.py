@@ -173,6 +173,11 @@ def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, nor
     for s in range(0, len(todo), step):
         idx = todo[s:s + step]
         imgs, origs = _load_batch([paths[i] for i in idx], work_size, expect)
+        if masks is not None:  # a mask that does not fit its image fails before the slow part
+            for i, im, orig in zip(idx, imgs, origs):
+                mp = data.mask_path_for(paths[i], masks, rels[i])
+                if mp is not None:
+                    data.load_mask(mp, paths[i], orig, im.shape[:2])
         t0 = time.perf_counter()
         try:
             if getattr(det, "any_size", False):
