@@ -38,11 +38,15 @@ class ImageArchive:
         self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray, frame: int, decision: str) -> str | None:
-        """Queue ``image`` (RGB or grey uint8); returns the path it will have, or None if dropped."""
+    def submit(self, image: np.ndarray, frame: int, decision: str, overlay=None) -> str | None:
+        """Queue ``image`` (RGB or grey uint8); returns the path it will have, or None if dropped.
+
+        ``overlay``: ``(tile_scores, input_spec, threshold)`` of a tiled bundle; the saved image is
+        then the frame with the score grid drawn over it (drawn in the writer thread, off the frame path).
+        """
         path = self.root / time.strftime("%Y%m%d") / f"{frame:09d}_{decision.lower()}.png"
         try:
-            self._q.put_nowait((path, image))
+            self._q.put_nowait((path, image, overlay))
         except queue.Full:
             self.dropped += 1
             log.warning("archive queue full: image of frame %d not saved (%d dropped)", frame, self.dropped)
@@ -56,8 +60,12 @@ class ImageArchive:
             item = self._q.get()
             if item is None:
                 return
-            path, img = item
+            path, img, overlay = item
             try:
+                if overlay is not None:
+                    from device.heatmap import draw_tile_overlay
+
+                    img = draw_tile_overlay(img, *overlay)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
                 tmp = path.with_suffix(".tmp.png")

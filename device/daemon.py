@@ -294,15 +294,22 @@ class Daemon:
         det, out_cfg = self.detector, self.cfg.outputs
         t1 = time.perf_counter()
         try:
-            score = det.score_one(crop(frame.image, self.cfg.camera.roi))
+            image = crop(frame.image, self.cfg.camera.roi)
+            score = det.score_one(image)
             timing = dict(det.last_timing)
+            tiles = None
+            if det.spec.tiled:   # the per-tile grid and the worst tile go into the decision record
+                worst = int(np.argmax(det.last_tile_scores))
+                tiles = {"tile_grid": det.last_tile_scores.reshape(det.spec.grid_shape).round(6).tolist(),
+                         "worst_tile": list(det.spec.tile_boxes()[worst]),
+                         "scores": det.last_tile_scores.copy()}
             t2 = time.perf_counter()
             decision = "REJECT" if score > det.threshold else "PASS"
             if self.model_error:
                 self.model_error = False
                 self.journal.event("model_ok", f"frame {frame.index} scored")
         except Exception as exc:  # ImageError, interpreter failure, bad ROI: reject the part, alarm
-            score, timing, t2, decision = None, {}, time.perf_counter(), "ERROR"
+            score, timing, t2, decision, tiles = None, {}, time.perf_counter(), "ERROR", None
             if not self.model_error:
                 log.error("frame %d (%s): cannot score: %s", frame.index, frame.name, exc)
                 self.journal.event("model_error", f"frame {frame.index}: {type(exc).__name__}: {exc}")
@@ -312,7 +319,7 @@ class Daemon:
         t3 = time.perf_counter()
         timing.update(capture_ms=capture_ms, decision_ms=(t3 - t2) * 1e3)
         row = self.journal.decision(frame.index, frame.name, score, det.threshold, decision, t_ref,
-                                    timing, reject_at)
+                                    timing, reject_at, threshold_source=det.threshold_source, tiles=tiles)
         t4 = time.perf_counter()
         if reject_at is not None:
             late = time.monotonic() - reject_at
@@ -328,7 +335,9 @@ class Daemon:
             if not reject:
                 self.passes += 1
             if reject or (every and (self.passes - 1) % every == 0):   # 1st pass, then 1 in N
-                path = self.archive.submit(frame.image, frame.index, decision)
+                overlay = (tiles["scores"], det.spec, det.threshold) if tiles else None
+                path = self.archive.submit(frame.image if overlay is None else image, frame.index, decision,
+                                           overlay=overlay)
                 if path:
                     self.journal.set_image(row, path)
         timing["journal_ms"] = (t4 - t3) * 1e3

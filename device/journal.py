@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -38,7 +39,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     decision TEXT NOT NULL CHECK (decision IN ('PASS', 'REJECT', 'ERROR')),
     capture_ms REAL, preprocess_ms REAL, inference_ms REAL, knn_ms REAL, decision_ms REAL,
     reject_at REAL,                -- time.monotonic() the reject pulse is scheduled for (NULL: none)
-    image TEXT                     -- archived image path (NULL: not archived)
+    image TEXT,                    -- archived image path (NULL: not archived)
+    threshold_source TEXT,         -- where the threshold came from (bundle, config:threshold, config:target_frr=…)
+    tile_grid TEXT,                -- tiled bundles: JSON rows x columns of tile scores
+    worst_tile TEXT                -- tiled bundles: JSON [x, y, width, height] of the worst tile (working-size px)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -48,6 +52,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 """
+ADDED_COLUMNS = ("threshold_source", "tile_grid", "worst_tile")
 STAGES = ("capture_ms", "preprocess_ms", "inference_ms", "knn_ms", "decision_ms")
 
 
@@ -67,16 +72,29 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
+        for col in ADDED_COLUMNS:   # journals written by an older version gain the new columns
+            if col not in have:
+                self._db.execute(f"ALTER TABLE decisions ADD COLUMN {col} TEXT")
         self._insert = ("INSERT INTO decisions (ts, t_trigger, frame, name, score, threshold, decision, "
-                        + ", ".join(STAGES) + ", reject_at, image) VALUES (" + ", ".join("?" * 14) + ")")
+                        + ", ".join(STAGES) + ", reject_at, image, " + ", ".join(ADDED_COLUMNS)
+                        + ") VALUES (" + ", ".join("?" * (14 + len(ADDED_COLUMNS))) + ")")
 
     def decision(self, frame: int, name: str, score: float | None, threshold: float, decision: str,
                  t_trigger: float, timing: dict[str, float] | None = None, reject_at: float | None = None,
-                 image: str | None = None) -> int:
-        """Commit one decision row; returns its id."""
+                 image: str | None = None, threshold_source: str | None = None,
+                 tiles: dict[str, Any] | None = None) -> int:
+        """Commit one decision row; returns its id.
+
+        ``tiles`` (tiled bundles): ``{"tile_grid": [[...]], "worst_tile": [x, y, w, h]}``.
+        """
         timing = timing or {}
+        tiles = tiles or {}
+        grid, worst = tiles.get("tile_grid"), tiles.get("worst_tile")
         cur = self._db.execute(self._insert, (time.time(), t_trigger, frame, name, score, threshold, decision,
-                                              *(timing.get(s) for s in STAGES), reject_at, image))
+                                              *(timing.get(s) for s in STAGES), reject_at, image, threshold_source,
+                                              json.dumps(grid) if grid is not None else None,
+                                              json.dumps(worst) if worst is not None else None))
         return int(cur.lastrowid)
 
     def set_image(self, row_id: int, image: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from device.detector import Detector
 from trainer.data import load_layout
 from trainer.pipeline import auroc
-from device.preprocess import decode_image, prepare_frame
+from device.preprocess import decode_image
 from trainer.heatmap import overlay_png, pixel_auroc, tile_heatmap
 from trainer.report import histogram_png, html_report, roc_png
 
@@ -84,9 +84,7 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
         shown = worst[:8] + [i for i in worst[::-1] if recs[i]["label"] == 0][:2]
         for i in shown:
             name = f"overlays/{i:04d}_{recs[i]['group']}.png"
-            overlay_png(prepare_frame(items[i][0], spec.replace(grid=None, tile=None, stride=None, working_size=None,
-                                                                   size=spec.working_size)),
-                        tile_scores[i], spec, det.threshold, out / name)
+            overlay_png(items[i][0], tile_scores[i], spec, det.threshold, out / name)
             imgs_tiles.append((f"{Path(recs[i]['image']).name} ({recs[i]['group']}, score {recs[i]['score']:.3f})",
                                name))
     (out / "scores.json").write_text(json.dumps(recs, indent=1))
