@@ -51,16 +51,25 @@ rm -rf "$ROOTFS/proof/src"
 mkdir -p "$ROOTFS/proof/src"
 (cd "$SRC" && git ls-files -z | xargs -0 -I{} cp --parents {} "$ROOTFS/proof/src/")
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# Behind a TLS-intercepting proxy the host trusts extra CAs: trust them in the root too.
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+    chroot "$ROOTFS" update-ca-certificates >/dev/null 2>&1 || true
+fi
 mountpoint -q "$ROOTFS/proc" || mount -t proc proc "$ROOTFS/proc"
 trap 'umount "$ROOTFS/proc" 2>/dev/null || true' EXIT
-chroot "$ROOTFS" /bin/bash -c "cd /proof/src && bash scripts/install-pi.sh --force"
+# A clean environment: the host's pip settings (find-links, constraints) do not exist in the root.
+CHROOT_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+            PIP_DEFAULT_TIMEOUT=180 PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
+chroot "$ROOTFS" "${CHROOT_ENV[@]}" /bin/bash -c "cd /proof/src && bash scripts/install-pi.sh --force"
 T_INSTALL=$(date +%s)
 
 echo "== selftest (arm64 under qemu, mock pins)"
-chroot "$ROOTFS" uname -m
-chroot "$ROOTFS" /opt/anomaly-device/venv/bin/python -c \
+chroot "$ROOTFS" "${CHROOT_ENV[@]}" uname -m
+chroot "$ROOTFS" "${CHROOT_ENV[@]}" /opt/anomaly-device/venv/bin/python -c \
     "import platform, numpy, cv2; print(platform.machine(), 'numpy', numpy.__version__, 'cv2', cv2.__version__)"
-chroot "$ROOTFS" /opt/anomaly-device/venv/bin/anomaly-device selftest --config /proof/device.toml --frames 13 --json \
+chroot "$ROOTFS" "${CHROOT_ENV[@]}" /opt/anomaly-device/venv/bin/anomaly-device selftest --config /proof/device.toml --frames 13 --json \
     | tee "$ROOTFS/proof/selftest.json"
 T_END=$(date +%s)
 python3 - "$ROOTFS/proof" <<'PY'
