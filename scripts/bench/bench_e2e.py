@@ -435,7 +435,11 @@ def main(argv=None) -> int:
             if not args.quick and not args.no_md:
                 write_benchmarks_md(section)
     if runs:
-        print(render(flat, runs, json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None))
+        section = render(flat, runs, json.loads(RESEARCH.read_text()) if RESEARCH.exists() else None)
+        print(section)
+        out_path.write_text(json.dumps(flat, indent=1, sort_keys=True))
+        if not args.quick and not args.no_md:
+            write_benchmarks_md(section)
     return 0
 
 
