@@ -69,10 +69,12 @@ if [ "$AUDIT" -eq 1 ]; then
     "$PIP" install --quiet --constraint "$CONSTRAINTS" "tensorflow>=2.16" matplotlib
 fi
 "$PREFIX/venv/bin/python" - <<'PY'
-import cv2, gpiozero, numpy
+from importlib.metadata import version
+import cv2, gpiozero, numpy  # noqa: F401
 from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: picamera2 needs numpy 1.x on Bookworm"
-print(f"numpy {numpy.__version__}, OpenCV {cv2.__version__}, gpiozero {gpiozero.__version__}: OK")
+print(f"numpy {numpy.__version__}, OpenCV {cv2.__version__}, gpiozero {version('gpiozero')}, "
+      f"ai-edge-litert {version('ai-edge-litert')}: OK")
 PY
 cp "$SRC/docs/DEVICE.md" "$PREFIX/share/DEVICE.md" 2>/dev/null || true
 
