@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from device.cli import register_commands
+from models.backbone import FEATURE_TAPS, POOLINGS
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap", type=float, default=0.0, help="tile overlap, fraction of a tile")
     g.add_argument("--bank-mode", choices=("auto", "shared", "per_position"), default="auto",
                    help="tiled inputs: one shared bank or one per tile position (auto: measured)")
-    g.add_argument("--taps", default="out", help="feature layers: out, b13+out, b6+b13+out")
-    g.add_argument("--pooling", choices=("max", "avg", "maxavg"), default="max")
+    g.add_argument("--taps", default="out", choices=sorted(FEATURE_TAPS),
+                   help="feature layers (MobileNetV2 block expansions and out_relu)")
+    g.add_argument("--pooling", choices=POOLINGS, default="max",
+                   help="global max/avg, or gridG: average over G x G cells (keeps layout: aligned parts)")
     g.add_argument("--k", type=int, default=1, help="neighbours averaged in the score")
     g.add_argument("--scoring", choices=("knn", "lof"), default="knn")
     d = p.add_argument_group("DOC fine-tuning")
@@ -92,6 +95,10 @@ def fit_config(args):
         cfg.input_spec()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.doc:
+        from trainer.doc import check_trainable_reaches_taps
+
+        check_trainable_reaches_taps(cfg.taps, cfg.doc_cfg.train_from)
     return cfg
 
 

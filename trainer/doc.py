@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import time
 
 import numpy as np
 
-from models.backbone import pooled_features, set_trainable_from
+from device.errors import ConfigError
+from models.backbone import FEATURE_TAPS, pooled_features, set_trainable_from
 from models.doc import compactness_loss, descriptiveness_loss
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,23 @@ class DocConfig:
     seed: int = 0
 
 
+def _depth(layer: str) -> float:
+    """Position of a MobileNetV2 layer by its block number (``out_relu`` is the deepest)."""
+    m = re.match(r"block_(\d+)_", layer)
+    return float(m.group(1)) if m else (-1.0 if layer.startswith(("Conv1", "bn_Conv1", "expanded_conv")) else 99.0)
+
+
+def check_trainable_reaches_taps(taps: str, train_from: str | None) -> None:
+    """Refuse a DOC set-up whose trainable layers all lie after the tapped features."""
+    if train_from is None:
+        return
+    deepest = max(FEATURE_TAPS[taps], key=_depth)
+    if _depth(train_from) > _depth(deepest):
+        raise ConfigError(f"DOC would change nothing: first trainable layer {train_from!r} lies after the "
+                          f"deepest feature tap {deepest!r}; train from an earlier block "
+                          f"(e.g. --train-from block_8_expand for tap b10) or use --no-doc")
+
+
 def _augment(tf, x):
     x = tf.image.random_flip_left_right(x)
     return tf.image.random_flip_up_down(x)
@@ -48,6 +67,7 @@ def train_doc(backbone, target_u8: np.ndarray, ref_u8: np.ndarray, ref_y: np.nda
     from keras import layers
 
     keras.utils.set_random_seed(cfg.seed)
+    check_trainable_reaches_taps(cfg.taps, cfg.train_from)
     n_trainable = set_trainable_from(backbone, cfg.train_from)
     feat = keras.Model(backbone.input, pooled_features(backbone, cfg.taps, cfg.pooling))
     n_cls = int(ref_y.max()) + 1
