@@ -89,7 +89,12 @@ if [ ! -e /etc/anomaly-device/device.toml ]; then
     echo "install-pi: wrote /etc/anomaly-device/device.toml (edit pins, delay, camera, then check-config)"
 fi
 sed "s#/opt/anomaly-device#$PREFIX#g" "$SRC/systemd/anomaly-device.service" > /etc/systemd/system/anomaly-device.service
-systemctl daemon-reload
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+else
+    echo "install-pi: systemd is not running (chroot?): unit installed, not reloaded" >&2
+    START=0
+fi
 systemctl enable anomaly-device.service
 "$PREFIX/venv/bin/anomaly-device" check-config --config /etc/anomaly-device/device.toml --no-bundle
 if [ "$START" -eq 1 ]; then
