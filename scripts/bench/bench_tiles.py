@@ -77,22 +77,34 @@ log = logging.getLogger("bench_tiles")
 
 # ------------------------------------------------------------------ generated small-defect set
 
-def _quadrants(name: str) -> dict[str, np.ndarray]:
-    """Disjoint source regions of a 512x512 texture: left half (columns 0-247) for training
-    (and validation windows), right half (columns 264-511) for test; a 16-px gap between them."""
+def _quadrants(name: str) -> dict[str, np.ndarray | list]:
+    """Disjoint source regions of a 512x512 texture (16-px gaps, no shared pixels).
+
+    ``name`` is a scikit-image texture, optionally with a split: ``brick`` (halves: columns 0-247
+    for training and validation windows, 264-511 for test) or ``brick:strips`` (interleaved
+    vertical strips 112 px wide: training from strips 0 and 2, test from strips 1 and 3, so both
+    sample the left and the right of the photo)."""
     from skimage import data as skd
 
-    img = getattr(skd, name)()
+    tex, _, split = name.partition(":")
+    img = getattr(skd, tex)()
     if img.ndim == 3:
         img = img[:, :, :3].mean(axis=2).astype(np.uint8)
     assert img.shape[1] >= 2 * HALF + GAP, img.shape
+    if split == "strips":
+        w = 112
+        strips = [np.ascontiguousarray(img[:, i * (w + GAP) + GAP // 2:i * (w + GAP) + GAP // 2 + w]) for i in range(4)]
+        return {"train_a": strips[0], "train_b": strips[2], "val": [strips[0], strips[2]], "test": [strips[1], strips[3]]}
     left = np.ascontiguousarray(img[:, :HALF])
     right = np.ascontiguousarray(img[:, HALF + GAP:2 * HALF + GAP])
     return {"train_a": left, "train_b": left, "val": left, "test": right}
 
 
 def make_frame(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A FRAME x FRAME grey frame: random window of the mirror-tiled region, flips, gain, noise."""
+    """A FRAME x FRAME grey frame: random window of the mirror-tiled region (one picked at random
+    from a list), flips, gain, noise."""
+    if isinstance(region, list):
+        region = region[int(rng.integers(0, len(region)))]
     h, w = region.shape
     canvas = np.pad(region, ((0, FRAME + 2 * h), (0, FRAME + 2 * w)), mode="symmetric")
     y, x = int(rng.integers(0, 2 * h)), int(rng.integers(0, 2 * w))
@@ -168,7 +180,7 @@ def make_small_defect_set(root: Path, texture: str, n_train: int, n_val: int, n_
     sizes = []
     for kind in ("scratch", "spot"):
         for i in range(n_defect):
-            img, mask = draw_small_defect(make_frame(quads["test"], rng), kind, rng, POLARITY.get(texture, "auto"))
+            img, mask = draw_small_defect(make_frame(quads["test"], rng), kind, rng, POLARITY.get(texture.partition(":")[0], "auto"))
             cv2.imwrite(str(dirs[f"test/{kind}"] / f"{i:04d}.png"), img)
             cv2.imwrite(str(dirs[f"ground_truth/{kind}"] / f"{i:04d}_mask.png"), mask)
             sizes.append(int((mask > 0).sum()))
@@ -377,17 +389,20 @@ def render(flat: dict, meta: dict) -> str:
          "magnetic tile (chosen by `fit` on its synthetic-defect validation).", ""]
     for tex in meta.get("textures", []):
         info = meta["small"][tex]
-        L += [f"**Generated small-defect set — `skimage.data.{tex}()`**, 1024×1024 frames mirror-tiled from "
-              f"disjoint halves of the texture (train and val: columns 0–247; test: columns 264–511; 16-px gap); "
+        split = ("disjoint vertical strips 112 px wide (train and val: strips 1 and 3; test: strips 2 and 4; "
+                 "16-px gaps)" if tex.endswith(":strips") else
+                 "disjoint halves of the texture (train and val: columns 0–247; test: columns 264–511; 16-px gap)")
+        L += [f"**Generated small-defect set — `skimage.data.{tex.partition(':')[0]}()`**, 1024×1024 frames "
+              f"mirror-tiled from {split}; "
               f"{info['n_train']} train, {info['n_val']} val, {info['n_test_good']} test good, "
               f"{info['n_test_defective']} defective (scratch 1–3 px wide and {SCRATCH_LEN[0]:.0f}–{SCRATCH_LEN[1]:.0f} px long, spot 4–12 px, "
-              f"{POLARITY.get(tex, 'contrasting')}; median defect "
+              f"{POLARITY.get(tex.partition(':')[0], 'contrasting')}; median defect "
               f"{info['defect_pixels_median']:.0f} px = {100 * info['defect_area_fraction_median']:.3f} % of the frame).", "",
               "| input | tiles | bank mode | bank | image AUROC | scratch | spot | pixel AUROC (grid, 64 px nearest) "
               "| pixel AUROC (grid, 256 px any) | eval ms/frame |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for c in SMALL_CONFIGS:
-            p = f"small_{tex}_{c}_"
+            p = f"small_{tex.replace(':', '_')}_{c}_"
             if p + "image_auroc" not in flat:
                 continue
             desc = {"whole96": "whole frame → 96 px", "whole224": "whole frame → 224 px",
@@ -469,13 +484,13 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
     flat = dict(flat)
     targets = []
     for tex in meta["textures"]:
-        w = flat.get(f"small_{tex}_whole96_image_auroc")
-        tiled = {g: flat[f"small_{tex}_{g}_image_auroc"] for g in SMALL_CONFIGS
-                 if g.startswith("grid") and f"small_{tex}_{g}_image_auroc" in flat}
+        w = flat.get(f"small_{tex.replace(':', '_')}_whole96_image_auroc")
+        tiled = {g: flat[f"small_{tex.replace(':', '_')}_{g}_image_auroc"] for g in SMALL_CONFIGS
+                 if g.startswith("grid") and f"small_{tex.replace(':', '_')}_{g}_image_auroc" in flat}
         if tiled:
             g = max(tiled, key=tiled.get)
             ok = tiled[g] >= 0.95
-            flat[f"target_small_{tex}_met"] = float(ok)
+            flat[f"target_small_{tex.replace(':', '_')}_met"] = float(ok)
             targets.append(f"{tex}: tiled ≥ 0.95 image AUROC — {'met' if ok else 'NOT met'} "
                            f"(best tiled {tiled[g]:.3f} with {g} vs whole frame {_f(w)})")
     for res in ("224", "96"):
@@ -552,8 +567,7 @@ def main(argv=None) -> int:
     if args.merge and prev.is_file() and prev.with_name(prev.stem + "_meta.json").is_file():
         flat = {k: v for k, v in json.loads(prev.read_text()).items() if not isinstance(v, str)}
         meta = json.loads(prev.with_name(prev.stem + "_meta.json").read_text())
-        if "small" in args.parts:
-            meta["textures"] = []
+        meta["textures"] = [t for t in meta.get("textures", []) if "small" not in args.parts or t not in textures]
     t_start = time.time()
 
     if "latency" in args.parts and weights:
@@ -568,17 +582,17 @@ def main(argv=None) -> int:
 
     if "small" in args.parts and weights:
         for tex in textures:
-            layout = work / f"small_{tex}"
+            layout = work / f"small_{tex.replace(':', '_')}"
             n = (24, 8, 12, 6) if quick else (100, 20, 50, 25)
             info = make_small_defect_set(layout, tex, *n, seed=args.seed)
             meta["small"][tex] = info
-            meta["textures"].append(tex)
+            meta["textures"] = [t for t in meta["textures"] if t != tex] + [tex]
             log.info("small-defect set %s: %s", tex, info)
             for c in (args.small_configs if not quick else [c for c in args.small_configs if c != "whole224"]):
-                r = run_config(layout, work, f"small_{tex}_{c}", SMALL_CONFIGS[c], weights, args.seed)
-                meta["bank_mode"][f"small_{tex}_{c}_"] = bm = r.pop("bank_mode")
+                r = run_config(layout, work, f"small_{tex.replace(':', '_')}_{c}", SMALL_CONFIGS[c], weights, args.seed)
+                meta["bank_mode"][f"small_{tex.replace(':', '_')}_{c}_"] = bm = r.pop("bank_mode")
                 r["bank_per_position"] = bm == "per_position"
-                flat.update({f"small_{tex}_{c}_{k}": float(v) for k, v in r.items()})
+                flat.update({f"small_{tex.replace(':', '_')}_{c}_{k}": float(v) for k, v in r.items()})
                 finish(flat, meta, parts_run + ["small"], skipped, argv, quick, args.no_md, t_start)
         parts_run.append("small")
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
