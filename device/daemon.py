@@ -323,7 +323,7 @@ class Daemon:
         t4 = time.perf_counter()
         if reject_at is not None:
             late = time.monotonic() - reject_at
-            if late > 0.002:
+            if late > 0.002 and out_cfg.reject_delay_ms > 0:   # with no delay every pulse is "late"
                 log.warning("frame %d: reject pulse %.1f ms late (processing slower than the delay)",
                             frame.index, late * 1e3)
             self.outputs.reject.pulse(reject_at, out_cfg.reject_width_ms / 1e3)
