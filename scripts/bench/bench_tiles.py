@@ -616,7 +616,7 @@ def main(argv=None) -> int:
     if not parts_run:
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
     if not have_shared:
-        log.error("shared folder missing: ran %s only", ", ".join(parts_run) or "nothing")
+        log.error("shared folder missing; parts run: %s", ", ".join(parts_run) or "none")
         return 2
     return 0
 
