@@ -526,7 +526,8 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few frames, one texture; writes tiles_quick.json only")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: few frames, whole96 and grid4x4 only, magnetic tile at 96 px; writes tiles_quick.json only")
     ap.add_argument("--parts", nargs="+", default=["small", "mt", "latency"], choices=["small", "mt", "latency"])
     ap.add_argument("--textures", nargs="+", default=None, help="scikit-image textures (default: brick)")
     ap.add_argument("--small-configs", nargs="+", default=list(SMALL_CONFIGS), choices=list(SMALL_CONFIGS))
@@ -588,7 +589,7 @@ def main(argv=None) -> int:
             meta["small"][tex] = info
             meta["textures"] = [t for t in meta["textures"] if t != tex] + [tex]
             log.info("small-defect set %s: %s", tex, info)
-            for c in (args.small_configs if not quick else [c for c in args.small_configs if c != "whole224"]):
+            for c in (args.small_configs if not quick else [c for c in args.small_configs if c in ("whole96", "grid4x4")]):
                 r = run_config(layout, work, f"small_{tex.replace(':', '_')}_{c}", SMALL_CONFIGS[c], weights, args.seed)
                 meta["bank_mode"][f"small_{tex.replace(':', '_')}_{c}_"] = bm = r.pop("bank_mode")
                 r["bank_per_position"] = bm == "per_position"
