@@ -31,8 +31,9 @@ def pixel_auroc(heatmaps: list[np.ndarray], masks: list[np.ndarray | None], side
     scores, labels = [], []
     for hm, m in zip(heatmaps, masks):
         hm_s = cv2.resize(hm, (side, side), interpolation=cv2.INTER_NEAREST)
+        # a cell is defective when any of its pixels is (thin scratches must not vanish)
         m_s = np.zeros((side, side), bool) if m is None else cv2.resize(
-            (m >= 128).astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST) > 0
+            (m >= 128).astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0
         scores.append(hm_s.ravel())
         labels.append(m_s.ravel())
     y = np.concatenate(labels)
