@@ -42,20 +42,18 @@ log = logging.getLogger(__name__)
 def build_detector(cfg: DeviceConfig):
     """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector`.
 
-    A bundle carrying a projection (``scoring.projection``) is scored in the projected space.
+    A bundle carrying a projection (``scoring.projection``) is scored with its shortlist bank.
 
     Raises:
         BundleError: the bundle is missing, fails verification or cannot be run.
     """
     from device.bundle import load_bundle
     from device.detector import Detector
-    from device.scoring import scorer_for_bundle
 
     bundle = load_bundle(cfg.bundle.path)
     try:
         det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=cfg.bundle.threshold,
                        target_frr=cfg.bundle.target_frr)
-        det.scorer = scorer_for_bundle(bundle)
     except BundleError:
         raise
     except (ValueError, RuntimeError) as exc:

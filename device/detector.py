@@ -18,7 +18,7 @@ from device.bundle import Bundle, load_bundle
 from device.contract import Scores
 from device.extractor import TFLiteExtractor, normalize_features
 from device.preprocess import preprocess
-from device.scoring import make_scorer
+from device.scoring import make_scorer, scorer_for_bundle
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Detector:
                                          pixel_scale=self.spec.pixel_scale, pixel_offset=self.spec.pixel_offset,
                                          runtime=runtime)
         self.normalize = ext.get("feature_normalize", "none")
-        self.scorer = make_scorer(bundle.scoring_method, bundle.bank, bundle.k)
+        self.scorer = scorer_for_bundle(bundle)   # honours an optional PCA shortlist bank
         self.tile_index = bundle.tile_index
         if self.tile_index is not None:   # per-position banks: each tile against its own position's bank
             self.position_scorers = [make_scorer(bundle.scoring_method, bundle.bank[self.tile_index == i], bundle.k)
