@@ -339,15 +339,10 @@ def render(flat: dict, runs: dict, research: list | None) -> str:
 
 
 def write_benchmarks_md(section: str) -> None:
-    """Replace (or append) only the e2e section of BENCHMARKS.md; re-reads the file right before writing."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        a, b = text.index(MARK_START), text.index(MARK_END) + len(MARK_END)
-        text = text[:a] + section + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Replace (or append) only the e2e section of BENCHMARKS.md."""
+    from benchmd import write_section
+
+    write_section(section, MARK_START, MARK_END)
 
 
 def main(argv=None) -> int:
