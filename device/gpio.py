@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Callable
 
+from device.trigger import SoftwareTrigger
+
 log = logging.getLogger(__name__)
 
 
@@ -213,35 +215,19 @@ class Outputs:
         self.reject_device = self.alarm_device = None
 
 
-class GpioTrigger:
+class GpioTrigger(SoftwareTrigger):
     """Photo-eye input (``gpiozero.Button`` with debounce): each press is one part.
 
     ``wait(timeout)`` returns the monotonic press time, or ``None`` on timeout.
     """
 
     def __init__(self, pin: int, bounce_ms: float = 5.0, pull_up: bool = True, pin_factory=None):
-        import queue
-
         from gpiozero import Button
 
-        self._q: queue.Queue = queue.Queue(maxsize=1000)
+        super().__init__()
         self._button = Button(pin, pull_up=pull_up, bounce_time=(bounce_ms / 1000.0) or None,
                               pin_factory=pin_factory)
-        self._button.when_pressed = self._pressed
-
-    def _pressed(self, *_):
-        try:
-            self._q.put_nowait(time.monotonic())
-        except Exception:
-            log.warning("trigger queue full: part dropped")
-
-    def wait(self, timeout: float) -> float | None:
-        import queue
-
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        self._button.when_pressed = lambda *_: self.fire()
 
     def close(self) -> None:
         if self._button is not None:
