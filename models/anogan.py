@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from device.contract import Scores
-from models.audit_common import as_grey_batch, batches, set_seed, smooth_maps
+from models.audit_common import as_grey_batch, batches, check_size, set_seed, smooth_maps
 from models.audit_common import weights_from_bytes, weights_to_bytes
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,7 @@ class AnoGANDetector:
         self._search = None
 
     def _check(self, x: np.ndarray, what: str) -> None:
-        if tuple(x.shape[1:3]) != tuple(self.config.size):
-            raise ValueError(f"{what}: images are {x.shape[1]}x{x.shape[2]}, the GAN expects "
-                             f"{self.config.size[0]}x{self.config.size[1]}")
+        check_size(x, self.config.size, what, "GAN")
 
     # ----------------------------------------------------------------- training
     def fit(self, normal_images: Sequence) -> "AnoGANDetector":

@@ -57,6 +57,13 @@ def as_grey_batch(images: Sequence | np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
 
 
+def check_size(x: np.ndarray, size, what: str, model: str) -> None:
+    """Refuse a batch whose image size is not the one ``model`` was built for."""
+    if tuple(x.shape[1:3]) != tuple(size):
+        raise ValueError(f"{what}: images are {x.shape[1]}x{x.shape[2]}, the {model} expects "
+                         f"{size[0]}x{size[1]}")
+
+
 def smooth_maps(maps: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     """Gaussian-smooth each (H, W) map of a batch (no-op when ``sigma <= 0``)."""
     if sigma <= 0:

@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from device.contract import Scores
-from models.audit_common import as_grey_batch, batches, score_from_maps, set_seed, smooth_maps
+from models.audit_common import (as_grey_batch, batches, check_size, score_from_maps, set_seed,
+                                 smooth_maps)
 from models.audit_common import weights_from_bytes, weights_to_bytes
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ class ProjectionDetector:
 
     # ----------------------------------------------------------------- training
     def _check(self, x: np.ndarray, what: str) -> None:
-        if tuple(x.shape[1:3]) != tuple(self.config.size):
-            raise ValueError(f"{what}: images are {x.shape[1]}x{x.shape[2]}, the "
-                             f"{self.config.kind} expects {self.config.size[0]}x{self.config.size[1]}")
+        check_size(x, self.config.size, what, self.config.kind)
 
     def fit(self, normal_images: Sequence) -> "ProjectionDetector":
         """Train the autoencoder on normal images; returns ``self``."""
