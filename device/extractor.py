@@ -4,7 +4,9 @@ The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
 ``tensorflow.lite`` (the last only on a workstation). Input pixels arrive as uint8
 RGB from :func:`device.preprocess.preprocess`; this module maps them to the model's
 input type (float, or int8/uint8 with the model's own quantisation parameters) and
-dequantises the output.
+dequantises the output. The pixel mapping is elementwise on 256 possible values, so it is
+tabulated once per model and applied as a lookup (``cv2.LUT``): the same values as the float
+formula, at a fifth of its cost (16 tiles of 96x96x3: 0.3-0.6 ms -> 0.1 ms).
 
 Example:
     >>> ext = TFLiteExtractor("bundle/extractor.tflite", num_threads=1)   # doctest: +SKIP
@@ -92,6 +94,8 @@ class TFLiteExtractor:
         real_s, real_o = self.pixel_scale, self.pixel_offset
         self._identity_u8 = (self.input_dtype == np.uint8 and s > 0
                              and abs(s - real_s) < 1e-9 and abs(zp + real_o / s) < 1e-6)
+        # Every uint8 pixel value's model input, by the formula of _to_input_formula.
+        self._lut = None if self._identity_u8 else self._to_input_formula(np.arange(256, dtype=np.uint8))
 
     def describe(self) -> dict:
         """What the manifest records about the model's interface."""
@@ -100,9 +104,53 @@ class TFLiteExtractor:
                 "output_dim": self.output_dim,
                 "output_quant": {"scale": self.output_quant[0], "zero_point": int(self.output_quant[1])}}
 
+    def runtime_info(self) -> dict:
+        """What the interpreter runs: runtime, threads, batch, and ``delegate_nodes``: graph
+        partitions taken by a delegate (XNNPACK, on by default in LiteRT; 0 means every op runs
+        on the reference kernels, several times slower)."""
+        info = {"runtime": self.runtime, "num_threads": self.num_threads, "batch": self._batch}
+        try:
+            ops = self._interp._get_ops_details()   # private API: best effort
+        except Exception:   # pragma: no cover - runtime without the method
+            return info
+        info["delegate_nodes"] = sum(1 for o in ops if o.get("op_name") == "DELEGATE")
+        return info
+
     def _to_input(self, batch_u8: np.ndarray) -> np.ndarray:
+        """uint8 pixels -> model input (a table lookup; see :meth:`_to_input_formula`)."""
         if self._identity_u8:
             return batch_u8
+        if batch_u8.dtype != np.uint8:
+            return self._to_input_formula(batch_u8)
+        cv2 = _cv2_or_none()
+        if cv2 is not None and batch_u8.ndim >= 2 and self._lut.dtype in _CV2_LUT_TYPES:
+            flat = np.ascontiguousarray(batch_u8).reshape(-1, int(np.prod(batch_u8.shape[2:], dtype=np.int64)))
+            if flat.shape[0] < 2 ** 31 and 0 < flat.shape[1] <= 2 ** 20:
+                return cv2.LUT(flat, self._lut).reshape(batch_u8.shape)
+        return np.take(self._lut, batch_u8)
+
+    def _set_input(self, chunk_u8: np.ndarray) -> None:
+        """Fill the interpreter's input tensor: the lookup writes straight into it (no temporary
+        array, no ``set_tensor`` copy: 0.45 -> 0.25 ms for 16 tiles); otherwise ``set_tensor``."""
+        cv2 = _cv2_or_none()
+        if (cv2 is not None and self._lut is not None and chunk_u8.dtype == np.uint8 and chunk_u8.ndim >= 2
+                and self._lut.dtype in _CV2_LUT_TYPES):
+            view = self._interp.tensor(self._in["index"])()   # must not outlive this block (invoke refuses)
+            ok = False
+            if view.shape == chunk_u8.shape and view.dtype == self._lut.dtype and view.flags.c_contiguous:
+                src = np.ascontiguousarray(chunk_u8).reshape(-1, int(np.prod(chunk_u8.shape[2:], dtype=np.int64)))
+                if src.shape[0] < 2 ** 31 and 0 < src.shape[1] <= 2 ** 20:
+                    dst = view.reshape(src.shape)
+                    res = cv2.LUT(src, self._lut, dst=dst)
+                    ok = res is dst or np.shares_memory(res, dst)
+                    del dst, res
+            del view
+            if ok:
+                return
+        self._interp.set_tensor(self._in["index"], self._to_input(chunk_u8))
+
+    def _to_input_formula(self, batch_u8: np.ndarray) -> np.ndarray:
+        """The mapping itself: float = pixel * scale + offset, then the model's quantisation."""
         x = batch_u8.astype(np.float32) * np.float32(self.pixel_scale) + np.float32(self.pixel_offset)
         if self.input_dtype in (np.uint8, np.int8, np.int16):
             s, zp = self.input_quant
@@ -126,9 +174,9 @@ class TFLiteExtractor:
         n = batch_u8.shape[0]
         feats = np.empty((n, self.output_dim), np.float32)
         for i in range(0, n, max_batch):
-            chunk = self._to_input(batch_u8[i:i + max_batch])
+            chunk = batch_u8[i:i + max_batch]
             self._ensure_batch(chunk.shape[0])
-            self._interp.set_tensor(self._in["index"], chunk)
+            self._set_input(chunk)
             self._interp.invoke()
             raw = self._interp.get_tensor(self._out["index"]).reshape(chunk.shape[0], -1)
             if raw.dtype != np.float32:
@@ -136,6 +184,17 @@ class TFLiteExtractor:
                 raw = (raw.astype(np.float32) - np.float32(zp)) * np.float32(s)
             feats[i:i + chunk.shape[0]] = raw
         return feats
+
+
+_CV2_LUT_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64))
+
+
+def _cv2_or_none():
+    try:
+        import cv2  # lazy, as in device.preprocess
+    except ImportError:   # pragma: no cover - OpenCV is a device dependency
+        return None
+    return cv2
 
 
 def normalize_features(feats: np.ndarray, mode: str) -> np.ndarray:
