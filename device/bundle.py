@@ -96,6 +96,12 @@ class Bundle:
         return self.arrays.get("bank_tile_index.npy")
 
     @property
+    def patches_per_tile(self) -> int:
+        """Patch descriptors per tile: h*w for a patch extractor, 1 for pooled features."""
+        p = self.manifest["extractor"].get("patches")
+        return int(p["grid"][0]) * int(p["grid"][1]) if p else 1
+
+    @property
     def feature_normalize(self) -> str:
         return self.manifest["extractor"].get("feature_normalize", "none")
 
@@ -254,7 +260,20 @@ def load_bundle(path: str | Path) -> Bundle:
     ext = manifest["extractor"]
     if bank.ndim != 2 or bank.dtype != np.float32:
         raise BundleError(f"{path / 'bank.npy'}: expected a 2-D float32 array, found {bank.dtype} {bank.shape}")
-    if bank.shape[1] != ext.get("output_dim"):
+    patches = ext.get("patches")
+    if patches is not None:   # patch extractor: output (h, w, C) per tile, bank rows are C-dim patches
+        try:
+            ph, pw, pdim = int(patches["grid"][0]), int(patches["grid"][1]), int(patches["dim"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BundleError(f"{mpath}: extractor.patches must be {{'grid': [h, w], 'dim': C}}, "
+                              f"found {patches!r}") from exc
+        if ph * pw * pdim != ext.get("output_dim"):
+            raise BundleError(f"{mpath}: extractor.patches {ph}x{pw}x{pdim} does not match the "
+                              f"extractor's output_dim {ext.get('output_dim')}")
+        if bank.shape[1] != pdim:
+            raise BundleError(f"{path / 'bank.npy'}: patch dimension {bank.shape[1]} does not match "
+                              f"extractor.patches dim {pdim}")
+    elif bank.shape[1] != ext.get("output_dim"):
         raise BundleError(f"{path / 'bank.npy'}: feature dimension {bank.shape[1]} does not match the "
                           f"extractor's output_dim {ext.get('output_dim')}")
     if list(ext.get("input_shape", [])) != [*spec.size, 3]:

@@ -41,12 +41,14 @@ class Detector:
                                          pixel_scale=self.spec.pixel_scale, pixel_offset=self.spec.pixel_offset,
                                          runtime=runtime)
         self.normalize = ext.get("feature_normalize", "none")
+        self.patches = bundle.patches_per_tile   # patch extractor: h*w descriptors per tile
         self.scorer = scorer_for_bundle(bundle)   # honours an optional PCA shortlist bank
         self.tile_index = bundle.tile_index
         if self.tile_index is not None:   # per-position banks: each tile against its own position's bank
             self.position_scorers = [make_scorer(bundle.scoring_method, bundle.bank[self.tile_index == i], bundle.k)
                                      for i in range(len(self.spec.tile_boxes()))]
         self.last_tile_scores = np.zeros(0, np.float32)
+        self.last_patch_scores = np.zeros((0, self.patches), np.float32)   # (tiles, h*w) with patches
         self.threshold, self.threshold_source = bundle.threshold_for(threshold, target_frr)
         self.last_timing: dict[str, float] = {}
 
@@ -65,12 +67,16 @@ class Detector:
         return np.concatenate([preprocess(im, self.spec) for im in images], axis=0)
 
     def features(self, batch_u8: np.ndarray) -> np.ndarray:
-        """Normalised features for a preprocessed uint8 batch."""
-        return normalize_features(self.extractor(batch_u8), self.normalize)
+        """Normalised features for a preprocessed uint8 batch: (N, D), or (N * h*w, C) patch
+        rows (input-major) for a patch extractor."""
+        f = self.extractor(batch_u8)
+        if self.patches > 1:
+            f = f.reshape(f.shape[0] * self.patches, -1)
+        return normalize_features(f, self.normalize)
 
     def score_batch(self, batch_u8: np.ndarray) -> np.ndarray:
         """Image scores for a batch of untiled network inputs (N, H, W, 3)."""
-        return self.scorer.score(self.features(batch_u8))
+        return self.scorer.score(self.features(batch_u8)).reshape(-1, self.patches).max(axis=1)
 
     def score_one(self, image) -> float:
         """Score one image (path, bytes or array): the worst tile's score.
@@ -91,10 +97,15 @@ class Detector:
         return score
 
     def _tile_scores(self, feats: np.ndarray) -> np.ndarray:
+        """Tile scores (T,) from feature rows; with patches a tile scores as its worst patch."""
+        p = self.patches
         if self.tile_index is None:
-            return self.scorer.score(feats)
-        return np.array([self.position_scorers[i].score(feats[i:i + 1])[0] for i in range(len(feats))],
-                        np.float32)
+            rows = self.scorer.score(feats)
+        else:
+            rows = np.concatenate([self.position_scorers[i].score(feats[i * p:(i + 1) * p])
+                                   for i in range(len(feats) // p)]).astype(np.float32)
+        self.last_patch_scores = rows.reshape(-1, p)
+        return self.last_patch_scores.max(axis=1) if p > 1 else rows
 
     def score_frame(self, image) -> dict:
         """Score plus what a decision record keeps of a tiled frame: the per-tile grid

@@ -91,13 +91,66 @@ class LOFScorer:
         return (-self._lof.negative_outlier_factor_).astype(np.float32)
 
 
+class GaussianScorer:
+    """Mahalanobis distance to one Gaussian fitted on the bank (PaDiM's score, shared over all
+    positions: for textures and unaligned parts).
+
+    The cost per query is one (D x D) product instead of a scan of the bank, so it suits patch
+    descriptors, where a frame brings hundreds of queries. ``k`` is ignored (kept for the
+    common signature). The covariance is regularised with ``eps`` times the mean variance on
+    the diagonal (relative, so features of any scale behave alike), so a bank with constant
+    channels still inverts.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> bank = rng.normal(size=(2000, 4)).astype(np.float32)
+        >>> s = GaussianScorer(bank)
+        >>> bool(s.score(np.zeros((1, 4), np.float32))[0] < s.score(np.full((1, 4), 3, np.float32))[0])
+        True
+    """
+
+    method = "gauss"
+
+    def __init__(self, bank: np.ndarray, k: int = 1, eps: float = 0.01):
+        x = np.asarray(bank, np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"gauss scoring needs a (N >= 2, D) bank, found shape {x.shape}")
+        self.k = int(k)
+        self.mean = x.mean(axis=0)
+        cov = np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+        mean_var = float(np.mean(np.diag(cov)))
+        cov[np.diag_indices_from(cov)] += eps * mean_var + 1e-9 * mean_var + (0.0 if mean_var > 0 else 1.0)
+        # d^2 = |(x - mu) @ W|^2 with W W^T = cov^-1 (Cholesky of the precision matrix)
+        self._w = np.ascontiguousarray(np.linalg.cholesky(np.linalg.inv(cov)), np.float32)
+        self._offset = (self.mean.astype(np.float32) @ self._w).astype(np.float32)
+        self.bank = np.asarray(bank, np.float32)
+
+    def score(self, feats: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        feats = np.asarray(feats, np.float32)
+        out = np.empty(feats.shape[0], np.float32)
+        for i in range(0, feats.shape[0], chunk):
+            z = feats[i:i + chunk] @ self._w
+            z -= self._offset
+            out[i:i + chunk] = np.sqrt(np.einsum("ij,ij->i", z, z))
+        return out
+
+    def leave_one_out(self) -> np.ndarray:
+        """Bank rows scored against the Gaussian (not refitted without them: N >> D)."""
+        return self.score(self.bank)
+
+
+SCORING_METHODS = ("knn", "lof", "gauss")
+
+
 def make_scorer(method: str, bank: np.ndarray, k: int):
     """Scorer named by the manifest's ``scoring.method``."""
     if method == "knn":
         return KNNScorer(bank, k)
     if method == "lof":
         return LOFScorer(bank, k)
-    raise ValueError(f"unknown scoring method {method!r}; expected 'knn' or 'lof'")
+    if method == "gauss":
+        return GaussianScorer(bank, k)
+    raise ValueError(f"unknown scoring method {method!r}; expected one of {', '.join(SCORING_METHODS)}")
 
 
 def kcenter_greedy(feats: np.ndarray, m: int, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "ANOMALY_BACKBONE_WEIGHTS"
-POOLINGS = ("max", "avg", "maxavg", "grid2", "grid3")
+POOLINGS = ("max", "avg", "maxavg", "grid2", "grid3", "patch")
 # "gridG": average over a G x G grid of cells, flattened (keeps coarse layout: for aligned objects).
+# "patch": no global pooling: every position of the feature map is one descriptor (its 3x3
+# neighbourhood averaged, PatchCore's local aggregation; several taps are resized to the first
+# tap's map and concatenated). Output (N, h, w, C); the scorer sees h*w patch rows per tile and
+# the tile score is the worst patch's. For small defects: a pooled descriptor barely moves.
 # Feature taps: name -> MobileNetV2 layer names concatenated (each pooled, then L2-normalised per tap).
 FEATURE_TAPS = {
     "out": ["out_relu"],
@@ -26,6 +30,7 @@ FEATURE_TAPS = {
     "b6+b13+out": ["block_6_expand_relu", "block_13_expand_relu", "out_relu"],
     # mid-level taps (benchmark research: better than out_relu for shape/texture differences)
     "b6": ["block_6_expand_relu"],
+    "b3+b6": ["block_3_expand_relu", "block_6_expand_relu"],
     "b10": ["block_10_expand_relu"],
     "b13": ["block_13_expand_relu"],
     "b10+b13": ["block_10_expand_relu", "block_13_expand_relu"],
@@ -98,6 +103,8 @@ def pooled_features(backbone, taps: str = "out", pooling: str = "max"):
         raise ValueError(f"unknown feature taps {taps!r}; expected one of {sorted(FEATURE_TAPS)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if pooling == "patch":
+        return _patch_features(backbone, FEATURE_TAPS[taps])
     outs = []
     for name in FEATURE_TAPS[taps]:
         t = backbone.get_layer(name).output
@@ -113,6 +120,26 @@ def pooled_features(backbone, taps: str = "out", pooling: str = "max"):
             f = layers.UnitNormalization()(f)
         outs.append(f)
     return outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
+
+
+def _patch_features(backbone, names: list[str]):
+    """(N, h, w, C) patch descriptors: each tap 3x3-averaged (stride 1), resized to the first
+    tap's map with bilinear interpolation, concatenated along channels."""
+    from keras import layers
+
+    outs = [layers.AveragePooling2D(3, strides=1, padding="same")(backbone.get_layer(n).output) for n in names]
+    h, w = int(outs[0].shape[1]), int(outs[0].shape[2])
+    outs = [o if (int(o.shape[1]), int(o.shape[2])) == (h, w) else layers.Resizing(h, w, interpolation="bilinear")(o)
+            for o in outs]
+    return outs[0] if len(outs) == 1 else layers.Concatenate()(outs)
+
+
+def patch_layout(model) -> dict | None:
+    """``{"grid": [h, w], "dim": C}`` for a patch extractor (4-D output), else None."""
+    shape = model.output_shape
+    if len(shape) != 4:
+        return None
+    return {"grid": [int(shape[1]), int(shape[2])], "dim": int(shape[3])}
 
 
 def _grid_pool(t, g: int):
@@ -149,6 +176,8 @@ def build_extractor(alpha: float = 0.35, size: tuple[int, int] = (96, 96), weigh
     model = keras.Model(inp, out, name="extractor")
     info = {"name": "MobileNetV2", "alpha": alpha, "input_size": list(size), "weights": source,
             "taps": taps, "layers": FEATURE_TAPS[taps], "pooling": pooling}
+    if patch_layout(model):
+        info["patches"] = patch_layout(model)
     return model, info
 
 

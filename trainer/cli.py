@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from device.cli import register_commands
+from device.scoring import SCORING_METHODS
 from models.backbone import FEATURE_TAPS, POOLINGS
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,13 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--taps", default="out", choices=sorted(FEATURE_TAPS),
                    help="feature layers (MobileNetV2 block expansions and out_relu)")
     g.add_argument("--pooling", choices=POOLINGS, default="max",
-                   help="global max/avg, or gridG: average over G x G cells (keeps layout: aligned parts)")
+                   help="global max/avg; gridG: average over G x G cells (keeps layout: aligned parts); "
+                        "patch: one descriptor per feature-map position, tile score = worst patch "
+                        "(small defects; use an early tap such as b6 and --scoring gauss)")
     g.add_argument("--k", type=int, default=1, help="neighbours averaged in the score")
-    g.add_argument("--scoring", choices=("knn", "lof"), default="knn")
+    g.add_argument("--scoring", choices=SCORING_METHODS, default="knn",
+                   help="knn: distance to the nearest bank features; lof: local outlier factor; "
+                        "gauss: Mahalanobis distance to a Gaussian of the bank (cheap per query: patches)")
     d = p.add_argument_group("DOC fine-tuning")
     d.add_argument("--no-doc", action="store_true", help="ship the untouched backbone")
     d.add_argument("--doc-steps", type=int, default=200)

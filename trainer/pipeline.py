@@ -80,9 +80,10 @@ def auroc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def _keras_features(model, x_u8: np.ndarray) -> np.ndarray:
-    f = model.predict(x_u8.astype(np.float32), batch_size=64, verbose=0)
-    return normalize_features(np.asarray(f, np.float32), "l2")
+def _keras_features(model, x_u8: np.ndarray, p: int = 1, norm: str = "l2") -> np.ndarray:
+    """Float Keras features as rows: (N, D), or (N * p, C) patch rows for a patch extractor."""
+    f = np.asarray(model.predict(x_u8.astype(np.float32), batch_size=64, verbose=0), np.float32)
+    return normalize_features(f.reshape(f.shape[0] * p, -1), norm)
 
 
 def _knn_auroc(bank: np.ndarray, feats: np.ndarray, labels: np.ndarray, k: int, method: str = "knn") -> float:
@@ -103,29 +104,58 @@ def _tiles(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.concatenate([cut_tiles(f, spec) for f in frames])
 
 
-def _device_features(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int) -> np.ndarray:
+def _device_features(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int, p: int = 1,
+                     norm: str = "l2") -> np.ndarray:
     """Features exactly as the device computes them: one interpreter call per frame (its
-    tiles together), so batch-dependent kernels (dynamic-range quantisation) agree too."""
-    return normalize_features(np.concatenate([ext(tiles[i:i + n_tiles]) for i in range(0, len(tiles), n_tiles)]),
-                              "l2")
+    tiles together), so batch-dependent kernels (dynamic-range quantisation) agree too.
+    Rows as :func:`_keras_features`."""
+    f = np.concatenate([ext(tiles[i:i + n_tiles]) for i in range(0, len(tiles), n_tiles)])
+    return normalize_features(f.reshape(f.shape[0] * p, -1), norm)
+
+
+def _row_positions(n_frames: int, n_tiles: int, p: int = 1) -> np.ndarray:
+    """Tile position of every feature row of ``n_frames`` frames (frame-major, patch-minor)."""
+    return np.tile(np.repeat(np.arange(n_tiles), p), n_frames)
 
 
 def _tile_scores(bank: np.ndarray, feats: np.ndarray, n_tiles: int, k: int, method: str,
-                 bank_pos: np.ndarray | None = None) -> np.ndarray:
-    """(N, T) tile scores: against one shared bank, or each tile against its position's bank."""
+                 bank_pos: np.ndarray | None = None, p: int = 1) -> np.ndarray:
+    """(N, T) tile scores: against one shared bank, or each tile against its position's bank;
+    with ``p`` patch rows per tile, a tile scores as its worst patch."""
     if bank_pos is None:
-        return make_scorer(method, bank, k).score(feats).reshape(-1, n_tiles)
-    pos = np.tile(np.arange(n_tiles), len(feats) // n_tiles)
-    out = np.empty(len(feats), np.float32)
-    for i in range(n_tiles):
-        out[pos == i] = make_scorer(method, bank[bank_pos == i], k).score(feats[pos == i])
-    return out.reshape(-1, n_tiles)
+        rows = make_scorer(method, bank, k).score(feats)
+    else:
+        pos = _row_positions(len(feats) // (n_tiles * p), n_tiles, p)
+        rows = np.empty(len(feats), np.float32)
+        for i in range(n_tiles):
+            rows[pos == i] = make_scorer(method, bank[bank_pos == i], k).score(feats[pos == i])
+    return rows.reshape(-1, p).max(axis=1).reshape(-1, n_tiles)
 
 
-def _image_auroc(bank, f_good, f_bad, n_tiles, k, method, bank_pos=None) -> float:
-    s = np.r_[_tile_scores(bank, f_good, n_tiles, k, method, bank_pos).max(1),
-              _tile_scores(bank, f_bad, n_tiles, k, method, bank_pos).max(1)]
-    return auroc(np.r_[np.zeros(len(f_good) // n_tiles), np.ones(len(f_bad) // n_tiles)], s)
+def _image_auroc(bank, f_good, f_bad, n_tiles, k, method, bank_pos=None, p: int = 1) -> float:
+    s = np.r_[_tile_scores(bank, f_good, n_tiles, k, method, bank_pos, p).max(1),
+              _tile_scores(bank, f_bad, n_tiles, k, method, bank_pos, p).max(1)]
+    return auroc(np.r_[np.zeros(len(f_good) // (n_tiles * p)), np.ones(len(f_bad) // (n_tiles * p))], s)
+
+
+PATCH_BANK_DEFAULT = 20000    # patch rows kept when --bank-max is not given (frames bring millions)
+PATCH_CORESET_POOL = 50000    # k-center greedy runs on a random pool of at most this many patch rows
+
+
+def _bank_rows(feats: np.ndarray, max_size: int | None, method: str, scoring: str, p: int, seed: int) -> np.ndarray:
+    """Indices of the bank rows kept. Patch rows: random for ``gauss`` scoring (the Gaussian
+    must see the real distribution; a coreset over-weights the rare rows), else k-center
+    greedy on a random pool (a coreset of millions of rows is out of reach)."""
+    if p == 1:
+        return subsample_bank(feats, max_size, method, seed)
+    m = max_size or PATCH_BANK_DEFAULT
+    if len(feats) <= m:
+        return np.arange(len(feats))
+    rng = np.random.default_rng(seed)
+    if scoring == "gauss" or method == "random":
+        return np.sort(rng.choice(len(feats), m, replace=False))
+    pool = np.sort(rng.choice(len(feats), min(len(feats), max(m, PATCH_CORESET_POOL)), replace=False))
+    return pool[subsample_bank(feats[pool], m, method, seed)]
 
 
 def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
@@ -168,17 +198,26 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     n_tiles = len(spec.tile_boxes())
     t_train, t_cal, t_syn = _tiles(x_train, spec), _tiles(x_cal, spec), _tiles(x_syn, spec)
     t_real = _tiles(x_real, spec) if x_real is not None else None
-
-    def validate(model) -> dict:
-        bank = _keras_features(model, t_train)
-        fc = _keras_features(model, t_cal)
-        r = {"synthetic_auroc": _image_auroc(bank, fc, _keras_features(model, t_syn), n_tiles, cfg.k, cfg.scoring)}
-        if t_real is not None:
-            r["real_auroc"] = _image_auroc(bank, fc, _keras_features(model, t_real), n_tiles, cfg.k, cfg.scoring)
-        return r
-
     # 1. untouched backbone
     base_model, backbone_info = build_extractor(cfg.alpha, cfg.size, cfg.weights, cfg.taps, cfg.pooling)
+    patches = backbone_info.get("patches")
+    p = patches["grid"][0] * patches["grid"][1] if patches else 1
+    norm = "none" if patches else "l2"    # patch descriptors stay raw (Mahalanobis / PatchCore distances)
+    if patches:
+        log.info("patch features: %dx%d patches of %d dims per tile, scored with %s", *patches["grid"],
+                 patches["dim"], cfg.scoring)
+
+    def validate(model) -> dict:
+        f_tr = _keras_features(model, t_train, p, norm)
+        bank = f_tr[_bank_rows(f_tr, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f_tr
+        fc = _keras_features(model, t_cal, p, norm)
+        r = {"synthetic_auroc": _image_auroc(bank, fc, _keras_features(model, t_syn, p, norm), n_tiles, cfg.k,
+                                             cfg.scoring, p=p)}
+        if t_real is not None:
+            r["real_auroc"] = _image_auroc(bank, fc, _keras_features(model, t_real, p, norm), n_tiles, cfg.k,
+                                           cfg.scoring, p=p)
+        return r
+
     candidates = {"untouched": (base_model, validate(base_model), None)}
     log.info("untouched backbone (%s weights): %s", backbone_info["weights"], candidates["untouched"][1])
     # 2. DOC fine-tuning
@@ -187,7 +226,8 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         from trainer.data import load_reference
 
         backbone, _ = build_backbone(cfg.alpha, cfg.size, cfg.weights)
-        dc = dataclasses.replace(cfg.doc_cfg, taps=cfg.taps, pooling=cfg.pooling, seed=cfg.seed)
+        # patch extractors: DOC's compactness and reference head work on the taps' average pooling
+        dc = dataclasses.replace(cfg.doc_cfg, taps=cfg.taps, pooling="avg" if patches else cfg.pooling, seed=cfg.seed)
         ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
         backbone, hist = train_doc(backbone, t_train, ref_x, ref_y, dc, progress=progress)
         doc_model, _ = build_extractor(cfg.alpha, cfg.size, taps=cfg.taps, pooling=cfg.pooling, backbone=backbone)
@@ -223,23 +263,33 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
             blob = convert(model, rep, quant)
             ext = TFLiteExtractor(blob, num_threads=1)
     t_lat = time.perf_counter()
-    f_train, f_cal, f_syn = (_device_features(ext, t, n_tiles) for t in (t_train, t_cal, t_syn))
+    f_train, f_cal, f_syn = (_device_features(ext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
     ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(t_train) + len(t_cal) + len(t_syn)) * n_tiles
     val_labels = np.r_[np.zeros(len(x_cal)), np.ones(len(x_syn))]
     if quant != "float" and cfg.compare_float:
         fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
-        ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles) for t in (t_train, t_cal, t_syn))
-        cos = np.sum(np.concatenate([f_cal, f_syn]) * np.concatenate([ff_cal, ff_syn]), axis=1)
-        quant_report.update({"float_val_auroc": _image_auroc(ff_train, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring),
+        ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
+        cos = np.sum(normalize_features(np.concatenate([f_cal, f_syn]), "l2")
+                     * normalize_features(np.concatenate([ff_cal, ff_syn]), "l2"), axis=1)
+        fb = ff_train[_bank_rows(ff_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else ff_train
+        quant_report.update({"float_val_auroc": _image_auroc(fb, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring, p=p),
                              "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
 
     # 4. bank (from the .tflite the device runs): shared or per tile position, measured; calibration
-    pos_train = np.tile(np.arange(n_tiles), len(x_train))
+    pos_train = _row_positions(len(x_train), n_tiles, p)
     bank_mode, bank_report = "shared", {}
     if n_tiles > 1:
         for mode in ("shared", "per_position"):
+            if mode == "shared":
+                sel = _bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)
+            else:
+                sel = np.concatenate([np.flatnonzero(pos_train == i)[_bank_rows(
+                    f_train[pos_train == i], None if not cfg.bank_max else cfg.bank_max // n_tiles, "random",
+                    cfg.scoring, p, cfg.seed)] for i in range(n_tiles)]) if p > 1 else None
+            fb = f_train[sel] if sel is not None else f_train
             bank_report[f"{mode}_synthetic_auroc"] = _image_auroc(
-                f_train, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, pos_train if mode == "per_position" else None)
+                fb, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring,
+                (pos_train[sel] if sel is not None else pos_train) if mode == "per_position" else None, p)
         if cfg.bank_mode == "auto":
             bank_mode = max(("shared", "per_position"), key=lambda m: (bank_report[f"{m}_synthetic_auroc"], m == "shared"))
             bank_report["reason"] = ("higher synthetic-defect validation AUROC: shared "
@@ -250,15 +300,15 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
             bank_report["reason"] = "configured"
     if bank_mode == "per_position":
         per = None if not cfg.bank_max else max(cfg.k + 1, cfg.bank_max // n_tiles)
-        keep = np.concatenate([np.flatnonzero(pos_train == i)[subsample_bank(f_train[pos_train == i], per,
-                                                                              cfg.bank_subsample, cfg.seed)]
+        keep = np.concatenate([np.flatnonzero(pos_train == i)[_bank_rows(f_train[pos_train == i], per,
+                                                                          cfg.bank_subsample, cfg.scoring, p, cfg.seed)]
                                for i in range(n_tiles)])
     else:
-        keep = subsample_bank(f_train, cfg.bank_max, cfg.bank_subsample, cfg.seed)
+        keep = _bank_rows(f_train, cfg.bank_max, cfg.bank_subsample, cfg.scoring, p, cfg.seed)
     bank = np.ascontiguousarray(f_train[keep], np.float32)
     bank_pos = pos_train[keep].astype(np.int32) if bank_mode == "per_position" else None
-    cal_scores = _tile_scores(bank, f_cal, n_tiles, cfg.k, cfg.scoring, bank_pos).max(1).astype(np.float32)
-    syn_scores = _tile_scores(bank, f_syn, n_tiles, cfg.k, cfg.scoring, bank_pos).max(1)
+    cal_scores = _tile_scores(bank, f_cal, n_tiles, cfg.k, cfg.scoring, bank_pos, p).max(1).astype(np.float32)
+    syn_scores = _tile_scores(bank, f_syn, n_tiles, cfg.k, cfg.scoring, bank_pos, p).max(1)
     threshold = describe_calibration(cal_scores, cfg.target_frr, "held-out normal quantile: " + cal_how
                                      + (f", image score = max over {n_tiles} tiles" if n_tiles > 1 else ""))
     val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
@@ -267,20 +317,25 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
                "candidates": {n: c[1] for n, c in candidates.items()}, "quant": quant,
                f"{quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
                "bank_size": int(bank.shape[0]), "bank_mode": bank_mode, "n_tiles": n_tiles,
+               "patches_per_tile": p,
                "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
                "tflite_ms_per_image": ms_per_image, "fit_seconds": round(time.time() - t_start, 1)}
     manifest = {
         "input": spec.to_dict(),
-        "extractor": {"file": "extractor.tflite", "quantization": quant, "feature_normalize": "l2",
-                      "runtime_checked": ext.runtime, **ext.describe()},
+        "extractor": {"file": "extractor.tflite", "quantization": quant, "feature_normalize": norm,
+                      "runtime_checked": ext.runtime, **ext.describe(), **({"patches": patches} if patches else {})},
         "backbone": {**backbone_info, "fine_tuned": chosen == "doc", "selection": {
             "chosen": chosen, "reason": reason, "metric": key,
             "candidates": {n: c[1] for n, c in candidates.items()}, "doc": doc_info,
             "synthetic_defects": sorted(set(syn_kinds))}},
         "quantization": {"mode": quant, "requested": cfg.quant, "representative_images": int(min(len(x_train), 200)),
                          "val_auroc": val_auroc, **quant_report},
-        "scoring": {"method": cfg.scoring, "k": cfg.k, "metric": "euclidean", "features": "l2-normalised",
-                    "image_score": "max over tiles" if n_tiles > 1 else "single tile",
+        "scoring": {"method": cfg.scoring, "k": cfg.k,
+                    "metric": "mahalanobis" if cfg.scoring == "gauss" else "euclidean",
+                    "features": "raw patch descriptors" if patches else "l2-normalised",
+                    "image_score": {(False, False): "single tile", (False, True): "max over tiles",
+                                    (True, False): "max over patches",
+                                    (True, True): "max over patches and tiles"}[(bool(patches), n_tiles > 1)],
                     "bank_mode": bank_mode, "bank_mode_measurement": bank_report or None,
                     "bank_size": int(bank.shape[0]), "bank_source_images": int(len(x_train)),
                     "bank_subsample": cfg.bank_subsample if len(keep) < len(f_train) else "none"},

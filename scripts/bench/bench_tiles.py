@@ -258,8 +258,8 @@ def run_config(layout: Path, work: Path, name: str, fit_kw: dict, weights: str, 
     from trainer.pipeline import FitConfig, fit
 
     lay = load_layout(layout)
-    cfg = FitConfig(alpha=0.35, weights=weights, pooling=POOLING, k=1, doc=False, quant="int8",
-                    compare_float=False, seed=seed, **fit_kw)
+    cfg = FitConfig(**{"alpha": 0.35, "weights": weights, "pooling": POOLING, "k": 1, "doc": False, "quant": "int8",
+                       "compare_float": False, "seed": seed, **fit_kw})
     t0 = time.time()
     res = fit(lay.train, work / f"bundle_{name}", cfg, calib=lay.val_good or None, progress=False)
     t_fit = time.time() - t0
@@ -294,11 +294,24 @@ SMALL_CONFIGS = {
     "grid6x6": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (6, 6), "overlap": 0.25},
     "grid12x12": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (12, 12), "overlap": 0.25},
     "grid16x16": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16), "overlap": 0.0},
+    # patch-level features (no global pooling) of the early tap b6, 3x3-averaged; tile = worst patch
+    "patch4x4": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (4, 4), "overlap": 0.25,
+                 "taps": "b6", "pooling": "patch", "scoring": "gauss"},
+    "patch8x8": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (8, 8), "overlap": 0.0,
+                 "taps": "b6", "pooling": "patch", "scoring": "gauss"},
+    "patch16x16": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16), "overlap": 0.0,
+                   "taps": "b6", "pooling": "patch", "scoring": "gauss"},
+    "patch16x16_float": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16),
+                         "overlap": 0.0, "taps": "b6", "pooling": "patch", "scoring": "gauss", "quant": "float"},
+    "patch16x16_big": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16),
+                       "overlap": 0.0, "taps": "b6", "pooling": "patch", "scoring": "gauss", "bank_max": 200000},
+    "patch16x16_knn": {"size": (96, 96), "color": "grey", "working_size": (FRAME, FRAME), "grid": (16, 16),
+                       "overlap": 0.0, "taps": "b6", "pooling": "patch", "scoring": "knn", "bank_max": 10000},
 }
 # The generated frames are not aligned (random phase), so the bank is shared; fit still measures
 # per-position banks on its synthetic defects and the figures are recorded (fit_*_synthetic_auroc).
 for _c in SMALL_CONFIGS.values():
-    _c["taps"] = SMALL_TAPS
+    _c.setdefault("taps", SMALL_TAPS)
     if "grid" in _c:
         _c["bank_mode"] = "shared"
 MT_CONFIGS = {
@@ -443,7 +456,15 @@ def render(flat: dict, meta: dict) -> str:
                     "grid4x4": "4×4 grid, overlap 0.25 (315-px tiles) → 96 px",
                     "grid6x6": "6×6 grid, overlap 0.25 (216-px tiles) → 96 px",
                     "grid12x12": "12×12 grid, overlap 0.25 (111-px tiles) → 96 px",
-                    "grid16x16": "16×16 grid, no overlap (64-px tiles) → 96 px"}[c]
+                    "grid16x16": "16×16 grid, no overlap (64-px tiles) → 96 px",
+                    "patch4x4": "4×4 grid, overlap 0.25 (315-px tiles) → 96 px, **patches** (b6, 12×12 per tile), Gaussian",
+                    "patch8x8": "8×8 grid, no overlap (128-px tiles) → 96 px, **patches** (b6, 12×12 per tile), Gaussian",
+                    "patch16x16": "16×16 grid, no overlap (64-px tiles) → 96 px, **patches** (b6, 12×12 per tile), Gaussian",
+                    "patch16x16_float": "16×16 grid, no overlap (64-px tiles) → 96 px, **patches** (b6), Gaussian, "
+                                        "float32 TFLite",
+                    "patch16x16_big": "16×16 grid, no overlap (64-px tiles) → 96 px, **patches** (b6), Gaussian of 200k",
+                    "patch16x16_knn": "16×16 grid, no overlap (64-px tiles) → 96 px, **patches** (b6, 12×12 per tile), "
+                                      "1-NN, 10k coreset"}[c]
             L.append(f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
                      f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | "
                      f"{_f(flat.get(p + 'auroc_scratch'))} | {_f(flat.get(p + 'auroc_spot'))} | "
@@ -531,7 +552,7 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
     for tex in meta["textures"]:
         w = flat.get(f"small_{tex.replace(':', '_')}_whole96_image_auroc")
         tiled = {g: flat[f"small_{tex.replace(':', '_')}_{g}_image_auroc"] for g in SMALL_CONFIGS
-                 if g.startswith("grid") and f"small_{tex.replace(':', '_')}_{g}_image_auroc" in flat}
+                 if not g.startswith("whole") and f"small_{tex.replace(':', '_')}_{g}_image_auroc" in flat}
         if tiled:
             g = max(tiled, key=tiled.get)
             ok = tiled[g] >= 0.95
@@ -558,7 +579,7 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
     flat.update({f"part_{p}_ran": float(p in parts_run or bool(flat.get(f"part_{p}_ran")))
                  for p in ("small", "mt", "latency")})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out_json = RESULTS / ("tiles_quick.json" if quick else "tiles.json")
+    out_json = RESULTS / (os.environ.get("BENCH_TILES_RESULTS") or ("tiles_quick.json" if quick else "tiles.json"))
     out_json.write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
     out_json.with_name(out_json.stem + "_meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     section = render(flat, meta)
@@ -635,7 +656,9 @@ def main(argv=None) -> int:
             meta["small"][tex] = info
             meta["textures"] = [t for t in meta["textures"] if t != tex] + [tex]
             log.info("small-defect set %s: %s", tex, info)
-            for c in (args.small_configs if not quick else [c for c in args.small_configs if c in ("whole96", "grid4x4")]):
+            explicit = args.small_configs != list(SMALL_CONFIGS)
+            for c in (args.small_configs if not quick or explicit
+                      else [c for c in args.small_configs if c in ("whole96", "grid4x4")]):
                 r = run_config(layout, work, f"small_{tex.replace(':', '_')}_{c}", SMALL_CONFIGS[c], weights, args.seed)
                 meta["bank_mode"][f"small_{tex.replace(':', '_')}_{c}_"] = bm = r.pop("bank_mode")
                 r["bank_per_position"] = bm == "per_position"
