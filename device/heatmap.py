@@ -28,15 +28,34 @@ def tile_heatmap(tile_scores: np.ndarray, spec: InputSpec) -> np.ndarray:
     return hm
 
 
-def draw_tile_overlay(image, tile_scores: np.ndarray, spec: InputSpec, threshold: float) -> np.ndarray:
+def patch_heatmap(patch_scores: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """(H, W) float32 map at working size (network size without a grid) from a patch
+    extractor's scores (T, h, w): each tile's h x w patch map stretched over its box
+    (bilinear), the maximum where tiles overlap. Finer than :func:`tile_heatmap`."""
+    import cv2
+
+    patch_scores = np.asarray(patch_scores, np.float32)
+    boxes = spec.tile_boxes() if spec.tiled else [(0, 0, spec.size[1], spec.size[0])]
+    if patch_scores.ndim != 3 or patch_scores.shape[0] != len(boxes):
+        raise ValueError(f"patch scores must be ({len(boxes)}, h, w), found {patch_scores.shape}")
+    hm = np.full(spec.working_size if spec.tiled else spec.size, -np.inf, np.float32)
+    for s, (x, y, w, h) in zip(patch_scores, boxes):
+        cell = cv2.resize(s, (w, h), interpolation=cv2.INTER_LINEAR)
+        np.maximum(hm[y:y + h, x:x + w], cell, out=hm[y:y + h, x:x + w])
+    return hm
+
+
+def draw_tile_overlay(image, tile_scores: np.ndarray, spec: InputSpec, threshold: float,
+                      heatmap: np.ndarray | None = None) -> np.ndarray:
     """The frame as the detector saw it (ROI, colour, working size), each tile tinted by its
-    score and the tiles over the threshold outlined in red. Returns uint8 RGB."""
+    score (or by ``heatmap``, e.g. :func:`patch_heatmap`) and the tiles over the threshold
+    outlined in red. Returns uint8 RGB."""
     import cv2
 
     frame = prepare_frame(image, spec.replace(grid=None, tile=None, stride=None, working_size=None,
                                               size=spec.working_size or spec.size))
-    hm = tile_heatmap(tile_scores, spec)
-    lo, hi = float(np.min(tile_scores)), max(float(np.max(tile_scores)), threshold * 1.5)
+    hm = tile_heatmap(tile_scores, spec) if heatmap is None else heatmap
+    lo, hi = float(np.min(hm)), max(float(np.max(hm)), threshold * 1.5)
     norm = np.clip((hm - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
     colour = np.ascontiguousarray(cv2.applyColorMap(norm, cv2.COLORMAP_JET)[:, :, ::-1])
     out = cv2.addWeighted(frame, 0.6, colour, 0.4, 0)

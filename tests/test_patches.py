@@ -110,3 +110,26 @@ def test_patch_bundle_finds_a_small_spot(patch_bundle):
     sg = np.array([det.score_one(im) for im in good])
     sb = np.array([det.score_one(im) for im in bad])
     assert sb.min() > sg.max(), (sg, sb)
+
+
+def test_patch_heatmap_puts_each_patch_in_its_tile():
+    from device.heatmap import patch_heatmap
+
+    spec = InputSpec(size=(32, 32), working_size=(64, 64), grid=(2, 2))
+    scores = np.zeros((4, 2, 2), np.float32)
+    scores[3, 1, 1] = 5.0                       # bottom-right patch of the bottom-right tile
+    hm = patch_heatmap(scores, spec)
+    assert hm.shape == (64, 64)
+    assert hm[63, 63] == pytest.approx(5.0) and hm[:32, :].max() == 0 and hm[32:, :32].max() == 0
+    with pytest.raises(ValueError, match=r"patch scores must be \(4, h, w\)"):
+        patch_heatmap(scores[:3], spec)
+
+
+@needs_tf
+def test_patch_evaluate_writes_patch_overlays(patch_bundle, tmp_path):
+    from trainer.evaluate import evaluate
+
+    root, out, _ = patch_bundle
+    m = evaluate(out, root, tmp_path / "ev", progress=False)
+    assert m["n_tiles"] == 4 and m["n_good"] == 2 and m["n_defective"] == 2
+    assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 4

@@ -20,7 +20,7 @@ from device.detector import Detector
 from trainer.data import load_layout
 from trainer.pipeline import auroc
 from device.preprocess import decode_image
-from trainer.heatmap import overlay_png, pixel_auroc, tile_heatmap
+from trainer.heatmap import overlay_png, patch_heatmap, pixel_auroc, tile_heatmap
 from trainer.report import histogram_png, html_report, roc_png
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,15 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
     layout = load_layout(data, need_train=False)
     items = layout.test_items()
     spec = det.spec
-    recs, lat, tile_scores = [], [], []
+    recs, lat, tile_scores, patch_scores = [], [], [], []
+    pgrid = (det.bundle.manifest["extractor"].get("patches") or {}).get("grid")
     for i, (p, label, group) in enumerate(items):
         t0 = time.perf_counter()
         s = det.score_one(p)
         lat.append((time.perf_counter() - t0) * 1e3)
         tile_scores.append(det.last_tile_scores.copy())
+        if pgrid:   # patch extractor: a finer map (float16 keeps memory small for large test sets)
+            patch_scores.append(det.last_patch_scores.reshape(-1, *pgrid).astype(np.float16))
         recs.append({"image": str(p), "label": label, "group": group, "score": s,
                      "decision": "REJECT" if det.is_anomalous(s) else "PASS"})
         if spec.tiled:
@@ -72,19 +75,24 @@ def evaluate(bundle: str | Path, data: str | Path, out: str | Path, num_threads:
                           "detected": int(sum(r["group"] == g and r["decision"] == "REJECT" for r in recs))})
     m["per_defect"] = per_group
     imgs_tiles = []
-    if spec.tiled:
+    if spec.tiled or pgrid:
         m["n_tiles"] = len(spec.tile_boxes())
         if layout.masks and spec.roi is None and spec.resize == "stretch":
-            hms = [tile_heatmap(t, spec) for t in tile_scores]
             masks = [None if r["label"] == 0 else _mask(layout.masks.get(p)) for r, (p, _, _) in zip(recs, items)]
             keep = [i for i, r in enumerate(recs) if r["label"] == 0 or masks[i] is not None]
-            m["pixel_auroc_from_grid"] = pixel_auroc([hms[i] for i in keep], [masks[i] for i in keep])
+            if spec.tiled:
+                m["pixel_auroc_from_grid"] = pixel_auroc([tile_heatmap(tile_scores[i], spec) for i in keep],
+                                                         [masks[i] for i in keep])
+            if pgrid:
+                m["pixel_auroc_from_patches"] = pixel_auroc([patch_heatmap(patch_scores[i], spec) for i in keep],
+                                                            [masks[i] for i in keep], side=256)
         (out / "overlays").mkdir(exist_ok=True)
         worst = sorted(range(len(recs)), key=lambda i: -recs[i]["score"])
         shown = worst[:8] + [i for i in worst[::-1] if recs[i]["label"] == 0][:2]
         for i in shown:
             name = f"overlays/{i:04d}_{recs[i]['group']}.png"
-            overlay_png(items[i][0], tile_scores[i], spec, det.threshold, out / name)
+            overlay_png(items[i][0], tile_scores[i], spec, det.threshold, out / name,
+                        patch_heatmap(patch_scores[i], spec) if pgrid else None)
             imgs_tiles.append((f"{Path(recs[i]['image']).name} ({recs[i]['group']}, score {recs[i]['score']:.3f})",
                                name))
     (out / "scores.json").write_text(json.dumps(recs, indent=1))

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from device.heatmap import draw_tile_overlay, tile_heatmap  # noqa: F401  (re-exported)
+from device.heatmap import draw_tile_overlay, patch_heatmap, tile_heatmap  # noqa: F401  (re-exported)
 from device.preprocess import InputSpec
 
 
-def overlay_png(image, tile_scores: np.ndarray, spec: InputSpec, threshold: float, path: str | Path) -> Path:
+def overlay_png(image, tile_scores: np.ndarray, spec: InputSpec, threshold: float, path: str | Path,
+                heatmap: np.ndarray | None = None) -> Path:
     """Write :func:`device.heatmap.draw_tile_overlay` of ``image`` to ``path``."""
     import cv2
 
-    cv2.imwrite(str(path), cv2.cvtColor(draw_tile_overlay(image, tile_scores, spec, threshold), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(draw_tile_overlay(image, tile_scores, spec, threshold, heatmap),
+                                        cv2.COLOR_RGB2BGR))
     return Path(path)
 
 
