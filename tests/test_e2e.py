@@ -26,8 +26,11 @@ def test_bundle_records_selection_and_calibration(tiny_bundle):
     assert set(sel["candidates"]) == {"untouched", "doc"} and sel["chosen"] in sel["candidates"]
     assert m["threshold"]["target_frr"] == 0.01 and m["threshold"]["n_calibration"] == 12
     assert "separate held-out" in m["threshold"]["method"]
-    assert b.bank.shape[0] == 40 and m["quantization"]["requested"] == "int8"
-    if m["extractor"]["quantization"] == "int8":
+    assert b.bank.shape[0] == 40 and m["quantization"]["requested"] == "auto"
+    assert "auto_choice" in m["quantization"] and "float_val_auroc" in m["quantization"]
+    if m["extractor"]["quantization"] == "float":   # auto measured a loss and says so
+        assert m["quantization"]["auto_choice"].startswith("float: ")
+    elif m["extractor"]["quantization"] == "int8":
         assert m["extractor"]["input_dtype"] == "uint8"
     else:   # random weights can give all-zero int8 features: the trainer must say so and fall back
         assert m["extractor"]["quantization"] == "dynamic" and "int8_fallback" in m["quantization"]

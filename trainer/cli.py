@@ -74,7 +74,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--reference", default="samples",
                    help="DOC reference set: 'samples' (scikit-image photos), a folder, or keras:cifar10")
     q = p.add_argument_group("export")
-    q.add_argument("--quant", choices=("int8", "float", "float16", "dynamic"), default="int8")
+    q.add_argument("--quant", choices=("auto", "int8", "float", "float16", "dynamic"), default="auto",
+                   help="auto (default): full int8 unless it loses more than 0.01 validation AUROC against "
+                        "float, then float (measured and recorded in the manifest; patch features often need "
+                        "it); int8 forces full integer")
     q.add_argument("--bank-max", type=int, default=None, help="subsample the bank to this many features")
     q.add_argument("--bank-subsample", choices=("coreset", "random"), default="coreset")
     q.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate of the threshold")

@@ -44,8 +44,12 @@ def run_demo(args) -> int:
               f"test images           : {metrics['n_good']} good, {metrics['n_defective']} defective",
               f"test AUROC ({s['quant']})     : {metrics['auroc']:.4f}"]
     if "float_val_auroc" in s:
-        lines.append(f"float vs int8 (val)   : AUROC {s['float_val_auroc']:.4f} vs {s[s['quant'] + '_val_auroc']:.4f}, "
+        q = next((k[:-len("_measured_val_auroc")] for k in s if k.endswith("_measured_val_auroc")), s["quant"])
+        qv = s.get(f"{q}_measured_val_auroc", s.get(f"{q}_val_auroc"))
+        lines.append(f"float vs {q} (val){' ' * max(0, 4 - len(q))}  : AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
                      f"feature cosine {s['feature_cosine_mean']:.4f} (min {s['feature_cosine_min']:.4f})")
+    if "auto_choice" in s:
+        lines.append(f"quantisation (auto)   : {s['auto_choice']}")
     lines += [f"threshold             : {metrics['threshold']:.5f} (target false-reject rate {cfg.target_frr:.0%})",
               f"false rejects         : {metrics['false_rejects']} of {metrics['n_good']} good",
               f"missed defects        : {metrics['misses']} of {metrics['n_defective']} defective",

@@ -45,7 +45,7 @@ class FitConfig:
     doc_cfg: DocConfig = dataclasses.field(default_factory=DocConfig)
     reference: str = "samples"
     n_reference: int = 2000
-    quant: str = "int8"
+    quant: str = "auto"       # int8 unless it loses > AUTO_QUANT_TOLERANCE validation AUROC vs float; or forced
     compare_float: bool = True
     bank_max: int | None = None
     bank_subsample: str = "coreset"
@@ -138,6 +138,7 @@ def _image_auroc(bank, f_good, f_bad, n_tiles, k, method, bank_pos=None, p: int 
     return auroc(np.r_[np.zeros(len(f_good) // (n_tiles * p)), np.ones(len(f_bad) // (n_tiles * p))], s)
 
 
+AUTO_QUANT_TOLERANCE = 0.01  # quant "auto": validation AUROC int8 may lose against float before float ships
 PATCH_BANK_DEFAULT = 20000    # patch rows kept when --bank-max is not given (frames bring millions)
 PATCH_CORESET_POOL = 50000    # k-center greedy runs on a random pool of at most this many patch rows
 
@@ -189,7 +190,12 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     else:
         x_train, x_cal = x_all, _as_batch(calib, spec)
         cal_how = "separate held-out normal images"
-    syn, _, syn_kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1)
+    # tiled: defects sized to a tile, not the frame (what the grid is there to find)
+    syn_scale = 1.0
+    if spec.tiled:
+        _, _, tw, th = spec.tile_boxes()[0]
+        syn_scale = min(th / spec.working_size[0], tw / spec.working_size[1])
+    syn, _, syn_kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1, scale=syn_scale)
     x_syn = np.stack(syn)
     x_real = _as_batch(real_defects, spec) if real_defects is not None and len(real_defects) else None
     log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
@@ -246,7 +252,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     model = candidates[chosen][0]
 
     # 3. conversion, with float comparison
-    quant = cfg.quant
+    quant = "int8" if cfg.quant == "auto" else cfg.quant
     rep = t_train[np.random.default_rng(cfg.seed).permutation(len(t_train))[:200]]
     blob = convert(model, rep, quant)
     ext = TFLiteExtractor(blob, num_threads=1)
@@ -266,14 +272,30 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     f_train, f_cal, f_syn = (_device_features(ext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
     ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(t_train) + len(t_cal) + len(t_syn)) * n_tiles
     val_labels = np.r_[np.zeros(len(x_cal)), np.ones(len(x_syn))]
-    if quant != "float" and cfg.compare_float:
-        fext = TFLiteExtractor(convert(model, None, "float"), num_threads=1)
+    if quant != "float" and (cfg.compare_float or cfg.quant == "auto"):
+        fblob = convert(model, None, "float")
+        fext = TFLiteExtractor(fblob, num_threads=1)
         ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
         cos = np.sum(normalize_features(np.concatenate([f_cal, f_syn]), "l2")
                      * normalize_features(np.concatenate([ff_cal, ff_syn]), "l2"), axis=1)
         fb = ff_train[_bank_rows(ff_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else ff_train
         quant_report.update({"float_val_auroc": _image_auroc(fb, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring, p=p),
                              "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
+        if cfg.quant == "auto":   # measure the quantised extractor the same way, and choose
+            qb = f_train[_bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f_train
+            q_auc = _image_auroc(qb, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, p=p)
+            loss = quant_report["float_val_auroc"] - q_auc
+            quant_report[f"{quant}_measured_val_auroc"] = q_auc
+            if loss > AUTO_QUANT_TOLERANCE:
+                quant_report["auto_choice"] = (f"float: {quant} lost {loss:.4f} validation AUROC "
+                                               f"(> {AUTO_QUANT_TOLERANCE}) against float")
+                log.warning("quant auto: %s", quant_report["auto_choice"])
+                quant, blob, ext = "float", fblob, fext
+                f_train, f_cal, f_syn = ff_train, ff_cal, ff_syn
+            else:
+                quant_report["auto_choice"] = (f"{quant}: within {AUTO_QUANT_TOLERANCE} validation AUROC of float "
+                                               f"(loss {loss:.4f})")
+            log.info("quant auto: %s", quant_report["auto_choice"])
 
     # 4. bank (from the .tflite the device runs): shared or per tile position, measured; calibration
     pos_train = _row_positions(len(x_train), n_tiles, p)
@@ -327,7 +349,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         "backbone": {**backbone_info, "fine_tuned": chosen == "doc", "selection": {
             "chosen": chosen, "reason": reason, "metric": key,
             "candidates": {n: c[1] for n, c in candidates.items()}, "doc": doc_info,
-            "synthetic_defects": sorted(set(syn_kinds))}},
+            "synthetic_defects": sorted(set(syn_kinds)), "synthetic_defect_scale": round(syn_scale, 4)}},
         "quantization": {"mode": quant, "requested": cfg.quant, "representative_images": int(min(len(x_train), 200)),
                          "val_auroc": val_auroc, **quant_report},
         "scoring": {"method": cfg.scoring, "k": cfg.k,

@@ -142,14 +142,17 @@ def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator, scale: floa
     return KINDS[kind](np.ascontiguousarray(img), rng, scale)
 
 
-def synthetic_defects(images, kinds=DEFECT_KINDS, seed: int = 0, per_image: int = 1):
-    """One defect of a cycling kind on each image; returns (images, masks, kinds)."""
+def synthetic_defects(images, kinds=DEFECT_KINDS, seed: int = 0, per_image: int = 1, scale: float = 1.0):
+    """One defect of a cycling kind on each image; returns (images, masks, kinds).
+
+    ``scale`` shrinks the defects (1.0: sized to the whole image); a tiled bundle draws them at
+    tile scale, so validation asks the question tiling is for."""
     rng = np.random.default_rng(seed)
     out, masks, used = [], [], []
     for i, img in enumerate(images):
         for j in range(per_image):
             kind = kinds[(i * per_image + j) % len(kinds)]
-            d, m = add_defect(img, kind, rng)
+            d, m = add_defect(img, kind, rng, scale)
             out.append(d)
             masks.append(m)
             used.append(kind)
