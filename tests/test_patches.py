@@ -133,3 +133,27 @@ def test_patch_evaluate_writes_patch_overlays(patch_bundle, tmp_path):
     m = evaluate(out, root, tmp_path / "ev", progress=False)
     assert m["n_tiles"] == 4 and m["n_good"] == 2 and m["n_defective"] == 2
     assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 4
+
+
+@needs_tf
+def test_int8_input_covers_all_pixel_values():
+    """Calibration images darker than 255 must not narrow the uint8 input range (bright pixels
+    would clip): the converted input is the pixel itself (scale 1, zero point 0)."""
+    import keras
+
+    from device.extractor import TFLiteExtractor
+    from trainer.convert import convert
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    model = keras.Model(inp, keras.layers.GlobalMaxPooling2D()(x))
+    rep = np.random.default_rng(0).integers(40, 180, (20, 16, 16, 3)).astype(np.uint8)
+    ext = TFLiteExtractor(convert(model, rep, "int8"))
+    scale, zp = ext.input_quant
+    assert scale == pytest.approx(1.0, rel=1e-3) and zp == 0
+    bright = np.full((1, 16, 16, 3), 250, np.uint8)
+    brighter = np.full((1, 16, 16, 3), 255, np.uint8)
+    ref = model.predict(np.concatenate([bright, brighter]).astype(np.float32), verbose=0)
+    assert not np.allclose(ref[0], ref[1])          # the float model tells 250 from 255 ...
+    assert not np.allclose(ext(bright), ext(brighter))   # ... and so must the int8 one
