@@ -48,6 +48,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--color", choices=("rgb", "grey"), default="rgb")
     g.add_argument("--resize", choices=("stretch", "letterbox", "center_crop"), default="stretch")
     g.add_argument("--roi", type=_roi, default=None, help="x,y,width,height crop in source pixels")
+    g.add_argument("--interpolation", choices=("area", "linear", "nearest"), default="area",
+                   help="resize filter (area: anti-aliased, keeps thin defects; linear: cheaper)")
     g.add_argument("--working-size", type=_size, default=None,
                    help="tile grid: bring the frame (or ROI) to this size first, e.g. 1024x1024")
     g.add_argument("--grid", type=_size, default=None, help="tile grid rows x columns, e.g. 4x4")
@@ -91,7 +93,7 @@ def fit_config(args):
     from trainer.pipeline import FitConfig
 
     cfg = FitConfig(alpha=args.alpha, size=tuple(args.size), weights=args.weights, color=args.color,
-                     resize=args.resize, roi=args.roi, taps=args.taps, pooling=args.pooling, k=args.k,
+                     resize=args.resize, interpolation=args.interpolation, roi=args.roi, taps=args.taps, pooling=args.pooling, k=args.k,
                      scoring=args.scoring, doc=not args.no_doc,
                      doc_cfg=DocConfig(steps=args.doc_steps, lr=args.doc_lr, lam=args.doc_lambda,
                                        batch=args.doc_batch, train_from=args.train_from),

@@ -36,6 +36,7 @@ class FitConfig:
     weights: str | None = None
     color: str = "rgb"
     resize: str = "stretch"
+    interpolation: str = "area"    # resize filter: area (anti-aliased), linear (cheaper), nearest
     roi: tuple[int, int, int, int] | None = None
     taps: str = "out"
     pooling: str = "max"
@@ -59,6 +60,7 @@ class FitConfig:
 
     def input_spec(self) -> InputSpec:
         return InputSpec(size=tuple(self.size), color=self.color, resize=self.resize, roi=self.roi,
+                         interpolation=self.interpolation,
                          pixel_scale=1.0, pixel_offset=0.0,
                          working_size=tuple(self.working_size) if self.working_size else None,
                          grid=tuple(self.grid) if self.grid else None, overlap=self.overlap)
