@@ -19,6 +19,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+TRANSPOSED_COPY_MAX_BYTES = 16 << 20   # KNNScorer keeps a transposed bank copy up to this size
+
+
 class KNNScorer:
     """Brute-force k-NN distance scorer (BLAS matrix product, float32).
 
@@ -37,10 +40,15 @@ class KNNScorer:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.k = int(k)
         self._bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
+        # A contiguous (D, N) copy makes the few-query product ~1.7x faster (measured: 16 x 1000 x 1568,
+        # 2.2 -> 1.2 ms); kept only for small banks, where the copy is cheap in memory.
+        self._bank_t = np.ascontiguousarray(self.bank.T) if self.bank.nbytes <= TRANSPOSED_COPY_MAX_BYTES else None
 
     def _sq_dists(self, q: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(q, dtype=np.float32)
-        d2 = self._bank_sq[None, :] - 2.0 * (q @ self.bank.T)
+        d2 = q @ (self._bank_t if self._bank_t is not None else self.bank.T)
+        d2 *= -2.0
+        d2 += self._bank_sq[None, :]
         d2 += np.einsum("ij,ij->i", q, q)[:, None]
         return np.maximum(d2, 0.0, out=d2)
 
