@@ -301,6 +301,9 @@ class Daemon:
                 tiles = {"tile_grid": det.last_tile_scores.reshape(det.spec.grid_shape).round(6).tolist(),
                          "worst_tile": list(det.spec.tile_boxes()[worst]),
                          "scores": det.last_tile_scores.copy()}
+                if det.patches > 1:   # patch bundle: the archive draws the finer patch map (writer thread)
+                    pgrid = det.bundle.manifest["extractor"]["patches"]["grid"]
+                    tiles["patch_scores"] = det.last_patch_scores.reshape(-1, *pgrid).copy()
             t2 = time.perf_counter()
             decision = "REJECT" if score > det.threshold else "PASS"
             if self.model_error:
@@ -333,7 +336,8 @@ class Daemon:
             if not reject:
                 self.passes += 1
             if reject or (every and (self.passes - 1) % every == 0):   # 1st pass, then 1 in N
-                overlay = (tiles["scores"], det.spec, det.threshold) if tiles else None
+                overlay = ((tiles["scores"], det.spec, det.threshold, None, tiles.get("patch_scores"))
+                           if tiles else None)
                 path = self.archive.submit(frame.image if overlay is None else image, frame.index, decision,
                                            overlay=overlay)
                 if path:

@@ -46,11 +46,14 @@ def patch_heatmap(patch_scores: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def draw_tile_overlay(image, tile_scores: np.ndarray, spec: InputSpec, threshold: float,
-                      heatmap: np.ndarray | None = None) -> np.ndarray:
+                      heatmap: np.ndarray | None = None, patch_scores: np.ndarray | None = None) -> np.ndarray:
     """The frame as the detector saw it (ROI, colour, working size), each tile tinted by its
-    score (or by ``heatmap``, e.g. :func:`patch_heatmap`) and the tiles over the threshold
-    outlined in red. Returns uint8 RGB."""
+    score (or by ``heatmap``, or by the :func:`patch_heatmap` of ``patch_scores`` (T, h, w))
+    and the tiles over the threshold outlined in red. Returns uint8 RGB."""
     import cv2
+
+    if heatmap is None and patch_scores is not None:
+        heatmap = patch_heatmap(patch_scores, spec)
 
     frame = prepare_frame(image, spec.replace(grid=None, tile=None, stride=None, working_size=None,
                                               size=spec.working_size or spec.size))

@@ -19,17 +19,19 @@ from device.notify import Notifier  # noqa: E402
 from tests.conftest import needs_tf, write_pngs  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiled_bundle(tmp_path_factory):
+@pytest.fixture(scope="module", params=["pooled", "patch"])
+def tiled_bundle(tmp_path_factory, request):
     from trainer.cli import main
 
-    root = tmp_path_factory.mktemp("tiled_daemon")
+    root = tmp_path_factory.mktemp(f"tiled_daemon_{request.param}")
     write_pngs(root / "train", [normal_image(i) for i in range(24)])
     write_pngs(root / "val", [normal_image(i) for i in range(24, 32)])
     out = root / "bundle"
     assert main(["fit", "--train", str(root / "train"), "--calib", str(root / "val"), "--out", str(out),
-                 "--size", "32", "--weights", "random", "--no-doc", "--taps", "out",
-                 "--working-size", "48x64", "--grid", "2x2", "--bank-mode", "shared"]) == 0
+                 "--size", "32", "--weights", "random", "--no-doc", "--working-size", "48x64", "--grid", "2x2",
+                 "--bank-mode", "shared"]
+                + (["--taps", "out"] if request.param == "pooled"
+                   else ["--taps", "b6", "--pooling", "patch", "--scoring", "gauss"])) == 0
     return out
 
 
