@@ -46,7 +46,7 @@ def run_demo(args) -> int:
     if "float_val_auroc" in s:
         q = next((k[:-len("_measured_val_auroc")] for k in s if k.endswith("_measured_val_auroc")), s["quant"])
         qv = s.get(f"{q}_measured_val_auroc", s.get(f"{q}_val_auroc"))
-        lines.append(f"float vs {q} (val){' ' * max(0, 4 - len(q))}  : AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
+        lines.append(f"float vs {q} (val){' ' * max(1, 7 - len(q))}: AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
                      f"feature cosine {s['feature_cosine_mean']:.4f} (min {s['feature_cosine_min']:.4f})")
     if "auto_choice" in s:
         lines.append(f"quantisation (auto)   : {s['auto_choice']}")

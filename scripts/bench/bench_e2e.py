@@ -151,10 +151,10 @@ def capture_models():
     seen = {"models": [], "float_blob": None, "int8_model": None}
     orig_feat, orig_conv = pl._keras_features, conv_mod.convert
 
-    def feat(model, x):
+    def feat(model, x, *args, **kw):
         if not any(m is model for m in seen["models"]):
             seen["models"].append(model)
-        return orig_feat(model, x)
+        return orig_feat(model, x, *args, **kw)
 
     def conv(model, representative=None, mode="int8", **kw):
         blob = orig_conv(model, representative, mode, **kw)
@@ -194,7 +194,7 @@ def run_one(name: str, conf: dict, seed: int, tmp: Path, per_image: bool, quick:
         doc_kw["steps"] = min(doc_kw.get("steps", 200), 30)
     ds = load_dataset(name, seed=seed, **data_kw)
     weights = str(shared_dir() / "weights" / WEIGHTS_NAME)
-    fc = FitConfig(alpha=0.35, weights=weights, seed=seed, doc=doc_kw.pop("enabled", True),
+    fc = FitConfig(alpha=0.35, weights=weights, seed=seed, doc=doc_kw.pop("enabled", True), quant="int8",
                    doc_cfg=DocConfig(**doc_kw), **conf["fit"])
     spec = fc.input_spec()
     imgs = ds.images("train")
