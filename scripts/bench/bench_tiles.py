@@ -339,6 +339,9 @@ _G16 = {"working_size": (FRAME, FRAME), "grid": (4, 4), "overlap": 0.25}
 LAT_EXTRA = {   # further 16-tile set-ups (and the 256-tile patch set-up that meets the accuracy target)
     "out16": {**_G16, "taps": "out"},
     "linear16": {**_G16, "taps": "out", "interpolation": "linear"},
+    # the same, scored by k-NN in a 64-d PCA space of the 1000-row bank (approximate, as
+    # `anomaly-device project-bundle --dims 64 --no-rerank` ships it; threshold re-calibrated there)
+    "linear16_pca64": {**_G16, "taps": "out", "interpolation": "linear"},
     "patch16_int8": {**_G16, "taps": "b6", "pooling": "patch", "scoring": "gauss", "quant": "int8"},
     "patch16_float": {**_G16, "taps": "b6", "pooling": "patch", "scoring": "gauss", "quant": "float"},
     "patch256_float": {"working_size": (FRAME, FRAME), "grid": (16, 16), "overlap": 0.0, "taps": "b6",
@@ -393,6 +396,9 @@ def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames:
     rows = [(f"t{n}", n, {} if g is None else {"working_size": (FRAME, FRAME), "grid": g, "overlap": 0.25})
             for n, g in LAT_GRIDS.items()]
     rows += [(name, 16 if name != "patch256_float" else 256, kw) for name, kw in LAT_EXTRA.items()]
+    only = os.environ.get("BENCH_TILES_LAT_ROWS")   # e.g. "t16,linear16_pca64": re-measure some rows only
+    if only:
+        rows = [r for r in rows if r[0] in only.split(",")]
     for name, n_tiles, kw in rows:
         cfg = FitConfig(**{"alpha": 0.35, "size": (96, 96), "color": "grey", "weights": weights, "taps": SMALL_TAPS,
                            "pooling": POOLING, "doc": False, "quant": "int8", "compare_float": False,
@@ -409,6 +415,13 @@ def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames:
             for bsize in banks:
                 if cfg.scoring == "knn":   # every k-NN row times a lookup against exactly bsize features
                     det.scorer = make_scorer("knn", _pad_bank(det.bundle.bank, bsize, seed), 1)
+                if name.endswith("_pca64"):
+                    from device.scoring import ProjectedKNNScorer, fit_pca
+
+                    padded = _pad_bank(det.bundle.bank, bsize, seed)
+                    mean, comps, ev = fit_pca(padded, 64)
+                    det.scorer = ProjectedKNNScorer(padded, 1, mean, comps)
+                    out[f"latency_{name}_explained_variance"] = ev
                 for f in frames[:20]:
                     det.score_one(f)
                 lat, cpu, stages = [], [], {"preprocess_ms": [], "inference_ms": [], "knn_ms": []}
@@ -539,6 +552,8 @@ def render(flat: dict, meta: dict) -> str:
             rows.append(("16, **10k bank**", "4×4", "latency_t16_th1_bank10k", "latency_t16_th2_bank10k"))
         extra_desc = {"out16": ("16, taps `out` only", "4×4"),
                       "linear16": ("16, taps `out`, **linear** resize", "4×4"),
+                      "linear16_pca64": ("16, taps `out`, **linear** resize, k-NN in a 64-d PCA space "
+                                         "(approximate)", "4×4"),
                       "patch16_int8": ("16, **patches** b6 + Gaussian, int8", "4×4"),
                       "patch16_float": ("16, **patches** b6 + Gaussian, float", "4×4"),
                       "patch256_float": ("256, **patches** b6 + Gaussian, float (the set-up that meets the "
@@ -609,14 +624,20 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
             targets.append(f"magnetic tile at {r} px{', patch features' if pre else ''}: 2×2 grid {b:.3f} vs whole {a:.3f} — "
                            f"{'no loss' if b >= a - 0.005 else 'LOSS'}")
     if "latency_t16_th1_median_ms" in flat:
-        v = min(flat[f"latency_{n}_th{t}_median_ms"] for n in ["t16"] + [n for n in LAT_EXTRA if n.endswith("16")
-                                                                          or n.startswith("patch16")]
-                for t in (1, 2) if f"latency_{n}_th{t}_median_ms" in flat)
+        cands = {(n, t): flat[f"latency_{n}_th{t}_median_ms"] for n in ["t16"] + [n for n in LAT_EXTRA if n != "patch256_float"]
+                 for t in (1, 2) if f"latency_{n}_th{t}_median_ms" in flat}
+        (bn, bt_), v = min(cands.items(), key=lambda kv: kv[1])
+        exact = {k: x for k, x in cands.items() if not k[0].endswith("_pca64")}
+        (en, et), ev = min(exact.items(), key=lambda kv: kv[1])
         flat["target_latency_16_met"] = float(v <= 5.0)
+        flat["target_latency_16_exact_knn_met"] = float(ev <= 5.0)
         st = {s: flat.get(f"latency_t16_th1_{s}_median_ms", float("nan")) for s in ("preprocess", "inference", "knn")}
-        targets.append(f"16 tiles ≤ 5 ms — {'met' if v <= 5.0 else 'NOT met'} (best wall median over the 16-tile set-ups {v:.2f} ms; default set-up "
-                       f"1-thread CPU time {_f(flat.get('latency_t16_th1_cpu_median_ms'), 2)} ms: preprocess "
-                       f"{_f(st['preprocess'], 2)}, inference {_f(st['inference'], 2)}, k-NN {_f(st['knn'], 2)} ms)")
+        targets.append(f"16 tiles ≤ 5 ms — {'met' if v <= 5.0 else 'NOT met'}: best {v:.2f} ms wall median with "
+                       f"`{bn}`, {bt_} thread(s)" + (" (k-NN in a 64-d PCA space: approximate scores)" if bn.endswith("_pca64") else "")
+                       + f"; with exact k-NN the best is {ev:.2f} ms (`{en}`, {et} thread(s)) — "
+                       f"{'met' if ev <= 5.0 else 'NOT met'}; default set-up 1-thread CPU time "
+                       f"{_f(flat.get('latency_t16_th1_cpu_median_ms'), 2)} ms: preprocess {_f(st['preprocess'], 2)}, "
+                       f"inference {_f(st['inference'], 2)}, k-NN {_f(st['knn'], 2)} ms")
     meta["targets"], meta["skipped"] = targets, skipped
     flat["seconds"] = round(time.time() - t_start, 1)
     flat["command"] = "python scripts/bench/bench_tiles.py " + " ".join(argv if argv is not None else sys.argv[1:])
