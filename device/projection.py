@@ -61,6 +61,11 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
         raise BundleError(f"{src}: only k-NN bundles can be projected (scoring.method is {b.scoring_method!r})")
     if b.manifest["scoring"].get("projection"):
         raise BundleError(f"{src}: bundle already has a scoring.projection")
+    if b.tile_index is not None:
+        raise BundleError(f"{src}: bundle has per-position banks (bank_tile_index.npy); only a shared bank can be "
+                          f"projected (refit with --bank-mode shared)")
+    if b.patches_per_tile > 1:
+        raise BundleError(f"{src}: patch bundles (extractor.patches) cannot be projected; use --scoring gauss")
     try:
         frag, files = projection_entries(b.bank, dims, rerank, shortlist)
     except ValueError as exc:
@@ -76,7 +81,13 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
         mean, comps = np.load(io.BytesIO(files[MEAN_FILE])), np.load(io.BytesIO(files[COMPONENTS_FILE]))
         loo = ProjectedKNNScorer(b.bank, b.k, mean, comps).leave_one_out()
         frr = target_frr if target_frr is not None else float(b.manifest["threshold"].get("target_frr", 0.01))
-        thr = describe_calibration(loo, frr, f"leave-one-out on the PCA-{dims} bank")
+        how = f"leave-one-out on the PCA-{dims} bank"
+        n_tiles = len(b.input_spec.tile_boxes())
+        if n_tiles > 1:   # a frame scores its worst tile: calibrate on maxima of n_tiles leave-one-out scores
+            rng = np.random.default_rng(0)
+            loo = loo[rng.integers(0, len(loo), (max(500, len(loo) // n_tiles), n_tiles))].max(axis=1)
+            how += f", maxima of random groups of {n_tiles} tile scores (the bank keeps no frame grouping)"
+        thr = describe_calibration(loo, frr, how)
         manifest["threshold"] = {**thr, "previous": b.manifest["threshold"]}
         entries["calibration_scores.npy"] = npy_bytes(loo.astype(np.float32))
         thr_value = thr["value"]

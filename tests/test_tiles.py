@@ -114,3 +114,43 @@ def test_bundle_with_bad_tile_index_is_refused(tmp_path):
                                        "bank_tile_index.npy": npy_bytes(np.array([0, 1, 2, 0, 1, 2], np.int32))})
     with pytest.raises(BundleError, match=r"no bank features for tile positions \[3\]"):
         load_bundle(tmp_path / "b")
+
+
+def _manual_tiled_bundle(path, tile_index=None):
+    from device.bundle import npy_bytes, write_bundle
+
+    spec = InputSpec(size=(32, 32), working_size=(64, 64), grid=(2, 2), pixel_scale=1.0, pixel_offset=0.0)
+    man = {"input": spec.to_dict(), "extractor": {"input_shape": [32, 32, 3], "output_dim": 8},
+           "backbone": {}, "scoring": {"method": "knn", "k": 1}, "threshold": {"value": 1.0, "target_frr": 0.01}}
+    bank = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
+    files = {"extractor.tflite": b"x", "bank.npy": npy_bytes(bank)}
+    if tile_index is not None:
+        files["bank_tile_index.npy"] = npy_bytes(tile_index)
+    write_bundle(path, man, files)
+    return bank
+
+
+def test_project_bundle_refuses_per_position_banks(tmp_path):
+    from device.errors import BundleError
+    from device.projection import project_bundle
+
+    _manual_tiled_bundle(tmp_path / "b", np.tile(np.arange(4, dtype=np.int32), 20))
+    with pytest.raises(BundleError, match="per-position banks"):
+        project_bundle(tmp_path / "b", tmp_path / "p", dims=4)
+
+
+def test_projected_tiled_threshold_accounts_for_the_tile_max(tmp_path):
+    """--no-rerank recalibrates on leave-one-out scores; a tiled frame scores its worst of 4 tiles,
+    so the threshold must sit above the per-tile quantile."""
+    from device.bundle import load_bundle
+    from device.projection import project_bundle
+    from device.scoring import ProjectedKNNScorer, fit_pca
+
+    bank = _manual_tiled_bundle(tmp_path / "b")
+    project_bundle(tmp_path / "b", tmp_path / "p", dims=4, rerank=False)
+    thr = load_bundle(tmp_path / "p").manifest["threshold"]
+    assert "maxima of random groups of 4 tile scores" in thr["method"]
+    per_tile = np.quantile(ProjectedKNNScorer(bank, 1, *fit_pca(bank, 4)[:2]).leave_one_out(), 0.99)
+    frame = np.quantile(load_bundle(tmp_path / "p").calibration_scores, 0.5)
+    assert thr["value"] >= per_tile * 0.999 and frame > np.median(
+        ProjectedKNNScorer(bank, 1, *fit_pca(bank, 4)[:2]).leave_one_out())
