@@ -42,11 +42,11 @@ def run_demo(args) -> int:
               f"extractor candidates  : {cands}",
               f"shipped extractor     : {s['selected']} ({s['selection_reason']})",
               f"test images           : {metrics['n_good']} good, {metrics['n_defective']} defective",
-              f"test AUROC ({s['quant']})     : {metrics['auroc']:.4f}"]
+              f"{'test AUROC (' + s['quant'] + ')':<22}: {metrics['auroc']:.4f}"]
     if "float_val_auroc" in s:
         q = next((k[:-len("_measured_val_auroc")] for k in s if k.endswith("_measured_val_auroc")), s["quant"])
         qv = s.get(f"{q}_measured_val_auroc", s.get(f"{q}_val_auroc"))
-        lines.append(f"float vs {q} (val){' ' * max(1, 7 - len(q))}: AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
+        lines.append(f"{'float vs ' + q + ' (val)':<22}: AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
                      f"feature cosine {s['feature_cosine_mean']:.4f} (min {s['feature_cosine_min']:.4f})")
     if "auto_choice" in s:
         lines.append(f"quantisation (auto)   : {s['auto_choice']}")
