@@ -460,6 +460,15 @@ def _f(v, nd=3):
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
 
+def _row_head(flat: dict, meta: dict, p: str, desc: str) -> str:
+    """First cells of an accuracy row: set-up (with the shipped quantisation when recorded), tiles,
+    bank mode, bank size, image AUROC."""
+    if p + "float_shipped" in flat:
+        desc += " [float]" if flat[p + "float_shipped"] else " [int8]"
+    return (f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
+            f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | ")
+
+
 def render(flat: dict, meta: dict) -> str:
     L = [MARK_START, "", "### Tiled inspection (issue 5): small defects on large frames", "",
          f"`{flat['command']}` — {flat['date']}. α0.35 ImageNet backbone untouched (DOC off), taps `{SMALL_TAPS}` (generated set, latency) / `{MT_TAPS}` (magnetic tile), "
@@ -501,11 +510,8 @@ def render(flat: dict, meta: dict) -> str:
                                        "int8 forced",
                     "patch16x16_knn": "16×16 grid, no overlap (64-px tiles) → 96 px, **patches** (b6, 12×12 per tile), "
                                       "1-NN, 10k coreset"}[c]
-            if p + "float_shipped" in flat:
-                desc += " [float]" if flat[p + "float_shipped"] else " [int8]"
-            L.append(f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
-                     f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | "
-                     f"{_f(flat.get(p + 'auroc_scratch'))} | {_f(flat.get(p + 'auroc_spot'))} | "
+            L.append(_row_head(flat, meta, p, desc)
+                     + f"{_f(flat.get(p + 'auroc_scratch'))} | {_f(flat.get(p + 'auroc_spot'))} | "
                      f"{_f(flat.get(p + 'pixel_auroc_from_grid'))} | {_f(flat.get(p + 'pixel_auroc_grid256'))} | "
                      f"{_f(flat.get(p + 'pixel_auroc_from_patches'))} | "
                      f"{_f(flat[p + 'eval_latency_ms_median'], 1)} |")
@@ -527,11 +533,8 @@ def render(flat: dict, meta: dict) -> str:
                     "patch_whole224": "whole frame → 224 px, **patches** (b6, 28×28), Gaussian",
                     "patch_grid2x2_224": "2×2 grid of 384×384, overlap 0.25 → 224 px, **patches** (b6, 28×28), "
                                          "Gaussian"}[c]
-            if p + "float_shipped" in flat:
-                desc += " [float]" if flat[p + "float_shipped"] else " [int8]"
-            L.append(f"| {desc} | {flat[p + 'n_tiles']:.0f} | {meta['bank_mode'].get(p, '–')} | "
-                     f"{flat[p + 'bank_size']:.0f} | **{_f(flat[p + 'image_auroc'])}** | "
-                     f"{_f(flat.get(p + 'pixel_auroc_from_grid'))} | {_f(flat.get(p + 'pixel_auroc_from_patches'))} | "
+            L.append(_row_head(flat, meta, p, desc)
+                     + f"{_f(flat.get(p + 'pixel_auroc_from_grid'))} | {_f(flat.get(p + 'pixel_auroc_from_patches'))} | "
                      f"{_f(flat[p + 'eval_latency_ms_median'], 1)} |")
         L.append("")
     if "latency_t1_th1_median_ms" in flat:
