@@ -215,9 +215,13 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         log.info("patch features: %dx%d patches of %d dims per tile, scored with %s", *patches["grid"],
                  patches["dim"], cfg.scoring)
 
+    def val_bank(f: np.ndarray) -> np.ndarray:
+        """Bank for validation scores: all training rows, or a seeded random sample of patch rows."""
+        return f[_bank_rows(f, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f
+
     def validate(model) -> dict:
         f_tr = _keras_features(model, t_train, p, norm)
-        bank = f_tr[_bank_rows(f_tr, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f_tr
+        bank = val_bank(f_tr)
         fc = _keras_features(model, t_cal, p, norm)
         r = {"synthetic_auroc": _image_auroc(bank, fc, _keras_features(model, t_syn, p, norm), n_tiles, cfg.k,
                                              cfg.scoring, p=p)}
@@ -280,12 +284,11 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
         cos = np.sum(normalize_features(np.concatenate([f_cal, f_syn]), "l2")
                      * normalize_features(np.concatenate([ff_cal, ff_syn]), "l2"), axis=1)
-        fb = ff_train[_bank_rows(ff_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else ff_train
+        fb = val_bank(ff_train)
         quant_report.update({"float_val_auroc": _image_auroc(fb, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring, p=p),
                              "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
         if cfg.quant == "auto":   # measure the quantised extractor the same way, and choose
-            qb = f_train[_bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f_train
-            q_auc = _image_auroc(qb, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, p=p)
+            q_auc = _image_auroc(val_bank(f_train), f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, p=p)
             loss = quant_report["float_val_auroc"] - q_auc
             quant_report[f"{quant}_measured_val_auroc"] = q_auc
             if loss > AUTO_QUANT_TOLERANCE:
