@@ -307,12 +307,13 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     bank_mode, bank_report = "shared", {}
     if n_tiles > 1:
         for mode in ("shared", "per_position"):
-            if mode == "shared":
+            sel = None   # pooled features: measure on every training tile; patch rows: a seeded sample
+            if p > 1 and mode == "shared":
                 sel = _bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)
-            else:
+            elif p > 1:
                 sel = np.concatenate([np.flatnonzero(pos_train == i)[_bank_rows(
                     f_train[pos_train == i], None if not cfg.bank_max else cfg.bank_max // n_tiles, "random",
-                    cfg.scoring, p, cfg.seed)] for i in range(n_tiles)]) if p > 1 else None
+                    cfg.scoring, p, cfg.seed)] for i in range(n_tiles)])
             fb = f_train[sel] if sel is not None else f_train
             bank_report[f"{mode}_synthetic_auroc"] = _image_auroc(
                 fb, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring,
