@@ -660,6 +660,13 @@ def finish(flat: dict, meta: dict, parts_run: list, skipped: list, argv, quick: 
 
 
 
+def _record(flat: dict, meta: dict, name: str, r: dict) -> None:
+    """Store one configuration's figures under ``name_`` keys; its bank mode goes to the metadata."""
+    meta["bank_mode"][f"{name}_"] = bm = r.pop("bank_mode")
+    r["bank_per_position"] = bm == "per_position"
+    flat.update({f"{name}_{k}": float(v) for k, v in r.items()})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -728,10 +735,8 @@ def main(argv=None) -> int:
             explicit = args.small_configs != list(SMALL_CONFIGS)
             for c in (args.small_configs if not quick or explicit
                       else [c for c in args.small_configs if c in ("whole96", "grid4x4")]):
-                r = run_config(layout, work, f"small_{tex.replace(':', '_')}_{c}", SMALL_CONFIGS[c], weights, args.seed)
-                meta["bank_mode"][f"small_{tex.replace(':', '_')}_{c}_"] = bm = r.pop("bank_mode")
-                r["bank_per_position"] = bm == "per_position"
-                flat.update({f"small_{tex.replace(':', '_')}_{c}_{k}": float(v) for k, v in r.items()})
+                name = f"small_{tex.replace(':', '_')}_{c}"
+                _record(flat, meta, name, run_config(layout, work, name, SMALL_CONFIGS[c], weights, args.seed))
                 finish(flat, meta, parts_run + ["small"], skipped, argv, quick, args.no_md, t_start)
         parts_run.append("small")
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
@@ -744,10 +749,7 @@ def main(argv=None) -> int:
         log.info("magnetic tile layout: %s", info)
         flat.update({f"mt_{k}": float(v) for k, v in info.items()})
         for c in (args.mt_configs if not quick else ["whole96", "grid2x2_96"]):
-            r = run_config(layout, work, f"mt_{c}", MT_CONFIGS[c], weights, args.seed)
-            meta["bank_mode"][f"mt_{c}_"] = bm = r.pop("bank_mode")
-            r["bank_per_position"] = bm == "per_position"
-            flat.update({f"mt_{c}_{k}": float(v) for k, v in r.items()})
+            _record(flat, meta, f"mt_{c}", run_config(layout, work, f"mt_{c}", MT_CONFIGS[c], weights, args.seed))
             finish(flat, meta, parts_run + ["mt"], skipped, argv, quick, args.no_md, t_start)
         parts_run.append("mt")
         finish(flat, meta, parts_run, skipped, argv, quick, args.no_md, t_start)
