@@ -60,6 +60,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def bundle_digest(path: str | Path) -> str:
+    """A bundle's digest: sha256 of its ``manifest.json`` bytes, which list the sha256 of every
+    file, so the digest pins the whole bundle (shown by ``verify``, ``status``, the journal)."""
+    mpath = Path(path) / MANIFEST
+    try:
+        return sha256_bytes(mpath.read_bytes())
+    except OSError as exc:
+        raise BundleError(f"{mpath}: cannot read ({exc.strerror or exc})") from exc
+
+
 def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
