@@ -1,0 +1,36 @@
+"""Life cycle of the long-lived objects (journal, outputs, image archive): the error a closed one raises.
+
+Each of them is a context manager whose ``close()`` is idempotent (gpiozero's style); any other
+call after ``close()`` raises :class:`ClosedError`, naming the object, instead of failing somewhere
+inside with ``AttributeError`` on ``None``.
+
+Example:
+    >>> from device.journal import Journal
+    >>> with Journal(":memory:") as j:
+    ...     _ = j.event("start")
+    >>> j.close()                      # idempotent
+    >>> j.event("again")
+    Traceback (most recent call last):
+    ...
+    device.lifecycle.ClosedError: journal :memory: is closed
+"""
+from __future__ import annotations
+
+from device.errors import AnomalyError
+
+
+class ClosedError(AnomalyError, RuntimeError):
+    """A journal, output set or image archive was used after ``close()``."""
+
+
+class Closing:
+    """Mixin: ``with obj:`` closes it on exit; subclasses implement ``close()``."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
