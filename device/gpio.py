@@ -4,8 +4,10 @@
 pulse at ``t_trigger + delay`` of a fixed width, so pulses stay right when parts
 arrive faster than the conveyor delay (several pulses queued at once). Overlapping
 pulses merge into one longer pulse. A rising edge that fires late (a starved CPU)
-keeps its full width: the falling edge is scheduled from the actual rising edge. A *hold* forces the line to the fail-safe level
-(camera fault, model error, stop) while queued pulses keep their schedule underneath.
+keeps its full width: the falling edge is scheduled from the actual rising edge. A *hold* sets the
+fail-safe level (camera fault, journal fault, stop) while no pulse is on: pulses already queued for
+parts decided REJECT still fire; a pulse that cannot be fired is reported with its tag (the journal
+row id), so the daemon journals it.
 
 The pin factory is passed in (``pin_factory=``) or named (``"mock"``, ``"lgpio"``);
 gpiozero's ``MockFactory`` records every state change with a timestamp, which the
@@ -14,8 +16,9 @@ tests compare to the journal.
 Example:
     >>> from gpiozero.pins.mock import MockFactory
     >>> out = Outputs(reject_pin=17, pin_factory=MockFactory())
-    >>> out.reject.pulse(time.monotonic() + 0.01, 0.005)
-    >>> out.close()
+    >>> out.pulse(time.monotonic() + 0.01, 0.005, tag=1)
+    True
+    >>> out.close(drain_s=1.0)
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import threading
 import time
 from typing import Callable
 
+from device.lifecycle import ClosedError, Closing
 from device.trigger import SoftwareTrigger
 
 log = logging.getLogger(__name__)
@@ -55,17 +59,37 @@ def make_pin_factory(name: str | None):
 class PulseScheduler:
     """Timed pulses on one ``DigitalOutputDevice`` from a dedicated thread.
 
+    A *hold* (:meth:`hold`) sets the line's level while no pulse is on: queued pulses keep firing
+    under it, so a part already decided REJECT is rejected during a camera fault (with an active
+    safe level the line simply stays active). A pulse that cannot be fired (closed before it was
+    due, a dead output, a stopped scheduler) is reported to ``on_dropped(tags, reason)`` with the
+    tags given to :meth:`pulse` (the daemon passes journal row ids and journals ``pulse_dropped``).
+
     Args:
         device: gpiozero output device (``on()``/``off()``), or any object with them.
         name: for logs and the thread name.
-        clock: monotonic clock the schedule uses (``time.monotonic``, like MockPin).
+        clock: monotonic clock the schedule uses (``time.monotonic``, like MockPin); tests inject one
+            and call :meth:`settle` after moving it.
         keep_edges: how many actual edges to remember in :attr:`edges`.
+        on_dropped: ``callback(tags, reason)`` for pulses that could not be fired (may run in the
+            scheduler thread).
+
+    Example:
+        >>> class Line:
+        ...     def on(self): pass
+        ...     def off(self): pass
+        >>> s = PulseScheduler(Line())
+        >>> s.pulse(s.clock(), 0.001, tag=1)
+        True
+        >>> s.drain(1.0), s.close()
+        (True, None)
     """
 
     def __init__(self, device, name: str = "reject", clock: Callable[[], float] = time.monotonic,
-                 keep_edges: int = 10000):
+                 keep_edges: int = 10000, on_dropped: Callable[[list, str], None] | None = None):
         self.device, self.name, self.clock = device, name, clock
-        self._heap: list[tuple[float, int, float]] = []   # (time, seq, width >= 0: on / -1: off)
+        self.on_dropped = on_dropped
+        self._heap: list[tuple[float, int, float, object]] = []   # (time, seq, width >= 0: on / -1: off, tag)
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._active = 0             # pulses currently on
@@ -77,14 +101,29 @@ class PulseScheduler:
         self._thread = threading.Thread(target=self._run, name=f"pulse-{name}", daemon=True)
         self._thread.start()
 
-    def pulse(self, t_on: float, width_s: float) -> None:
-        """Queue a pulse from ``t_on`` (clock time; now if in the past) lasting ``width_s``."""
+    def pulse(self, t_on: float, width_s: float, tag=None) -> bool:
+        """Queue a pulse from ``t_on`` (clock time; now if in the past) lasting ``width_s``.
+
+        Returns False (and reports ``tag`` as dropped) when the scheduler thread has died.
+
+        Raises:
+            ClosedError: after :meth:`close` (``tag`` is reported as dropped first).
+        """
         with self._cond:
-            heapq.heappush(self._heap, (t_on, next(self._seq), float(width_s)))
-            self._cond.notify()
+            if self._stop:
+                self._report([tag], "not fired: the reject line is closed")
+                raise ClosedError(f"{self.name} line is closed: pulse at {t_on:.3f} not queued")
+            if not self._thread.is_alive():
+                self._report([tag], "not fired: the pulse scheduler thread has stopped")
+                log.error("%s: pulse scheduler is not running; pulse %r not fired", self.name, tag)
+                return False
+            heapq.heappush(self._heap, (t_on, next(self._seq), float(width_s), tag))
+            self._cond.notify_all()
+        return True
 
     def hold(self, level: bool | None) -> None:
-        """Force the line to ``level`` (fail-safe), or ``None`` to release to the pulse schedule."""
+        """Set the line to ``level`` (fail-safe) while no pulse is on, or ``None`` to release it to the
+        pulse schedule. Queued pulses still fire under a hold."""
         with self._cond:
             self._hold = level
             self._apply(None)
@@ -95,21 +134,43 @@ class PulseScheduler:
         with self._cond:
             return len(self._heap)
 
+    def next_due(self) -> float | None:
+        """Clock time of the next queued edge (None: nothing queued)."""
+        with self._cond:
+            return self._heap[0][0] if self._heap else None
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wake the thread and wait until every edge due by :attr:`clock` has been driven (for an
+        injected clock that was just moved); False on timeout."""
+        with self._cond:
+            self._cond.notify_all()
+            return self._cond.wait_for(
+                lambda: self._stop or not self._heap or self._heap[0][0] > self.clock(), timeout)
+
     def drain(self, timeout: float) -> bool:
-        """Wait until every queued edge has been driven; False on timeout."""
-        end = self.clock() + timeout
-        while self.pending:
-            if self.clock() > end:
-                return False
-            time.sleep(0.001)
-        return True
+        """Wait (real time) until every queued edge has been driven; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._heap or not self._thread.is_alive(), timeout) \
+                and not self._heap
 
     def _apply(self, t_sched: float | None) -> None:
-        want = self._hold if self._hold is not None else self._active > 0
+        want = bool(self._hold) or self._active > 0
         if want != self._level:
             (self.device.on if want else self.device.off)()
             self._level = want
             self.edges.append((t_sched, self.clock(), want))
+
+    def _report(self, tags: list, reason: str) -> None:
+        tags = [t for t in tags if t is not None]
+        if not tags:
+            return
+        log.warning("%s: %d reject pulse(s) %s (tags %s)", self.name, len(tags), reason,
+                    ", ".join(map(str, tags)))
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(tags, reason)
+            except Exception:  # a failing reporter must not kill the scheduler
+                log.exception("%s: reporting dropped pulses failed", self.name)
 
     def _run(self) -> None:
         with self._cond:
@@ -117,7 +178,7 @@ class PulseScheduler:
                 if not self._heap:
                     self._cond.wait()
                     continue
-                t, _, width = self._heap[0]
+                t, _, width, tag = self._heap[0]
                 now = self.clock()
                 if t > now:
                     self._cond.wait(t - now)
@@ -125,55 +186,70 @@ class PulseScheduler:
                 heapq.heappop(self._heap)
                 if width >= 0:      # rising edge: the falling one keeps the full width even if late
                     self._active += 1
-                    heapq.heappush(self._heap, (now + width, next(self._seq), -1.0))
+                    heapq.heappush(self._heap, (now + width, next(self._seq), -1.0, tag))
                 else:
                     self._active = max(0, self._active - 1)
                 try:
                     self._apply(t)
-                except Exception:  # a dead pin must not kill the scheduler thread
+                except Exception as exc:  # a dead pin must not kill the scheduler thread
                     log.exception("%s: cannot drive output", self.name)
+                    self._level = None    # unknown: the next edge drives it again
+                    if width >= 0:
+                        self._report([tag], f"not fired: cannot drive the output ({exc})")
+                self._cond.notify_all()   # settle() / drain() waiters
 
     def close(self, final_level: bool | None = None, drain_s: float = 0.0) -> None:
-        """Stop the thread (after ``drain_s`` for queued pulses) and leave the line at ``final_level``."""
+        """Stop the thread (after ``drain_s`` for queued pulses) and leave the line at ``final_level``.
+        Pulses not yet started are reported as dropped. Idempotent."""
+        if self._stop:
+            return
         if drain_s > 0:
             self.drain(drain_s)
         with self._cond:
             self._stop = True
-            dropped = sum(1 for e in self._heap if e[2] >= 0)
+            dropped = [e[3] for e in sorted(self._heap) if e[2] >= 0]
             self._heap.clear()
             self._active = 0
             if final_level is not None:
                 self._hold = final_level
-            self._apply(None)
-            self._cond.notify()
+            try:
+                self._apply(None)
+            except Exception:
+                log.exception("%s: cannot set the final level", self.name)
+            self._cond.notify_all()
         self._thread.join(timeout=1.0)
         if dropped:
-            log.warning("%s: %d queued pulse(s) dropped at close", self.name, dropped)
+            log.warning("%s: %d queued pulse(s) dropped at close", self.name, len(dropped))
+            self._report(dropped, "not fired: the reject line was closed before they were due")
 
 
-class Outputs:
-    """Reject line (+ optional alarm line) with fail-safe behaviour.
+class Outputs(Closing):
+    """Reject line (+ optional alarm line) with fail-safe behaviour; a context manager.
 
     Args:
         reject_pin: BCM pin of the reject actuator (``None``: no line, decisions are journaled only).
         safe_level: ``"inactive"`` or ``"active"``: the reject line while faulted or stopped.
         pin_factory: gpiozero factory instance (tests: ``MockFactory()``), or ``None`` for the default.
+        on_dropped: ``callback(tags, reason)`` for reject pulses that could not be fired.
     """
 
     def __init__(self, reject_pin: int | None = None, reject_active_high: bool = True,
                  alarm_pin: int | None = None, alarm_active_high: bool = True,
-                 safe_level: str = "inactive", pin_factory=None):
+                 safe_level: str = "inactive", pin_factory=None,
+                 on_dropped: Callable[[list, str], None] | None = None):
         from gpiozero import DigitalOutputDevice
 
         self.safe_active = safe_level == "active"
         self._factory = pin_factory
         self.reject_device = self.alarm_device = None
         self.reject: PulseScheduler | None = None
+        self._closed = False
+        self.alarm_on = False
         try:
             if reject_pin is not None:
                 self.reject_device = DigitalOutputDevice(reject_pin, active_high=reject_active_high,
                                                          initial_value=self.safe_active, pin_factory=pin_factory)
-                self.reject = PulseScheduler(self.reject_device, "reject")
+                self.reject = PulseScheduler(self.reject_device, "reject", on_dropped=on_dropped)
                 self.reject._level = self.safe_active
                 self.reject.hold(self.safe_active)        # safe until the loop runs
             if alarm_pin is not None:
@@ -182,19 +258,30 @@ class Outputs:
         except Exception:
             self.close()
             raise
-        self.alarm_on = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("outputs are closed (reject and alarm lines released)")
 
     def run_mode(self) -> None:
         """Release the reject line to the pulse schedule (normal operation)."""
+        self._check_open()
         if self.reject:
             self.reject.hold(None)
 
     def fault(self, faulted: bool) -> None:
-        """Hold the reject line at the safe level while ``faulted``."""
+        """Hold the reject line at the safe level while ``faulted`` (queued pulses still fire)."""
+        self._check_open()
         if self.reject:
             self.reject.hold(self.safe_active if faulted else None)
 
+    def pulse(self, t_on: float, width_s: float, tag=None) -> bool:
+        """Queue a reject pulse (see :meth:`PulseScheduler.pulse`); False without a reject line."""
+        self._check_open()
+        return self.reject.pulse(t_on, width_s, tag) if self.reject is not None else False
+
     def set_alarm(self, on: bool) -> None:
+        self._check_open()
         if on != self.alarm_on:
             self.alarm_on = on
             log.warning("alarm %s", "RAISED" if on else "cleared")
@@ -202,7 +289,9 @@ class Outputs:
                 (self.alarm_device.on if on else self.alarm_device.off)()
 
     def close(self, drain_s: float = 0.0) -> None:
-        """Safe level on the reject line, alarm off, release the pins. Idempotent."""
+        """Queued pulses fire (up to ``drain_s``; the rest are reported), safe level on the reject
+        line, release the pins. Idempotent."""
+        self._closed = True
         if self.reject is not None:
             self.reject.close(final_level=self.safe_active, drain_s=drain_s)
             self.reject = None
@@ -213,6 +302,14 @@ class Outputs:
                 except Exception as exc:  # pragma: no cover
                     log.warning("closing %r: %s", dev, exc)
         self.reject_device = self.alarm_device = None
+
+
+def make_output(pin: int, active_high: bool = True, initial_value: bool = False, pin_factory=None):
+    """One digital output line (``gpiozero.DigitalOutputDevice``), e.g. a PLC handshake line
+    (:mod:`device.handshake`); ``initial_value`` is the logical level it starts at."""
+    from gpiozero import DigitalOutputDevice
+
+    return DigitalOutputDevice(pin, active_high=active_high, initial_value=initial_value, pin_factory=pin_factory)
 
 
 class GpioTrigger(SoftwareTrigger):
