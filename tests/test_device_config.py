@@ -1,9 +1,7 @@
 """Config validation, pulse scheduler, sd_notify and projected k-NN: fast unit tests (no TensorFlow)."""
 from __future__ import annotations
 
-import os
 import socket
-import time
 
 import numpy as np
 import pytest
