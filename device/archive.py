@@ -2,29 +2,48 @@
 
 Images are written by a background thread from a bounded queue, so a slow SD card
 never stalls the frame loop (when the queue is full the image is skipped and logged).
-Files go to ``<dir>/<YYYYMMDD>/<frame>_<decision>.png``; after every ``prune_every``
-writes the oldest files are deleted until the archive is under ``max_mb`` and no file is
-older than ``max_age_days``.
+Files go to ``<dir>/<YYYYMMDD>/<run>_<frame>_<decision>.png``: ``run`` names this start of the
+service (time and a random suffix), so frame numbers that start again at 0 after a restart never
+overwrite an earlier picture and an old journal row never points at a newer one. After every
+``prune_every`` writes the oldest files are deleted until the archive is under ``max_mb`` and no
+file is older than ``max_age_days``.
 
 Example:
-    >>> a = ImageArchive("/tmp/archive", max_mb=100)            # doctest: +SKIP
-    >>> path = a.submit(frame_image, frame=12, decision="REJECT") # doctest: +SKIP
+    >>> with ImageArchive("/tmp/archive", max_mb=100) as a:          # doctest: +SKIP
+    ...     path = a.submit(frame_image, frame=12, decision="REJECT")
 """
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from device.lifecycle import ClosedError, Closing
+
 log = logging.getLogger(__name__)
 
 
-class ImageArchive:
+def run_id() -> str:
+    """A name for one start of the service: ``20260101T120000-3fa2`` (sortable, unique)."""
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class ImageArchive(Closing):
+    """Background PNG writer with retention; a context manager (``close()`` is idempotent).
+
+    Args:
+        root: archive folder (created).
+        max_mb, max_age_days: retention limits.
+        queue_size: images waiting to be written; beyond it new ones are skipped.
+        prune_every: apply the limits after this many writes.
+    """
+
     def __init__(self, root: str | Path, max_mb: float = 500.0, max_age_days: float = 30.0,
                  queue_size: int = 32, prune_every: int = 50):
         self.root = Path(root)
@@ -32,19 +51,29 @@ class ImageArchive:
         self.max_bytes = int(max_mb * 1e6)
         self.max_age_s = max_age_days * 86400.0
         self.prune_every = prune_every
+        self.run = run_id()
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._written = 0
         self.dropped = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray, frame: int, decision: str, overlay=None) -> str | None:
-        """Queue ``image`` (RGB or grey uint8); returns the path it will have, or None if dropped.
+    def submit(self, image: np.ndarray | None, frame: int, decision: str, overlay=None) -> str | None:
+        """Queue ``image`` (RGB or grey uint8); returns the path it will have, or None if not saved
+        (queue full, or no image: an undecodable frame).
 
         ``overlay``: ``(tile_scores, input_spec, threshold)`` of a tiled bundle; the saved image is
         then the frame with the score grid drawn over it (drawn in the writer thread, off the frame path).
+
+        Raises:
+            ClosedError: after :meth:`close`.
         """
-        path = self.root / time.strftime("%Y%m%d") / f"{frame:09d}_{decision.lower()}.png"
+        if self._closed:
+            raise ClosedError(f"archive {self.root} is closed")
+        if image is None:
+            return None
+        path = self.root / time.strftime("%Y%m%d") / f"{self.run}_{frame:09d}_{decision.lower()}.png"
         try:
             self._q.put_nowait((path, image, overlay))
         except queue.Full:
@@ -53,30 +82,46 @@ class ImageArchive:
             return None
         return str(path)
 
-    def _run(self) -> None:
-        import cv2
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued image is written; False on timeout."""
+        end = time.monotonic() + timeout
+        with self._q.all_tasks_done:
+            while self._q.unfinished_tasks:
+                left = end - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._q.all_tasks_done.wait(left)
+        return True
 
+    def _run(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
-                return
-            path, img, overlay = item
             try:
-                if overlay is not None:
-                    from device.heatmap import draw_tile_overlay
+                if item is None:
+                    return
+                self._write(*item)
+            finally:
+                self._q.task_done()
 
-                    img = draw_tile_overlay(img, *overlay)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-                tmp = path.with_suffix(".tmp.png")
-                if not cv2.imwrite(str(tmp), bgr):
-                    raise OSError("cv2.imwrite returned False")
-                os.replace(tmp, path)
-                self._written += 1
-                if self._written % self.prune_every == 0:
-                    self.prune()
-            except Exception as exc:
-                log.error("archive: cannot write %s: %s", path, exc)
+    def _write(self, path: Path, img: np.ndarray, overlay) -> None:
+        import cv2
+
+        try:
+            if overlay is not None:
+                from device.heatmap import draw_tile_overlay
+
+                img = draw_tile_overlay(img, *overlay)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+            tmp = path.with_suffix(".tmp.png")
+            if not cv2.imwrite(str(tmp), bgr):
+                raise OSError("cv2.imwrite returned False")
+            os.replace(tmp, path)
+            self._written += 1
+            if self._written % self.prune_every == 0:
+                self.prune()
+        except Exception as exc:
+            log.error("archive: cannot write %s: %s", path, exc)
 
     def prune(self) -> int:
         """Delete files beyond the size and age limits, oldest first; returns how many."""
@@ -105,6 +150,7 @@ class ImageArchive:
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop. Idempotent."""
+        self._closed = True
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join(timeout)
