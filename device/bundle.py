@@ -1,24 +1,32 @@
 """The model bundle: one verified directory joining trainer and device.
 
-Layout (schema version 1)::
+Layout::
 
     bundle/
-      manifest.json          schema, input spec, extractor, backbone, scoring, threshold,
-                             training summary, sha256 + size of every file below
+      manifest.json          typed manifest (:mod:`device.manifest`): schema, input spec, extractor,
+                             scoring, threshold, records, and the sha256 + size of every file below
       extractor.tflite       the feature extractor the device runs
       bank.npy               (N, D) float32 normal features computed with that .tflite
-      calibration_scores.npy held-out normal scores the threshold was chosen from
-      ...                    optional entries (audit models, tile grid) listed in ``files``
+      calibration_scores.npy normal scores the threshold was chosen from
+      ...                    optional entries (tile index, PCA projection, calibration features,
+                             audit models), each listed in ``files``
 
-:func:`write_bundle` writes into a temporary sibling directory and renames it into
-place, so a crash never leaves a half-written bundle. :func:`load_bundle` verifies
-the schema, every hash and size, and the consistency of bank, model and input spec,
-and names the file and the problem when anything is off.
+:func:`write_bundle` validates the manifest, writes into a temporary sibling directory and
+renames it into place (0755 directory, 0644 files), so a crash never leaves a half-written
+bundle and the service user can read it. :func:`load_bundle` refuses anything it cannot vouch
+for, naming the file and the problem: a manifest that fails its schema, an unlisted or missing
+file, a symlink, a size or hash mismatch (sizes are compared before anything is read), a ``.npy``
+whose header does not match its size (no allocation from a forged header), a bank with NaN or
+of the wrong width, ``k`` beyond the bank. The bytes it verified are the bytes used: arrays are
+views over them and nothing is re-read from disk.
+
+The bundle's **digest** is the sha256 of its ``manifest.json`` bytes, which hash every file:
+it names a deployed version, and every decision records it.
 
 Example:
     >>> b = load_bundle("bundle/")          # doctest: +SKIP
-    >>> b.threshold, b.bank.shape           # doctest: +SKIP
-    (0.41, (1000, 1280))
+    >>> b.threshold.value, b.bank.shape, b.digest[:12]    # doctest: +SKIP
+    (0.41, (1000, 1280), '3f2a9c0d1e7b')
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -36,69 +45,75 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from core.decision import Threshold
+from core.threshold import calibrate_threshold, check_rate
 from device.errors import BundleError
-from device.preprocess import InputSpec
+from device.manifest import MANIFEST, REQUIRED_FILES, SCHEMA, SCHEMA_VERSION, InputSpec, Manifest, check_entry_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "anomaly-bundle"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-REQUIRED_KEYS = ("schema", "schema_version", "input", "extractor", "backbone", "scoring", "threshold", "files")
-REQUIRED_FILES = ("extractor.tflite", "bank.npy")
+MAX_MANIFEST_BYTES = 16 << 20
+#: .npy entries read as arrays at load (checked; other entries stay bytes)
+ARRAY_ENTRIES = ("bank.npy", "calibration_scores.npy", "bank_tile_index.npy", "calibration_features.npy")
+
+__all__ = ["Bundle", "load_bundle", "write_bundle", "bundle_digest", "npy_bytes", "sha256_bytes", "MANIFEST",
+           "SCHEMA", "SCHEMA_VERSION"]
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def bundle_digest(path: str | Path) -> str:
     """A bundle's digest: sha256 of its ``manifest.json`` bytes, which list the sha256 of every
     file, so the digest pins the whole bundle (shown by ``verify``, ``status``, the journal)."""
     mpath = Path(path) / MANIFEST
-    try:
-        return sha256_bytes(mpath.read_bytes())
-    except OSError as exc:
-        raise BundleError(f"{mpath}: cannot read ({exc.strerror or exc})") from exc
+    return sha256_bytes(_read_regular(mpath, MAX_MANIFEST_BYTES))
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
+    np.save(buf, np.asarray(arr), allow_pickle=False)
     return buf.getvalue()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle."""
+    """A loaded, verified bundle (immutable).
+
+    Attributes:
+        path: the directory it was loaded from.
+        manifest: the typed :class:`~device.manifest.Manifest`.
+        digest: sha256 of ``manifest.json``.
+        files: every listed entry's verified bytes.
+        arrays: the ``.npy`` entries read as (read-only) arrays, views over ``files``.
+    """
 
     path: Path
-    manifest: dict[str, Any]
-    input_spec: InputSpec
-    extractor_bytes: bytes
-    bank: np.ndarray
-    calibration_scores: np.ndarray | None
-    arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    manifest: Manifest
+    digest: str
+    files: Mapping[str, bytes]
+    arrays: Mapping[str, np.ndarray]
 
     @property
-    def threshold(self) -> float:
-        return float(self.manifest["threshold"]["value"])
+    def short_digest(self) -> str:
+        return self.digest[:12]
 
     @property
-    def k(self) -> int:
-        return int(self.manifest["scoring"]["k"])
+    def input_spec(self) -> InputSpec:
+        return self.manifest.input
 
     @property
-    def scoring_method(self) -> str:
-        return self.manifest["scoring"].get("method", "knn")
+    def extractor_bytes(self) -> bytes:
+        return self.files["extractor.tflite"]
+
+    @property
+    def bank(self) -> np.ndarray:
+        return self.arrays["bank.npy"]
+
+    @property
+    def calibration_scores(self) -> np.ndarray | None:
+        return self.arrays.get("calibration_scores.npy")
 
     @property
     def tile_index(self) -> np.ndarray | None:
@@ -106,84 +121,132 @@ class Bundle:
         return self.arrays.get("bank_tile_index.npy")
 
     @property
-    def patches_per_tile(self) -> int:
-        """Patch descriptors per tile: h*w for a patch extractor, 1 for pooled features."""
-        p = self.manifest["extractor"].get("patches")
-        return int(p["grid"][0]) * int(p["grid"][1]) if p else 1
+    def k(self) -> int:
+        return self.manifest.scoring.k
 
     @property
-    def feature_normalize(self) -> str:
-        return self.manifest["extractor"].get("feature_normalize", "none")
+    def scoring_method(self) -> str:
+        return self.manifest.scoring.method
 
-    def file_path(self, name: str) -> Path:
-        """Path of an entry listed in the manifest (optional entries included)."""
-        if name not in self.manifest["files"]:
-            raise BundleError(f"{self.path / MANIFEST}: no entry {name!r} in 'files' "
-                              f"(has {sorted(self.manifest['files'])})")
-        return self.path / name
+    @property
+    def patches_per_tile(self) -> int:
+        return self.manifest.extractor.patches_per_tile
 
-    def threshold_for(self, threshold: float | None = None, target_frr: float | None = None) -> tuple[float, str]:
+    @property
+    def threshold(self) -> Threshold:
+        """The bundle's own threshold."""
+        return Threshold(self.manifest.threshold.value, "bundle")
+
+    def array(self, name: str) -> np.ndarray:
+        """A listed ``.npy`` entry as a verified array (loaded on first use)."""
+        if name in self.arrays:
+            return self.arrays[name]
+        if name not in self.files:
+            raise BundleError(f"{self.path / MANIFEST}: no entry {name!r} in 'files' (has {sorted(self.files)})")
+        return _npy(self.files[name], self.path / name)
+
+    def threshold_for(self, threshold: float | None = None, target_frr: float | None = None,
+                      where: str = "config") -> Threshold:
         """Deployment threshold: an explicit value, a false-reject target read against the
-        bundle's calibration scores, or the bundle's own. Returns ``(value, source)``."""
+        bundle's calibration scores, or the bundle's own. Every value is validated.
+
+        Args:
+            where: names the source in the threshold's ``source`` and in errors (``config``, ``cli``).
+        """
         if threshold is not None and target_frr is not None:
-            raise ValueError("give either a threshold or a target false-reject rate, not both")
-        if threshold is not None:
-            return float(threshold), "config:threshold"
-        if target_frr is not None:
-            if self.calibration_scores is None:
-                raise BundleError(f"{self.path}: no calibration_scores.npy, cannot apply target_frr={target_frr}")
-            from device.threshold import calibrate_threshold
+            raise BundleError(f"{where}: give either a threshold or a target false-reject rate, not both")
+        try:
+            if threshold is not None:
+                return Threshold(threshold, f"{where}:threshold")
+            if target_frr is None:
+                return self.threshold
+            rate = check_rate(target_frr, f"{where}: target_frr")
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
+        if self.calibration_scores is None:
+            raise BundleError(f"{self.path}: no calibration_scores.npy, cannot apply target_frr={target_frr}")
+        return Threshold(calibrate_threshold(self.calibration_scores, rate), f"{where}:target_frr={rate:g}")
 
-            return calibrate_threshold(self.calibration_scores, target_frr), f"config:target_frr={target_frr}"
-        return self.threshold, "bundle"
 
-
-def write_bundle(dest: str | Path, manifest: Mapping[str, Any], files: Mapping[str, bytes | Path]) -> Path:
-    """Write a bundle atomically (temporary directory, then rename).
+# ---------------------------------------------------------------------------------------- writing
+def write_bundle(dest: str | Path, manifest: Mapping[str, Any] | Manifest, files: Mapping[str, bytes | Path]) -> Path:
+    """Validate and write a bundle atomically (temporary directory, then rename).
 
     Args:
         dest: bundle directory; an existing one is replaced only once the new one is complete.
-        manifest: everything but ``schema``, ``schema_version``, ``created`` and ``files``
-            (filled in here).
+        manifest: everything but ``schema``, ``schema_version``, ``created`` and ``files`` (filled
+            in here), as a dict or a :class:`Manifest` (its :meth:`~Manifest.body` is used).
         files: entry name -> bytes or a path to copy.
+
+    Raises:
+        BundleError: a missing required entry, a bad entry name or a manifest that fails the schema.
     """
     dest = Path(dest)
+    body = manifest.body() if isinstance(manifest, Manifest) else dict(manifest)
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise BundleError(f"cannot write bundle {dest}: missing required entries {missing}")
+    blobs: dict[str, bytes] = {}
+    for name, content in files.items():
+        bad = check_entry_name(name)
+        if bad:
+            raise BundleError(f"cannot write bundle {dest}: {bad}")
+        blobs[name] = bytes(content) if isinstance(content, (bytes, bytearray, memoryview)) else Path(content).read_bytes()
+    full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **body,
+            "files": {n: {"sha256": sha256_bytes(d), "bytes": len(d)} for n, d in blobs.items()}}
+    try:
+        text = json.dumps(full, indent=2, default=_json_default, allow_nan=False) + "\n"
+    except ValueError as exc:     # NaN or infinity somewhere: the device would refuse the bundle
+        raise BundleError(f"cannot write bundle {dest}: {exc} (find the non-finite value in the manifest)") from None
+    Manifest.from_json(text, f"{dest / MANIFEST} (to be written)")    # never write a bundle the device refuses
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        entries = {}
-        for name, content in files.items():
-            if "/" in name or name.startswith(".") or name == MANIFEST:
-                raise BundleError(f"bad bundle entry name {name!r}")
-            data = content if isinstance(content, (bytes, bytearray)) else Path(content).read_bytes()
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            entries[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
-        full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **dict(manifest),
-                "files": entries}
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(full, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        for name, data in {**blobs, MANIFEST: text.encode()}.items():
+            _write_file(tmp / name, data)
+        os.chmod(tmp, 0o755)
+        _fsync_dir(tmp)
+        _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote bundle %s (%s)", dest, ", ".join(sorted(entries)))
+    log.info("wrote bundle %s (%s)", dest, ", ".join(sorted(blobs)))
     return dest
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)      # whatever the umask: the service user must read it
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        if old.is_symlink() or old.is_file():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o):
@@ -191,123 +254,186 @@ def _json_default(o):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
+    if isinstance(o, (Path, tuple)):
+        return str(o) if isinstance(o, Path) else list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Parse and schema-check ``manifest.json`` (no file hashes)."""
-    path = Path(path)
-    mpath = path / MANIFEST
-    if not path.is_dir():
-        raise BundleError(f"{path}: bundle directory not found")
-    if not mpath.is_file():
-        raise BundleError(f"{mpath}: manifest missing; is {path} a model bundle?")
+# ---------------------------------------------------------------------------------------- reading
+def _read_regular(path: Path, limit: int, expect: int | None = None) -> bytes:
+    """Bytes of a regular file (not a symlink, FIFO or device), refusing more than ``limit`` bytes or
+    a size other than ``expect`` before reading anything."""
     try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mpath}: expected a JSON object, found {type(manifest).__name__}")
-    if manifest.get("schema") != SCHEMA:
-        raise BundleError(f"{mpath}: schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
-    ver = manifest.get("schema_version")
-    if not isinstance(ver, int) or ver < 1:
-        raise BundleError(f"{mpath}: schema_version {ver!r} is not a positive integer")
-    if ver > SCHEMA_VERSION:
-        raise BundleError(f"{mpath}: schema_version {ver} is newer than this runtime supports "
-                          f"({SCHEMA_VERSION}); update the device software")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"{path}: is a symbolic link; bundle files must be regular files inside the bundle")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: not a regular file")
+    if expect is not None and st.st_size != expect:
+        raise BundleError(f"{path}: size {st.st_size} bytes, manifest says {expect} (truncated or replaced)")
+    if st.st_size > limit:
+        raise BundleError(f"{path}: {st.st_size} bytes, more than the {limit} allowed")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(st.st_size + 1)
+    except PermissionError:
+        raise BundleError(f"{path}: permission denied; the service user must be able to read the bundle "
+                          f"(directories 0755, files 0644)") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) != st.st_size:
+        raise BundleError(f"{path}: changed while being read")
+    return data
+
+
+def _npy(data: bytes, name: Path) -> np.ndarray:
+    """A read-only array viewing ``data`` (a .npy file), after checking that its header declares
+    exactly the bytes present (a forged header cannot make us allocate)."""
+    from numpy.lib import format as npf
+
+    buf = io.BytesIO(data)
+    try:
+        version = npf.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(buf)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npf.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise BundleError(f"{name}: not a valid .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise BundleError(f"{name}: array of {dtype} is not allowed (numbers only)")
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    offset = buf.tell()
+    if offset + count * dtype.itemsize != len(data):
+        raise BundleError(f"{name}: header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) but "
+                          f"the file holds {len(data) - offset} bytes of data")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _listed_contents(path: Path, manifest: Manifest) -> dict[str, bytes]:
+    """Every listed entry's bytes after size and hash checks; refuses unlisted files."""
+    listed = manifest.files
+    missing = [f for f in REQUIRED_FILES if f not in listed]
     if missing:
-        raise BundleError(f"{mpath}: missing keys {missing}")
-    return manifest
-
-
-def verify_files(path: Path, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """Check size and sha256 of every listed file; returns their contents."""
-    files = manifest["files"]
-    if not isinstance(files, dict):
-        raise BundleError(f"{path / MANIFEST}: 'files' must be an object of name -> {{sha256, bytes}}")
-    for req in REQUIRED_FILES:
-        if req not in files:
-            raise BundleError(f"{path / MANIFEST}: required entry {req!r} not listed in 'files'")
+        raise BundleError(f"{path / MANIFEST}: required entries {missing} are not listed in 'files'")
+    try:
+        present = {p.name for p in path.iterdir()}
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot list the bundle ({exc.strerror or exc})") from None
+    unlisted = sorted(present - set(listed) - {MANIFEST})
+    if unlisted:
+        raise BundleError(f"{path}: file(s) not listed in the manifest: {', '.join(unlisted)} "
+                          f"(a bundle holds exactly what its manifest hashes)")
     contents = {}
-    for name, meta in files.items():
-        fpath = path / name
-        if "/" in name or not fpath.is_file():
-            raise BundleError(f"{fpath}: listed in the manifest but missing")
-        data = fpath.read_bytes()
-        if len(data) != meta.get("bytes"):
-            raise BundleError(f"{fpath}: size {len(data)} bytes, manifest says {meta.get('bytes')} "
-                              f"(truncated or replaced)")
+    for name, meta in listed.items():
+        data = _read_regular(path / name, 1 << 40, expect=meta.bytes)
         digest = sha256_bytes(data)
-        if digest != meta.get("sha256"):
-            raise BundleError(f"{fpath}: sha256 {digest[:16]}… does not match the manifest's "
-                              f"{str(meta.get('sha256'))[:16]}… (file was modified)")
+        if digest != meta.sha256:
+            raise BundleError(f"{path / name}: sha256 {digest[:16]}… does not match the manifest's "
+                              f"{meta.sha256[:16]}… (file was modified)")
         contents[name] = data
     return contents
-
-
-def _load_npy(data: bytes, name: Path) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BundleError(f"{name}: not a valid .npy array ({exc})") from exc
 
 
 def load_bundle(path: str | Path) -> Bundle:
     """Load and verify a bundle; raises :class:`BundleError` naming the file and the problem."""
     path = Path(path)
-    manifest = read_manifest(path)
-    contents = verify_files(path, manifest)
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise BundleError(f"{path}: not a directory; a bundle is a directory")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: bundle directory not found") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot open the bundle directory ({exc.strerror or exc})") from None
     mpath = path / MANIFEST
     try:
-        spec = InputSpec.from_dict(manifest["input"])
-    except (ValueError, TypeError) as exc:
-        raise BundleError(f"{mpath}: bad 'input' spec: {exc}") from exc
-    bank = _load_npy(contents["bank.npy"], path / "bank.npy")
-    ext = manifest["extractor"]
-    if bank.ndim != 2 or bank.dtype != np.float32:
-        raise BundleError(f"{path / 'bank.npy'}: expected a 2-D float32 array, found {bank.dtype} {bank.shape}")
-    patches = ext.get("patches")
-    if patches is not None:   # patch extractor: output (h, w, C) per tile, bank rows are C-dim patches
-        try:
-            ph, pw, pdim = int(patches["grid"][0]), int(patches["grid"][1]), int(patches["dim"])
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BundleError(f"{mpath}: extractor.patches must be {{'grid': [h, w], 'dim': C}}, "
-                              f"found {patches!r}") from exc
-        if ph * pw * pdim != ext.get("output_dim"):
-            raise BundleError(f"{mpath}: extractor.patches {ph}x{pw}x{pdim} does not match the "
-                              f"extractor's output_dim {ext.get('output_dim')}")
-        if bank.shape[1] != pdim:
-            raise BundleError(f"{path / 'bank.npy'}: patch dimension {bank.shape[1]} does not match "
-                              f"extractor.patches dim {pdim}")
-    elif bank.shape[1] != ext.get("output_dim"):
-        raise BundleError(f"{path / 'bank.npy'}: feature dimension {bank.shape[1]} does not match the "
-                          f"extractor's output_dim {ext.get('output_dim')}")
-    if list(ext.get("input_shape", [])) != [*spec.size, 3]:
-        raise BundleError(f"{mpath}: extractor input_shape {ext.get('input_shape')} does not match "
-                          f"input size {list(spec.size)} x 3")
-    k = manifest["scoring"].get("k")
-    if not isinstance(k, int) or not 1 <= k <= bank.shape[0]:
-        raise BundleError(f"{mpath}: scoring.k={k!r} must be an integer in 1..{bank.shape[0]} (bank size)")
-    thr = manifest["threshold"].get("value")
-    if not isinstance(thr, (int, float)):
-        raise BundleError(f"{mpath}: threshold.value {thr!r} is not a number")
-    cal = None
-    if "calibration_scores.npy" in contents:
-        cal = _load_npy(contents["calibration_scores.npy"], path / "calibration_scores.npy")
-    arrays = {}
-    if "bank_tile_index.npy" in contents:
-        idx = _load_npy(contents["bank_tile_index.npy"], path / "bank_tile_index.npy")
-        n_tiles = len(spec.tile_boxes())
-        if idx.shape != (bank.shape[0],) or idx.min() < 0 or idx.max() >= n_tiles:
-            raise BundleError(f"{path / 'bank_tile_index.npy'}: expected {bank.shape[0]} tile positions in "
-                              f"0..{n_tiles - 1}, found shape {idx.shape}")
-        missing = sorted(set(range(n_tiles)) - set(idx.tolist()))
-        if missing:
-            raise BundleError(f"{path / 'bank_tile_index.npy'}: no bank features for tile positions {missing}")
-        arrays["bank_tile_index.npy"] = idx
-    return Bundle(path=path, manifest=manifest, input_spec=spec, extractor_bytes=contents["extractor.tflite"],
-                  bank=bank, calibration_scores=cal, arrays=arrays)
+        text = _read_regular(mpath, MAX_MANIFEST_BYTES)
+    except BundleError as exc:
+        if str(exc).endswith(": missing"):
+            raise BundleError(f"{mpath}: manifest missing; is {path} a model bundle?") from None
+        raise
+    manifest = Manifest.from_json(text, str(mpath))
+    contents = _listed_contents(path, manifest)
+    arrays = {name: _npy(contents[name], path / name) for name in ARRAY_ENTRIES if name in contents}
+    proj = manifest.scoring.projection
+    for name in ((proj.mean, proj.components) if proj else ()):
+        arrays[name] = _npy(contents[name], path / name)
+    _check_arrays(path, manifest, arrays)
+    return Bundle(path=path, manifest=manifest, digest=sha256_bytes(text), files=contents, arrays=arrays)
+
+
+def _check_arrays(path: Path, m: Manifest, arrays: dict[str, np.ndarray]) -> None:
+    """Shapes, types and finiteness of the arrays, and their consistency with the manifest."""
+    bank = arrays["bank.npy"]
+    where = path / "bank.npy"
+    if bank.ndim != 2 or bank.dtype != np.float32 or bank.shape[0] == 0:
+        raise BundleError(f"{where}: expected a non-empty 2-D float32 array, found {bank.dtype} {bank.shape}")
+    if bank.shape[1] != m.extractor.row_dim:
+        what = "patch dimension" if m.extractor.patches else "the extractor's output_dim"
+        raise BundleError(f"{where}: feature dimension {bank.shape[1]} does not match {what} {m.extractor.row_dim}")
+    _finite(bank, where)
+    need = 2 if m.scoring.method == "gauss" else m.scoring.k
+    if bank.shape[0] < need:
+        raise BundleError(f"{path / MANIFEST}: scoring.k={m.scoring.k} needs at least {need} bank rows, "
+                          f"bank.npy has {bank.shape[0]}")
+    cal = arrays.get("calibration_scores.npy")
+    if cal is not None:
+        if cal.ndim != 1 or cal.size == 0 or cal.dtype.kind != "f":
+            raise BundleError(f"{path / 'calibration_scores.npy'}: expected a non-empty 1-D float array, found "
+                              f"{cal.dtype} {cal.shape}")
+        _finite(cal, path / "calibration_scores.npy")
+    feats = arrays.get("calibration_features.npy")
+    if feats is not None and (feats.ndim != 2 or feats.shape[1] != bank.shape[1] or feats.dtype != np.float32):
+        raise BundleError(f"{path / 'calibration_features.npy'}: expected float32 (n, {bank.shape[1]}), found "
+                          f"{feats.dtype} {feats.shape}")
+    if feats is not None:
+        _finite(feats, path / "calibration_features.npy")
+    _check_tile_index(path, m, bank, arrays.get("bank_tile_index.npy"))
+    if m.scoring.projection is not None:
+        _check_projection(path, m, bank, arrays)
+
+
+def _finite(a: np.ndarray, where: Path) -> None:
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise BundleError(f"{where}: {bad} value(s) are NaN or infinite; expected finite numbers")
+
+
+def _check_tile_index(path: Path, m: Manifest, bank: np.ndarray, idx: np.ndarray | None) -> None:
+    per_position = m.scoring.bank_mode == "per_position"
+    if per_position != (idx is not None):
+        raise BundleError(f"{path / MANIFEST}: scoring.bank_mode is {m.scoring.bank_mode!r} but bank_tile_index.npy "
+                          f"is {'present' if idx is not None else 'missing'}")
+    if idx is None:
+        return
+    n_tiles = len(m.input.tile_boxes())
+    where = path / "bank_tile_index.npy"
+    if idx.shape != (bank.shape[0],) or idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= n_tiles:
+        raise BundleError(f"{where}: expected {bank.shape[0]} integer tile positions in 0..{n_tiles - 1}, found "
+                          f"{idx.dtype} {idx.shape}")
+    missing = sorted(set(range(n_tiles)) - set(np.unique(idx).tolist()))
+    if missing:
+        raise BundleError(f"{where}: no bank features for tile positions {missing}")
+    counts = np.bincount(idx, minlength=n_tiles)
+    need = 2 if m.scoring.method == "gauss" else m.scoring.k
+    if counts.min() < need:
+        raise BundleError(f"{where}: tile position {int(counts.argmin())} has {int(counts.min())} bank rows, "
+                          f"scoring needs at least {need}")
+
+
+def _check_projection(path: Path, m: Manifest, bank: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    p = m.scoring.projection
+    mean, comps = arrays[p.mean], arrays[p.components]
+    d = bank.shape[1]
+    if mean.shape != (d,) or comps.shape != (p.dims, d) or mean.dtype.kind != "f" or comps.dtype.kind != "f":
+        raise BundleError(f"{path / MANIFEST}: scoring.projection expects {p.mean} ({d},) and {p.components} "
+                          f"({p.dims}, {d}) float arrays, found {mean.dtype} {mean.shape} and {comps.dtype} {comps.shape}")
+    _finite(mean, path / p.mean)
+    _finite(comps, path / p.components)

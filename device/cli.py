@@ -21,45 +21,51 @@ from device.errors import AnomalyError
 log = logging.getLogger(__name__)
 
 # Modules adding subcommands (each optional: a missing one is skipped).
-COMMAND_MODULES = ("device.service_cli", "device.audit.cli")
+COMMAND_MODULES = ("device.service_cli", "device.audit.cli", "device.panel.cli", "device.lifecycle_cli")
 
 
 def _score(args) -> int:
     from device.detector import Detector
-    from device.errors import ImageError
     from device.preprocess import list_images
 
-    det = Detector.from_bundle(args.bundle, num_threads=args.threads, threshold=args.threshold,
-                               target_frr=args.target_frr)
     paths = list_images(args.images)
-    n_bad = n_reject = 0
-    for p in paths:
-        try:
-            s = det.score_one(p)
-        except ImageError as exc:
-            n_bad += 1
-            print(f"{p}\tERROR\t{exc}", flush=True)
-            continue
-        decision = "REJECT" if det.is_anomalous(s) else "PASS"
-        n_reject += decision == "REJECT"
-        if args.json:
-            print(json.dumps({"image": str(p), "score": s, "threshold": det.threshold,
-                              "threshold_source": det.threshold_source, "decision": decision,
-                              **{k: round(v, 3) for k, v in det.last_timing.items()}}), flush=True)
-        else:
-            print(f"{p}\t{s:.6f}\t{decision}\tthreshold={det.threshold:.6f}", flush=True)
-    print(f"# {len(paths)} images, {n_reject} rejected, {n_bad} unreadable", file=sys.stderr)
-    return 1 if n_bad else 0
+    counts = {"PASS": 0, "REJECT": 0, "ERROR": 0}
+    with Detector.from_bundle(args.bundle, threshold=args.threshold, target_frr=args.target_frr,
+                              num_threads=args.threads) as det:
+        for p in paths:
+            r = det.inspect(p)
+            counts[str(r.decision)] += 1
+            if args.json:
+                print(json.dumps({"image": str(p), "bundle_digest": det.bundle.digest, **r.record()}), flush=True)
+            elif r.score is None:
+                print(f"{p}\tERROR\t{r.reason}", flush=True)
+            else:
+                print(f"{p}\t{r.score:.6f}\t{r.decision}\tthreshold={r.threshold.value:.6f}", flush=True)
+    print(f"# {len(paths)} images: {counts['PASS']} passed, {counts['REJECT']} rejected, {counts['ERROR']} errors "
+          f"(threshold {det.threshold.value:.6f} from {det.threshold.source}; bundle {det.bundle.short_digest})",
+          file=sys.stderr)
+    return 1 if counts["ERROR"] else 0
 
 
 def _verify(args) -> int:
     from device.bundle import load_bundle
+    from device.detector import verify_runnable
 
     b = load_bundle(args.bundle)
+    run = verify_runnable(b)
     m = b.manifest
-    print(f"{b.path}: OK (schema {m['schema_version']}, {len(m['files'])} files verified, "
-          f"bank {b.bank.shape[0]}x{b.bank.shape[1]}, threshold {b.threshold:.6f}, "
-          f"extractor {m['extractor'].get('quantization')})")
+    info = {"bundle": str(b.path), "ok": True, "digest": b.digest, "schema_version": m.schema_version,
+            "migrated_from": m.migrated_from, "files": len(m.files), "bank": list(b.bank.shape),
+            "threshold": m.threshold.value, "target_frr": m.threshold.target_frr,
+            "quantization": m.extractor.quantization, "scoring": m.scoring.method, "k": m.scoring.k, **run}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{b.path}: OK, digest {b.digest[:16]} (schema {m.schema_version}"
+          f"{', migrated from 1' if m.migrated_from else ''}, {len(m.files)} files verified, "
+          f"bank {b.bank.shape[0]}x{b.bank.shape[1]}, {m.scoring.method} k={m.scoring.k}, "
+          f"threshold {m.threshold.value:.6f}, extractor {m.extractor.quantization}; test inference on "
+          f"{run['runtime']} {run['test_inference_ms']:.1f} ms)")
     return 0
 
 
@@ -72,15 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score images or folders; one line per image")
     s.add_argument("--bundle", required=True, help="model bundle directory")
     s.add_argument("images", nargs="+", help="image files or folders")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=count(1), default=1)
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, help="override the bundle threshold")
-    g.add_argument("--target-frr", type=float, help="threshold from the bundle's calibration scores")
+    g.add_argument("--threshold", type=finite, help="override the bundle threshold (a number >= 0)")
+    g.add_argument("--target-frr", type=finite, help="threshold from the bundle's calibration scores (0 <= rate < 1)")
     s.add_argument("--json", action="store_true", help="JSON lines with per-stage timing")
     s.set_defaults(func=_score)
 
-    v = sub.add_parser("verify", help="verify a bundle's hashes, schema and consistency")
+    v = sub.add_parser("verify", help="verify a bundle: hashes, schema, consistency, and one test inference")
     v.add_argument("bundle")
+    v.add_argument("--json", action="store_true", help="print what was checked as JSON")
     v.set_defaults(func=_verify)
 
     register_commands(sub, COMMAND_MODULES)
@@ -100,10 +107,36 @@ def register_commands(sub, modules) -> None:
         m.register(sub)
 
 
+def count(minimum: int = 1):
+    """argparse type: an integer >= ``minimum`` (``--frames``, ``--last``, ``--threads``)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, found {v}")
+        return v
+    return parse
+
+
+def finite(text: str) -> float:
+    """argparse type: a finite number (NaN and infinities are refused here, ranges by the command)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return v
+
+
 def main(argv=None) -> int:
+    """Run one subcommand. Exit codes: 0 OK, 1 the command's own failure (e.g. unscorable images),
+    2 bad input (config, bundle, arguments), 130 interrupted, 141 output pipe closed."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except AnomalyError as exc:
@@ -111,6 +144,11 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:     # `anomaly-device ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

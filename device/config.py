@@ -1,10 +1,18 @@
-"""Daemon configuration: one TOML file, validated in full before anything starts.
+"""Device configuration: one TOML file, validated in full before anything starts.
 
-Every unknown section or key and every bad value is reported, each with its
-``[section].key`` name, what was expected and what was found, in one
-:class:`~device.errors.ConfigError` (so an operator fixes the file in one pass).
+Each option is declared once, below, with its type, default, range and help text; the example
+file ``systemd/device.example.toml`` is generated from these declarations
+(``anomaly-device config-example``) and a test keeps it equal. Every unknown section or key and
+every bad value is reported with its ``[section].key`` name, what was expected and what was
+found, all in one :class:`~device.errors.ConfigError` (an operator fixes the file in one pass).
+Types are strict: ``true`` is not a number, ``"2"`` is not an integer, NaN and infinities are
+refused, a list is not a table.
 
-Example file (``systemd/device.example.toml`` has every key)::
+:func:`check_environment` adds what only the machine can tell (the journal folder is writable, the
+archive folder is not a file, the pin factory exists, the bundle loads and runs):
+``anomaly-device check-config`` runs it, and ``run`` fails on nothing that check-config passed.
+
+Example file::
 
     [bundle]
     path = "/var/lib/anomaly-device/bundle"
@@ -15,22 +23,30 @@ Example file (``systemd/device.example.toml`` has every key)::
     [outputs]
     reject_pin = 17
     reject_delay_ms = 400
-    reject_width_ms = 60
 
 Example:
     >>> cfg = parse_config({"bundle": {"path": "b"}, "camera": {"source": "folder", "path": "frames"}})
     >>> cfg.outputs.reject_width_ms, cfg.trigger.mode
     (50.0, 'free-run')
+    >>> parse_config({"bundle": {"path": "b", "threshold": float("nan")}})
+    Traceback (most recent call last):
+    ...
+    device.errors.ConfigError: <dict>: 1 problem(s):
+      [bundle].threshold: expected a finite number, found float nan
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import field_validator, model_validator
 
 from device.errors import ConfigError
+from device.schema import Field, FloatPair, IntQuad, Spec, ValidationError, problems, type_name
 
 log = logging.getLogger(__name__)
 
@@ -39,220 +55,235 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python < 3.11 (the Pi's Bookworm has 3.11)
     import tomli as tomllib
 
+MAX_CONFIG_BYTES = 1 << 20
+STATE_DIR = "/var/lib/anomaly-device"
 SOURCES = ("folder", "video", "opencv", "picamera2")
 TRIGGER_MODES = ("free-run", "gpio", "software")
-SAFE_LEVELS = ("inactive", "active")
-STREAMS = ("lores", "main")
-SYNC_MODES = ("normal", "full")
+
+Pin = Optional[int]
 
 
-@dataclasses.dataclass(frozen=True)
-class BundleConfig:
-    path: str = ""
-    threads: int = 1
-    threshold: float | None = None
-    target_frr: float | None = None
+def _pin(description: str, example: int):
+    return Field(None, ge=0, le=53, description=description + " (BCM number; omit: not used)",
+                 json_schema_extra={"example": example})
 
 
-@dataclasses.dataclass(frozen=True)
-class CameraConfig:
-    source: str = "folder"
-    path: str = ""                     # folder or video file (folder, video)
-    index: int = 0                     # USB camera index (opencv)
-    loop: bool = False                 # replay sources start again at the end
-    width: int = 640
-    height: int = 480
-    stream: str = "lores"              # picamera2 stream scored
-    exposure_us: int = 0               # 0 = auto (picamera2); fix it on a line
-    analogue_gain: float = 0.0         # 0 = auto
-    awb_gains: tuple[float, float] | None = None  # (red, blue) fixes white balance
-    roi: tuple[int, int, int, int] | None = None  # (x, y, w, h) crop before preprocessing
-    read_timeout_s: float = 2.0        # live sources: a read slower than this is a fault
-    retry_initial_s: float = 0.5
-    retry_max_s: float = 10.0
+class BundleConfig(Spec):
+    path: str = Field(min_length=1, description="model bundle directory (the active version; anomaly-train output "
+                                                "or anomaly-device deploy)",
+                      json_schema_extra={"example": f"{STATE_DIR}/bundle"})
+    threads: int = Field(1, ge=1, le=64, description="LiteRT threads (1 leaves cores for the camera)")
+    threshold: Optional[float] = Field(None, ge=0.0, description="override the bundle's threshold",
+                                       json_schema_extra={"example": 0.42})
+    target_frr: Optional[float] = Field(None, ge=0.0, lt=1.0, description="or: threshold from the bundle's "
+                                        "calibration scores at this false-reject rate",
+                                        json_schema_extra={"example": 0.01})
+    keep_versions: int = Field(5, ge=2, le=1000, description="bundle versions kept by deploy / learn / rollback")
 
 
-@dataclasses.dataclass(frozen=True)
-class TriggerConfig:
-    mode: str = "free-run"
-    rate_hz: float = 0.0               # free-run: 0 = as fast as frames come
-    pin: int | None = None             # gpio: photo-eye input
-    bounce_ms: float = 5.0
-    pull_up: bool = True
-    timeout_s: float = 1.0             # wait per trigger before feeding the watchdog again
+class CameraConfig(Spec):
+    source: Literal["folder", "video", "opencv", "picamera2"] = Field(
+        "picamera2", description='"picamera2" | "opencv" (USB index) | "video" (file) | "folder" (replay)')
+    path: str = Field("", description="folder or video file to replay (source = folder / video)",
+                      json_schema_extra={"example": "/srv/replay"})
+    index: int = Field(0, ge=0, le=63, description="USB camera index (source = opencv)")
+    loop: bool = Field(False, description="replay sources start again at the end")
+    width: int = Field(640, ge=8, le=10000, description="capture width (live cameras)")
+    height: int = Field(480, ge=8, le=10000, description="capture height (live cameras)")
+    stream: Literal["lores", "main"] = Field("lores", description='picamera2: "lores" (YUV, luminance) or "main" (RGB)')
+    exposure_us: int = Field(0, ge=0, le=10_000_000, description="0 = auto; fix it on a line so lighting drift is "
+                                                                 "not scored")
+    analogue_gain: float = Field(0.0, ge=0.0, le=64.0, description="0 = auto")
+    awb_gains: Optional[FloatPair] = Field(None, description="fixed white balance [red, blue] (two positive numbers)",
+                                           json_schema_extra={"example": [1.6, 1.4]})
+    roi: Optional[IntQuad] = Field(None, description="crop [x, y, width, height] before the bundle's preprocessing",
+                                   json_schema_extra={"example": [80, 40, 480, 400]})
+    read_timeout_s: float = Field(2.0, ge=0.0, le=600.0, description="live cameras: a read slower than this is a "
+                                                                     "fault (0 = no limit)")
+    retry_initial_s: float = Field(0.5, ge=0.001, le=600.0, description="camera fault back-off: initial, doubling")
+    retry_max_s: float = Field(10.0, ge=0.001, le=3600.0, description="camera fault back-off: longest wait")
+    max_pixels: int = Field(50_000_000, ge=64, le=1_000_000_000, description="frames with more pixels are ERROR "
+                                                                            "decisions (refused before decoding)")
+
+    @field_validator("awb_gains")
+    @classmethod
+    def _awb(cls, v):
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"expected two positive numbers [red, blue], found {list(v)}")
+        return v
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, v):
+        if v is not None and (min(v[:2]) < 0 or min(v[2:]) <= 0):
+            raise ValueError(f"expected [x, y, width, height] with x, y >= 0 and width, height > 0, found {list(v)}")
+        return v
 
 
-@dataclasses.dataclass(frozen=True)
-class OutputsConfig:
-    reject_pin: int | None = None
-    reject_active_high: bool = True
-    reject_delay_ms: float = 0.0       # trigger -> reject edge (conveyor distance)
-    reject_width_ms: float = 50.0
-    safe_level: str = "inactive"       # reject line when stopped or faulted
-    alarm_pin: int | None = None
-    alarm_active_high: bool = True
-    alarm_after_rejects: int = 0       # N rejects in a row raise the alarm (0 = never)
-    alarm_on_camera_fault: bool = True
-    alarm_on_model_error: bool = True
-    pin_factory: str = ""              # gpiozero pin factory name ("mock", "lgpio"); "" = gpiozero default
+class TriggerConfig(Spec):
+    mode: Literal["free-run", "gpio", "software"] = Field(
+        "free-run", description='"free-run" | "gpio" (photo-eye) | "software" (SIGUSR1)')
+    rate_hz: float = Field(0.0, ge=0.0, le=1000.0, description="free-run: 0 = as fast as frames come")
+    pin: Pin = Field(None, ge=0, le=53, description="gpio: photo-eye input (BCM number)", json_schema_extra={"example": 4})
+    bounce_ms: float = Field(5.0, ge=0.0, le=1000.0, description="photo-eye debounce")
+    pull_up: bool = Field(True, description="photo-eye input pull-up")
+    timeout_s: float = Field(1.0, ge=0.01, le=60.0, description="wait per trigger before feeding the watchdog again")
 
 
-@dataclasses.dataclass(frozen=True)
-class JournalConfig:
-    path: str = "journal.sqlite"
-    synchronous: str = "normal"        # SQLite synchronous in WAL mode
-    archive_dir: str = ""              # "" = no image archive
-    archive_pass_every: int = 0        # keep 1 of N passes (0 = rejects only)
-    archive_max_mb: float = 500.0
-    archive_max_age_days: float = 30.0
+class OutputsConfig(Spec):
+    reject_pin: Pin = Field(None, ge=0, le=53, description="reject actuator (BCM; omit: decisions journaled only)",
+                            json_schema_extra={"example": 17})
+    reject_active_high: bool = Field(True, description="reject line level when rejecting")
+    reject_delay_ms: float = Field(0.0, ge=0.0, le=600_000.0, description="trigger/capture -> reject edge "
+                                                                          "(conveyor distance / speed)")
+    reject_width_ms: float = Field(50.0, ge=0.1, le=60_000.0, description="reject pulse width")
+    safe_level: Literal["inactive", "active"] = Field(
+        "inactive", description='reject line while faulted or stopped: "inactive" | "active" (reject all)')
+    alarm_pin: Pin = _pin("alarm output", 27)
+    alarm_active_high: bool = Field(True, description="alarm line level when raised")
+    alarm_after_rejects: int = Field(0, ge=0, le=1_000_000, description="N rejects in a row raise the alarm (0 = never)")
+    alarm_on_camera_fault: bool = Field(True, description="raise the alarm while the camera is down")
+    alarm_on_model_error: bool = Field(True, description="raise the alarm while frames cannot be scored")
+    pin_factory: str = Field("", description='gpiozero pin factory: "" = default (lgpio on Bookworm); "mock" for '
+                                             'dry runs')
+    ready_pin: Pin = _pin("PLC handshake READY: high while the service can score", 5)
+    busy_pin: Pin = _pin("PLC handshake BUSY: from trigger to decision", 6)
+    result_pin: Pin = _pin("PLC handshake RESULT strobe: after each decision is journaled", 13)
+    pass_pin: Pin = _pin("PLC handshake PASS line, set with the strobe", 19)
+    fail_pin: Pin = _pin("PLC handshake FAIL line (REJECT or ERROR), set with the strobe", 26)
+    trigger_ack_pin: Pin = _pin("PLC handshake TRIGGER_ACK pulse", 12)
+    handshake_active_high: bool = Field(True, description="level of an active handshake line")
+    result_mode: Literal["pulse", "toggle"] = Field("pulse", description='RESULT: "pulse" (of result_width_ms) or '
+                                                                         '"toggle" (each result flips it)')
+    result_width_ms: float = Field(50.0, ge=1.0, le=10_000.0, description="RESULT / TRIGGER_ACK pulse width "
+                                                                          "(longer than the PLC scan)")
+    pass_fail_hold_ms: float = Field(0.0, ge=0.0, le=600_000.0, description="PASS/FAIL held this long "
+                                                                            "(0 = until the next trigger)")
+
+    def pins(self) -> dict[str, int]:
+        """Every output pin in use, by key."""
+        keys = ("reject_pin", "alarm_pin", "ready_pin", "busy_pin", "result_pin", "pass_pin", "fail_pin",
+                "trigger_ack_pin")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-@dataclasses.dataclass(frozen=True)
-class ServiceConfig:
-    camera_fault_grace_s: float = 30.0  # keep feeding the watchdog this long while retrying the camera
-    status_every_s: float = 60.0        # log a status line this often (0 = never)
+class JournalConfig(Spec):
+    path: str = Field(f"{STATE_DIR}/journal.sqlite", min_length=1,
+                      description="SQLite decision journal (a writable folder: the service's state directory)")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description='"normal" (WAL, crash-safe) | "full" (also power-loss-safe, slower)')
+    archive_dir: str = Field("", description='reject-image archive folder ("" = no archive)',
+                             json_schema_extra={"example": f"{STATE_DIR}/archive"})
+    archive_pass_every: int = Field(0, ge=0, le=1_000_000, description="also keep 1 of N passes (0 = rejects only)")
+    archive_max_mb: float = Field(500.0, ge=0.0, le=1e7, description="archive size cap")
+    archive_max_age_days: float = Field(30.0, ge=0.0, le=36500.0, description="archive age cap")
+    keep_days: float = Field(0.0, ge=0.0, le=36500.0, description="journal rows older than this are pruned "
+                                                                  "(0 = kept)")
+    max_mb: float = Field(0.0, ge=0.0, le=1e7, description="journal size cap; oldest rows pruned first (0 = none)")
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceConfig:
+class ServiceConfig(Spec):
+    camera_fault_grace_s: float = Field(30.0, ge=0.0, le=86400.0, description="keep feeding the watchdog this long "
+                                                                              "while the camera is down")
+    status_every_s: float = Field(60.0, ge=0.0, le=86400.0, description="log a status line this often (0 = never)")
+
+
+class DriftConfig(Spec):
+    enabled: bool = Field(True, description="watch PASS scores and image statistics for drift")
+    window: int = Field(500, ge=20, le=1_000_000, description="rolling window of recent frames compared")
+    warn_p: float = Field(0.01, gt=0.0, lt=1.0, description="p-value below which the state is 'warning'")
+    drift_p: float = Field(0.001, gt=0.0, lt=1.0, description="p-value below which the state is 'drift'")
+    brightness_tolerance: float = Field(0.15, gt=0.0, le=10.0, description="relative change of mean brightness "
+                                                                          "that counts as drift")
+    sharpness_tolerance: float = Field(0.5, gt=0.0, le=100.0, description="relative change of sharpness (variance "
+                                                                          "of the Laplacian) that counts as drift")
+    alarm: bool = Field(False, description="raise the alarm in the 'drift' state")
+
+    @model_validator(mode="after")
+    def _order(self) -> "DriftConfig":
+        if self.drift_p > self.warn_p:
+            raise ValueError(f"drift_p ({self.drift_p}) must be <= warn_p ({self.warn_p})")
+        return self
+
+
+SECTIONS: dict[str, type[Spec]] = {"bundle": BundleConfig, "camera": CameraConfig, "trigger": TriggerConfig,
+                                   "outputs": OutputsConfig, "journal": JournalConfig, "service": ServiceConfig,
+                                   "drift": DriftConfig}
+
+
+class DeviceConfig(Spec):
     bundle: BundleConfig
-    camera: CameraConfig
-    trigger: TriggerConfig
-    outputs: OutputsConfig
-    journal: JournalConfig
-    service: ServiceConfig
+    camera: CameraConfig = CameraConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    journal: JournalConfig = JournalConfig()
+    service: ServiceConfig = ServiceConfig()
+    drift: DriftConfig = DriftConfig()
     source_file: str = "<dict>"
 
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "DeviceConfig":
+        problems_ = cross_problems(self)
+        if problems_:
+            raise ValueError("\n".join(problems_))
+        return self
 
-SECTIONS = {"bundle": BundleConfig, "camera": CameraConfig, "trigger": TriggerConfig,
-            "outputs": OutputsConfig, "journal": JournalConfig, "service": ServiceConfig}
-REQUIRED = {("bundle", "path")}
-
-# key -> (kind, extra) for typed checks; kinds: int, float, bool, str, choice, pin, pair, roi
-_KINDS: dict[tuple[str, str], tuple[str, Any]] = {
-    ("bundle", "path"): ("str", None), ("bundle", "threads"): ("int", (1, 64)),
-    ("bundle", "threshold"): ("float?", None), ("bundle", "target_frr"): ("float?", (0.0, 0.999999)),
-    ("camera", "source"): ("choice", SOURCES), ("camera", "path"): ("str", None),
-    ("camera", "index"): ("int", (0, 63)), ("camera", "loop"): ("bool", None),
-    ("camera", "width"): ("int", (8, 10000)), ("camera", "height"): ("int", (8, 10000)),
-    ("camera", "stream"): ("choice", STREAMS), ("camera", "exposure_us"): ("int", (0, 10_000_000)),
-    ("camera", "analogue_gain"): ("float", (0.0, 64.0)), ("camera", "awb_gains"): ("pair", None),
-    ("camera", "roi"): ("roi", None), ("camera", "read_timeout_s"): ("float", (0.0, 600.0)),
-    ("camera", "retry_initial_s"): ("float", (0.001, 600.0)), ("camera", "retry_max_s"): ("float", (0.001, 3600.0)),
-    ("trigger", "mode"): ("choice", TRIGGER_MODES), ("trigger", "rate_hz"): ("float", (0.0, 1000.0)),
-    ("trigger", "pin"): ("pin", None), ("trigger", "bounce_ms"): ("float", (0.0, 1000.0)),
-    ("trigger", "pull_up"): ("bool", None), ("trigger", "timeout_s"): ("float", (0.01, 60.0)),
-    ("outputs", "reject_pin"): ("pin", None), ("outputs", "reject_active_high"): ("bool", None),
-    ("outputs", "reject_delay_ms"): ("float", (0.0, 600_000.0)),
-    ("outputs", "reject_width_ms"): ("float", (0.1, 60_000.0)),
-    ("outputs", "safe_level"): ("choice", SAFE_LEVELS), ("outputs", "alarm_pin"): ("pin", None),
-    ("outputs", "alarm_active_high"): ("bool", None), ("outputs", "alarm_after_rejects"): ("int", (0, 1_000_000)),
-    ("outputs", "alarm_on_camera_fault"): ("bool", None), ("outputs", "alarm_on_model_error"): ("bool", None),
-    ("outputs", "pin_factory"): ("str", None),
-    ("journal", "path"): ("str", None), ("journal", "synchronous"): ("choice", SYNC_MODES),
-    ("journal", "archive_dir"): ("str", None), ("journal", "archive_pass_every"): ("int", (0, 1_000_000)),
-    ("journal", "archive_max_mb"): ("float", (0.0, 1e7)), ("journal", "archive_max_age_days"): ("float", (0.0, 36500.0)),
-    ("service", "camera_fault_grace_s"): ("float", (0.0, 86400.0)), ("service", "status_every_s"): ("float", (0.0, 86400.0)),
-}
+    def replace(self, **sections) -> "DeviceConfig":
+        """A validated copy with whole sections or ``section={key: value}`` changes."""
+        doc = {k: getattr(self, k).model_dump() if k in SECTIONS else getattr(self, k) for k in type(self).model_fields}
+        for sec, change in sections.items():
+            doc[sec] = change if isinstance(change, Spec) or sec not in SECTIONS else {**doc[sec], **change}
+        return type(self).model_validate(doc)
 
 
-def _tname(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
-            dict: "table"}.get(type(v), type(v).__name__)
-
-
-def _check(kind: str, extra: Any, v: Any) -> tuple[Any, str | None]:
-    """Return ``(value, problem)``; ``problem`` says expected vs found."""
-    if kind in ("int", "pin"):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return v, f"expected an integer, found {_tname(v)} {v!r}"
-        lo, hi = extra if kind == "int" else (0, 53)
-        if not lo <= v <= hi:
-            return v, f"expected {lo}..{hi}, found {v}"
-        return v, None
-    if kind in ("float", "float?"):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return v, f"expected a number, found {_tname(v)} {v!r}"
-        if extra is not None and not extra[0] <= v <= extra[1]:
-            return v, f"expected {extra[0]}..{extra[1]}, found {v}"
-        return float(v), None
-    if kind == "bool":
-        return (v, None) if isinstance(v, bool) else (v, f"expected true or false, found {_tname(v)} {v!r}")
-    if kind == "str":
-        return (v, None) if isinstance(v, str) else (v, f"expected a string, found {_tname(v)} {v!r}")
-    if kind == "choice":
-        return (v, None) if v in extra else (v, f"expected one of {', '.join(map(repr, extra))}, found {v!r}")
-    if kind == "pair":
-        if (not isinstance(v, list) or len(v) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v)):
-            return v, f"expected [red_gain, blue_gain] (two positive numbers), found {v!r}"
-        return (float(v[0]), float(v[1])), None
-    if kind == "roi":
-        if (not isinstance(v, list) or len(v) != 4
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-                or v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
-            return v, f"expected [x, y, width, height] (integers, width and height > 0), found {v!r}"
-        return tuple(v), None
-    raise AssertionError(kind)
+def cross_problems(cfg: DeviceConfig) -> list[str]:
+    """What no single key can tell: options that exclude or need each other, pin collisions."""
+    p = []
+    b, cam, trig, out = cfg.bundle, cfg.camera, cfg.trigger, cfg.outputs
+    if b.threshold is not None and b.target_frr is not None:
+        p.append("[bundle].threshold and [bundle].target_frr: give one or the other, not both")
+    if cam.source in ("folder", "video") and not cam.path:
+        p.append(f"[camera].path: required when source = {cam.source!r} (the {cam.source} to replay)")
+    if trig.mode == "gpio" and trig.pin is None:
+        p.append("[trigger].pin: required when mode = 'gpio' (the photo-eye input pin)")
+    seen: dict[int, str] = {}
+    pins = ([("[trigger].pin", trig.pin)] if trig.mode == "gpio" else []) + \
+        [(f"[outputs].{k}", v) for k, v in out.pins().items()]
+    for name, pin in pins:
+        if pin in seen:
+            p.append(f"{name}: GPIO{pin} is already used by {seen[pin]}")
+        seen.setdefault(pin, name)
+    if cam.retry_max_s < cam.retry_initial_s:
+        p.append(f"[camera].retry_max_s: must be >= retry_initial_s ({cam.retry_initial_s}), found {cam.retry_max_s}")
+    return p
 
 
 def parse_config(data: Mapping[str, Any], source_file: str = "<dict>") -> DeviceConfig:
-    """Validate a parsed TOML document into a :class:`DeviceConfig`.
+    """Validate a parsed TOML document into a :class:`DeviceConfig` (relative paths taken from the
+    config file's folder).
 
     Raises:
         ConfigError: listing every problem, one per line, each naming ``[section].key``.
     """
-    problems: list[str] = []
-    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for sec, body in data.items():
-        if sec not in SECTIONS:
-            problems.append(f"[{sec}]: unknown section; expected one of {', '.join(SECTIONS)}")
+    lines = [f"[{sec}]: unknown section; expected one of {', '.join(SECTIONS)}"
+             for sec in data if sec not in SECTIONS]
+    lines += [f"{sec}: expected a table [{sec}], found {type_name(body)}"
+              for sec, body in data.items() if sec in SECTIONS and not isinstance(body, dict)]
+    doc = {sec: body for sec, body in data.items() if sec in SECTIONS and isinstance(body, dict)}
+    sections = {}
+    for sec, cls in SECTIONS.items():
+        if sec not in doc and (sec != "bundle" or "bundle" in data):
             continue
-        if not isinstance(body, dict):
-            problems.append(f"{sec}: expected a table [{sec}], found {_tname(body)}")
-            continue
-        fields = {f.name for f in dataclasses.fields(SECTIONS[sec])}
-        for key, v in body.items():
-            if key not in fields:
-                problems.append(f"[{sec}].{key}: unknown key; expected one of {', '.join(sorted(fields))}")
-                continue
-            kind, extra = _KINDS[(sec, key)]
-            value, problem = _check(kind, extra, v)
-            if problem:
-                problems.append(f"[{sec}].{key}: {problem}")
-            else:
-                values[sec][key] = value
-    for sec, key in sorted(REQUIRED):
-        if key not in values[sec] and not any(p.startswith(f"[{sec}].{key}:") for p in problems):
-            problems.append(f"[{sec}].{key}: required key missing")
-    _cross_checks(values, data, problems)
-    if problems:
-        raise ConfigError(f"{source_file}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    cfg = DeviceConfig(**{s: cls(**values[s]) for s, cls in SECTIONS.items()}, source_file=source_file)
-    return _resolve_paths(cfg, source_file)
-
-
-def _cross_checks(values: dict[str, dict[str, Any]], raw: Mapping[str, Any], problems: list[str]) -> None:
-    b, cam, trig, out = values["bundle"], values["camera"], values["trigger"], values["outputs"]
-    if b.get("threshold") is not None and b.get("target_frr") is not None:
-        problems.append("[bundle].threshold and [bundle].target_frr: give one or the other, not both")
-    src = cam.get("source", "folder")
-    if src in ("folder", "video") and not cam.get("path") and "path" not in raw.get("camera", {}):
-        problems.append(f"[camera].path: required when source = {src!r} (the {src} to replay)")
-    if trig.get("mode") == "gpio" and trig.get("pin") is None and "pin" not in raw.get("trigger", {}):
-        problems.append("[trigger].pin: required when mode = 'gpio' (the photo-eye input pin)")
-    pins = [(f"[trigger].pin", trig.get("pin") if trig.get("mode") == "gpio" else None),
-            ("[outputs].reject_pin", out.get("reject_pin")), ("[outputs].alarm_pin", out.get("alarm_pin"))]
-    seen: dict[int, str] = {}
-    for name, pin in pins:
-        if pin is None:
-            continue
-        if pin in seen:
-            problems.append(f"{name}: GPIO{pin} is already used by {seen[pin]}")
-        seen[pin] = name
-    if cam.get("retry_max_s", 10.0) < cam.get("retry_initial_s", 0.5):
-        problems.append(f"[camera].retry_max_s: must be >= retry_initial_s ({cam.get('retry_initial_s', 0.5)}), "
-                        f"found {cam.get('retry_max_s')}")
+        try:
+            sections[sec] = cls.model_validate(doc.get(sec, {}))
+        except ValidationError as exc:
+            lines += problems(exc, cls, f"[{sec}].")
+    if not lines:
+        try:
+            return _resolve_paths(DeviceConfig.model_validate({**sections, "source_file": source_file}), source_file)
+        except ValidationError as exc:
+            lines += [ln for e in exc.errors(include_url=False) for ln in e["msg"].removeprefix("Value error, ").split("\n")]
+    raise ConfigError(f"{source_file}: {len(lines)} problem(s):\n  " + "\n  ".join(lines))
 
 
 def _resolve_paths(cfg: DeviceConfig, source_file: str) -> DeviceConfig:
@@ -264,33 +295,154 @@ def _resolve_paths(cfg: DeviceConfig, source_file: str) -> DeviceConfig:
     def r(p: str) -> str:
         return str(base / p) if p and not Path(p).is_absolute() else p
 
-    return dataclasses.replace(
-        cfg,
-        bundle=dataclasses.replace(cfg.bundle, path=r(cfg.bundle.path)),
-        camera=dataclasses.replace(cfg.camera, path=r(cfg.camera.path)),
-        journal=dataclasses.replace(cfg.journal, path=r(cfg.journal.path), archive_dir=r(cfg.journal.archive_dir)))
+    return cfg.model_copy(update={
+        "bundle": cfg.bundle.model_copy(update={"path": r(cfg.bundle.path)}),
+        "camera": cfg.camera.model_copy(update={"path": r(cfg.camera.path)}),
+        "journal": cfg.journal.model_copy(update={"path": r(cfg.journal.path),
+                                                  "archive_dir": r(cfg.journal.archive_dir)})})
+
+
+def read_config_text(path: str | Path) -> str:
+    """The config file's text: a regular file of at most 1 MiB, UTF-8 (a byte-order mark is accepted)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file (a config is a TOML text file)")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {st.st_size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
 
 
 def load_config(path: str | Path) -> DeviceConfig:
     """Read and validate a TOML config file.
 
     Raises:
-        ConfigError: missing file, TOML syntax error (with line and column) or invalid content.
+        ConfigError: missing or unreadable file, TOML syntax error (with line and column) or
+            invalid content.
     """
-    path = Path(path)
+    text = read_config_text(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: TOML nesting too deep") from None
     return parse_config(data, str(path))
 
 
 def config_summary(cfg: DeviceConfig) -> dict[str, Any]:
-    """The configuration as a plain dict (for ``check-config`` and the journal)."""
-    return {s: dataclasses.asdict(getattr(cfg, s)) for s in SECTIONS}
+    """The configuration as a plain dict (for ``check-config --json`` and the journal)."""
+    return {s: getattr(cfg, s).model_dump(mode="json") for s in SECTIONS}
+
+
+# ------------------------------------------------------------------------------------ environment
+def check_environment(cfg: DeviceConfig, bundle: bool = True) -> list[str]:
+    """What ``run`` needs from the machine, as problems (empty: ``run`` will start). Checks the
+    journal folder, the archive folder, the pin factory and (``bundle``) that the bundle loads
+    and runs with the configured threshold."""
+    p = []
+    j = Path(cfg.journal.path)
+    if j.is_dir():
+        p.append(f"[journal].path: {j} is a directory; expected a database file path")
+    elif not _writable_dir(j.parent):
+        p.append(f"[journal].path: folder {j.parent} does not exist or is not writable by this user")
+    elif j.exists() and not os.access(j, os.R_OK | os.W_OK):
+        p.append(f"[journal].path: {j} is not readable and writable by this user")
+    if cfg.journal.archive_dir:
+        a = Path(cfg.journal.archive_dir)
+        if a.exists() and not a.is_dir():
+            p.append(f"[journal].archive_dir: {a} exists and is not a folder")
+        elif not _writable_dir(a if a.exists() else _existing_parent(a)):
+            p.append(f"[journal].archive_dir: {a} cannot be created or written by this user")
+    if cfg.outputs.pin_factory and not pin_factory_known(cfg.outputs.pin_factory):
+        p.append(f"[outputs].pin_factory: unknown gpiozero pin factory {cfg.outputs.pin_factory!r}; expected "
+                 f"'mock' or one of {', '.join(installed_pin_factories()) or 'the installed factories (none found)'}")
+    if bundle:
+        p += _bundle_problems(cfg)
+    return p
+
+
+def environment_warnings(cfg: DeviceConfig) -> list[str]:
+    """What ``run`` survives but an operator should know (it would wait for it as a camera fault)."""
+    w = []
+    if cfg.camera.source == "folder" and not Path(cfg.camera.path).is_dir():
+        w.append(f"[camera].path: folder {cfg.camera.path} not found (the service waits for it as a camera fault)")
+    if cfg.camera.source == "video" and not Path(cfg.camera.path).is_file():
+        w.append(f"[camera].path: video {cfg.camera.path} not found (the service waits for it as a camera fault)")
+    return w
+
+
+def _bundle_problems(cfg: DeviceConfig) -> list[str]:
+    from device.errors import AnomalyError
+
+    try:
+        from device.daemon import build_detector
+
+        build_detector(cfg).close()
+    except AnomalyError as exc:
+        return [f"[bundle].path: {exc}"]
+    return []
+
+
+def _writable_dir(d: Path) -> bool:
+    return d.is_dir() and os.access(d, os.W_OK | os.X_OK)
+
+
+def _existing_parent(p: Path) -> Path:
+    for parent in p.parents:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def installed_pin_factories() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group="gpiozero_pin_factories")})
+
+
+def pin_factory_known(name: str) -> bool:
+    return name.lower() == "mock" or name in installed_pin_factories() or name.lower() in installed_pin_factories()
+
+
+# ------------------------------------------------------------------------------------ example file
+def example_config() -> str:
+    """``systemd/device.example.toml``: every key with its default (or an example, commented out)
+    and its help, generated from the declarations above."""
+    out = ["# /etc/anomaly-device/device.toml - every key with its default; commented keys are optional.",
+           "# Generated by `anomaly-device config-example` from device/config.py (a test keeps it equal).",
+           "# Check it with: anomaly-device check-config --config /etc/anomaly-device/device.toml",
+           "# Relative paths are taken from this file's folder."]
+    for sec, cls in SECTIONS.items():
+        out += ["", f"[{sec}]"]
+        for name, f in cls.model_fields.items():
+            example = (f.json_schema_extra or {}).get("example")
+            if f.is_required():
+                line = f"{name} = {_toml(example)}"
+            elif f.default in (None, "") and example is not None:
+                line = f"# {name} = {_toml(example)}"
+            else:
+                line = f"{name} = {_toml(f.default)}"
+            out.append(f"{line:<43} # {f.description}")
+    return "\n".join(out) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)

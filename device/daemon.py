@@ -4,7 +4,7 @@ Order per part (the journal row is committed *before* any output acts on it)::
 
     t = trigger.wait()            free-run / photo-eye / software
     frame = camera.read()         CameraError -> fault: safe level, alarm, retry with back-off
-    score = detector.score_one()  (camera ROI crop first, then the bundle's preprocessing)
+    result = detector.inspect()   (camera ROI crop first; any failure is an ERROR result)
     journal.decision(...)         SQLite WAL commit
     reject.pulse(t + delay, width) on the scheduler thread; alarm; archive; WATCHDOG=1
 
@@ -32,7 +32,8 @@ import numpy as np
 
 from device.camera import CameraError, EndOfStream, FrameSource, make_source
 from device.config import DeviceConfig, load_config
-from device.errors import AnomalyError, BundleError, ConfigError
+from core.decision import Decision
+from device.errors import BundleError
 from device.journal import Journal
 from device.notify import Notifier
 
@@ -40,9 +41,9 @@ log = logging.getLogger(__name__)
 
 
 def build_detector(cfg: DeviceConfig):
-    """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector`.
-
-    A bundle carrying a projection (``scoring.projection``) is scored with its shortlist bank.
+    """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector` with the
+    configured threshold, and run one warm-up inference (a model that cannot run fails now, not on
+    the first part).
 
     Raises:
         BundleError: the bundle is missing, fails verification or cannot be run.
@@ -51,19 +52,17 @@ def build_detector(cfg: DeviceConfig):
     from device.detector import Detector
 
     bundle = load_bundle(cfg.bundle.path)
-    try:
-        det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=cfg.bundle.threshold,
-                       target_frr=cfg.bundle.target_frr)
-    except BundleError:
-        raise
-    except (ValueError, RuntimeError) as exc:
-        raise BundleError(f"{cfg.bundle.path}: bundle verified but cannot be run: {exc}") from exc
-    # One warm-up inference so the first part is not slow (and a broken model fails now).
+    thr = bundle.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
+    det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=thr)
     h, w = bundle.input_spec.size
     try:
-        det.score_batch(np.zeros((1, h, w, 3), np.uint8))
-    except Exception as exc:
-        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from exc
+        score = det.score_batch(np.zeros((1, h, w, 3), np.uint8))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the bundle cannot run
+        det.close()
+        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from None
+    if not np.isfinite(score).all():
+        det.close()
+        raise BundleError(f"{cfg.bundle.path}: test inference gave a non-finite score")
     return det
 
 
@@ -116,6 +115,7 @@ class Daemon:
         self.camera_fault_since: float | None = None
         self.model_error = False
         self.last_timing: dict[str, float] = {}
+        self.last_result = None
         self.t_ready: float | None = None
         self.t_start = time.monotonic()
         self._backoff = cfg.camera.retry_initial_s
@@ -185,8 +185,9 @@ class Daemon:
         except BundleError as exc:
             self.journal.event("bundle_error", str(exc))
             raise
-        log.info("bundle %s: threshold %.6f (%s), bank %s", self.cfg.bundle.path, self.detector.threshold,
-                 self.detector.threshold_source, self.detector.bundle.bank.shape)
+        log.info("bundle %s (%s): threshold %.6f (%s), bank %s", self.cfg.bundle.path,
+                 self.detector.bundle.short_digest, self.detector.threshold.value, self.detector.threshold.source,
+                 self.detector.bundle.bank.shape)
         self.outputs = self._make_outputs(self.cfg)
         self.trigger = self._make_trigger(self.cfg)
         self.archive = self._make_archive(self.cfg)
@@ -198,7 +199,8 @@ class Daemon:
             return
         self.outputs.run_mode()
         self.t_ready = time.monotonic()
-        self.journal.event("ready", f"{self.source.name}; start-to-ready {self.t_ready - self.t_start:.3f} s")
+        self.journal.event("ready", f"{self.source.name}; bundle {self.detector.bundle.digest}; "
+                                    f"start-to-ready {self.t_ready - self.t_start:.3f} s")
         self.notifier.ready(f"inspecting ({self.source.name})")
         log.info("ready in %.3f s: %s -> %s", self.t_ready - self.t_start, self.source.name,
                  f"GPIO{self.cfg.outputs.reject_pin}" if self.cfg.outputs.reject_pin is not None else "no reject line")
@@ -289,62 +291,84 @@ class Daemon:
         return True
 
     def _decide(self, frame, t_ref: float, capture_ms: float) -> None:
-        det, out_cfg = self.detector, self.cfg.outputs
+        """One part: score and decide (:meth:`Detector.inspect`, ERROR on any failure), journal the
+        row, then act on it (reject pulse, alarm), then archive the image (writer thread)."""
         t1 = time.perf_counter()
-        try:
-            image = crop(frame.image, self.cfg.camera.roi)
-            score = det.score_one(image)
-            timing = dict(det.last_timing)
-            tiles = None
-            if det.spec.tiled:   # the per-tile grid and the worst tile go into the decision record
-                worst = int(np.argmax(det.last_tile_scores))
-                tiles = {"tile_grid": det.last_tile_scores.reshape(det.spec.grid_shape).round(6).tolist(),
-                         "worst_tile": list(det.spec.tile_boxes()[worst]),
-                         "scores": det.last_tile_scores.copy()}
-                if det.patches > 1:   # patch bundle: the archive draws the finer patch map (writer thread)
-                    pgrid = det.bundle.manifest["extractor"]["patches"]["grid"]
-                    tiles["patch_scores"] = det.last_patch_scores.reshape(-1, *pgrid).copy()
-            t2 = time.perf_counter()
-            decision = "REJECT" if score > det.threshold else "PASS"
-            if self.model_error:
-                self.model_error = False
-                self.journal.event("model_ok", f"frame {frame.index} scored")
-        except Exception as exc:  # ImageError, interpreter failure, bad ROI: reject the part, alarm
-            score, timing, t2, decision, tiles = None, {}, time.perf_counter(), "ERROR", None
-            if not self.model_error:
-                log.error("frame %d (%s): cannot score: %s", frame.index, frame.name, exc)
-                self.journal.event("model_error", f"frame {frame.index}: {type(exc).__name__}: {exc}")
-            self.model_error = True
-        reject = decision != "PASS"
-        reject_at = t_ref + out_cfg.reject_delay_ms / 1e3 if reject and self.outputs.reject else None
+        result = self._inspect(frame)
+        self._track_model_state(frame, result)
+        out_cfg = self.cfg.outputs
+        reject_at = t_ref + out_cfg.reject_delay_ms / 1e3 if result.rejects and self.outputs.reject else None
         t3 = time.perf_counter()
-        timing.update(capture_ms=capture_ms, decision_ms=(t3 - t2) * 1e3)
-        row = self.journal.decision(frame.index, frame.name, score, det.threshold, decision, t_ref,
-                                    timing, reject_at, threshold_source=det.threshold_source, tiles=tiles)
+        timing = {**result.timing, "capture_ms": capture_ms, "decision_ms": (t3 - t1) * 1e3
+                  - sum(result.timing.values())}
+        row = self.journal.decision(
+            frame.index, frame.name, result.score, result.threshold.value, str(result.decision), t_ref, timing,
+            reject_at, threshold_source=result.threshold.source, bundle_digest=self.detector.bundle.digest,
+            reason=result.reason or None,
+            tiles={"tile_grid": result.tile_grid, "worst_tile": list(result.worst_tile)} if result.tile_grid else None)
         t4 = time.perf_counter()
         if reject_at is not None:
-            late = time.monotonic() - reject_at
-            if late > 0.002 and out_cfg.reject_delay_ms > 0:   # with no delay every pulse is "late"
-                log.warning("frame %d: reject pulse %.1f ms late (processing slower than the delay)",
-                            frame.index, late * 1e3)
-            self.outputs.reject.pulse(reject_at, out_cfg.reject_width_ms / 1e3)
-        self.rejects_in_row = self.rejects_in_row + 1 if reject else 0
+            self._schedule_reject(frame, reject_at, row)
+        self.rejects_in_row = self.rejects_in_row + 1 if result.rejects else 0
         self._update_alarm()
         self.frames += 1
-        if self.archive is not None:
-            every = self.cfg.journal.archive_pass_every
-            if not reject:
-                self.passes += 1
-            if reject or (every and (self.passes - 1) % every == 0):   # 1st pass, then 1 in N
-                overlay = ((tiles["scores"], det.spec, det.threshold, None, tiles.get("patch_scores"))
-                           if tiles else None)
-                path = self.archive.submit(frame.image if overlay is None else image, frame.index, decision,
-                                           overlay=overlay)
-                if path:
-                    self.journal.set_image(row, path)
+        self._archive(frame, result, row)
         timing["journal_ms"] = (t4 - t3) * 1e3
         timing["after_capture_ms"] = (t4 - t1) * 1e3
         self.last_timing = timing
+        self.last_result = result
+
+    def _inspect(self, frame):
+        """The frame's :class:`~device.detector.FrameResult`; a frame the source could not decode
+        or whose ROI does not fit is an ERROR result (fail closed), like any scoring failure."""
+        det = self.detector
+        error = getattr(frame, "error", None)
+        if error or frame.image is None:
+            return det.error(f"cannot decode frame: {error or 'no image'}")
+        try:
+            image = crop(frame.image, self.cfg.camera.roi)
+        except CameraError as exc:
+            return det.error(str(exc))
+        return det.inspect(image)
+
+    def _track_model_state(self, frame, result) -> None:
+        """``model_error`` / ``model_ok`` events on changes (not one per frame); the alarm follows
+        ``[outputs] alarm_on_model_error`` while frames cannot be scored."""
+        if result.decision is Decision.ERROR:
+            if not self.model_error:
+                log.error("frame %d (%s): %s", frame.index, frame.name, result.reason)
+                self.journal.event("model_error", f"frame {frame.index} ({frame.name}): {result.reason}")
+            self.model_error = True
+        elif self.model_error:
+            self.model_error = False
+            self.journal.event("model_ok", f"frame {frame.index} scored")
+
+    def _schedule_reject(self, frame, reject_at: float, row: int) -> None:
+        late = time.monotonic() - reject_at
+        if late > 0.002 and self.cfg.outputs.reject_delay_ms > 0:   # with no delay every pulse is "late"
+            log.warning("frame %d: reject pulse %.1f ms late (processing slower than the delay)",
+                        frame.index, late * 1e3)
+        self.outputs.reject.pulse(reject_at, self.cfg.outputs.reject_width_ms / 1e3)
+
+    def _archive(self, frame, result, row: int) -> None:
+        """Every reject and one pass in ``archive_pass_every`` (the first one included); tiled
+        bundles are saved with their tile (or patch) map drawn over the frame, off the frame path."""
+        if self.archive is None:
+            return
+        every = self.cfg.journal.archive_pass_every
+        if not result.rejects:
+            self.passes += 1
+        if not (result.rejects or (every and (self.passes - 1) % every == 0)):
+            return
+        overlay, image = None, frame.image
+        if image is None:
+            return
+        if result.tile_scores is not None and result.spec.tiled:
+            overlay = (result.tile_scores, result.spec, result.threshold.value, None, result.patch_scores)
+            image = crop(frame.image, self.cfg.camera.roi)
+        path = self.archive.submit(image, frame.index, str(result.decision), overlay=overlay)
+        if path:
+            self.journal.set_image(row, path)
 
     def _status(self) -> None:
         every = self.cfg.service.status_every_s
@@ -363,7 +387,7 @@ class Daemon:
         try:
             new = load_config(self.config_path) if self.config_path else old
             det = build_detector(new)
-        except (AnomalyError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the new ones, keep inspecting
             log.error("reload failed, keeping the running bundle and config: %s", exc)
             self.journal.event("reload_failed", str(exc))
             self.notifier.ready(f"reload failed: {str(exc)[:200]}")
@@ -377,7 +401,8 @@ class Daemon:
                 log.warning("reload: [%s] %s need a restart; keeping the running values", sec, ", ".join(changed))
                 new = dataclasses.replace(new, **{sec: dataclasses.replace(
                     getattr(new, sec), **{k: a[k] for k in changed})})
-        self.detector, self.cfg = det, new
+        old_det, self.detector, self.cfg = self.detector, det, new
+        old_det.close()
         if new.trigger != old.trigger:
             self.trigger.close()
             self.trigger = self._make_trigger(new)
@@ -386,7 +411,8 @@ class Daemon:
             self.camera_up = False
             self.source = make_source(new.camera)
             self._open_camera()
-        msg = f"bundle {new.bundle.path}, threshold {det.threshold:.6f} ({det.threshold_source})"
+        msg = (f"bundle {new.bundle.path} ({det.bundle.digest}), threshold {det.threshold.value:.6f} "
+               f"({det.threshold.source})")
         log.info("reloaded: %s", msg)
         self.journal.event("reload", msg)
         self.notifier.ready(f"reloaded: {msg}")

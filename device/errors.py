@@ -23,3 +23,7 @@ class ConfigError(AnomalyError, ValueError):
 
 class RuntimeMissingError(AnomalyError, ImportError):
     """No TFLite interpreter (ai_edge_litert, tflite_runtime, tensorflow.lite) is installed."""
+
+
+class ClosedError(AnomalyError, RuntimeError):
+    """An object (journal, outputs, archive, extractor, daemon) was used after ``close()``."""

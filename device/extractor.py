@@ -63,18 +63,24 @@ class TFLiteExtractor:
         num_threads: interpreter threads (1 on the Pi frame path leaves a core for the camera).
         pixel_scale, pixel_offset: float input = pixel * scale + offset, before any quantisation.
         runtime: force a runtime (see :func:`load_interpreter_class`).
+        name: how errors name the model (default: its path, or ``<bytes>``).
+
+    A context manager; :meth:`close` releases the interpreter (idempotent); a closed extractor
+    raises :class:`~device.errors.ClosedError`.
     """
 
     def __init__(self, model: str | Path | bytes, num_threads: int = 1,
-                 pixel_scale: float = 1.0, pixel_offset: float = 0.0, runtime: str | None = None):
+                 pixel_scale: float = 1.0, pixel_offset: float = 0.0, runtime: str | None = None,
+                 name: str | None = None):
         Interpreter, self.runtime = load_interpreter_class(runtime)
         self._content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
-        self._name = "<bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
+        self._name = name or ("<bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
         try:
             self._interp = Interpreter(model_content=self._content, num_threads=num_threads)
             self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"{self._name}: not a loadable TFLite model ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - runtimes raise ValueError, RuntimeError or their own
+            raise BundleError(f"{self._name}: not a loadable TFLite model ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]})") from None
         self.num_threads = num_threads
         self.pixel_scale = float(pixel_scale)
         self.pixel_offset = float(pixel_offset)
@@ -96,6 +102,16 @@ class TFLiteExtractor:
                              and abs(s - real_s) < 1e-9 and abs(zp + real_o / s) < 1e-6)
         # Every uint8 pixel value's model input, by the formula of _to_input_formula.
         self._lut = None if self._identity_u8 else self._to_input_formula(np.arange(256, dtype=np.uint8))
+
+    def close(self) -> None:
+        """Release the interpreter. Idempotent."""
+        self._interp = None
+
+    def __enter__(self) -> "TFLiteExtractor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def describe(self) -> dict:
         """What the manifest records about the model's interface."""
@@ -171,6 +187,10 @@ class TFLiteExtractor:
         if batch_u8.ndim != 4 or tuple(batch_u8.shape[1:]) != self.input_shape:
             raise ValueError(f"{self._name}: input batch must be (N, {', '.join(map(str, self.input_shape))}), "
                              f"found {batch_u8.shape}")
+        if self._interp is None:
+            from device.errors import ClosedError
+
+            raise ClosedError(f"{self._name}: extractor used after close()")
         n = batch_u8.shape[0]
         feats = np.empty((n, self.output_dim), np.float32)
         for i in range(0, n, max_batch):

@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -25,169 +24,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from device.errors import ImageError
+from device.manifest import COLOR_MODES, INTERPOLATIONS, RESIZE_MODES, InputSpec  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-COLOR_MODES = ("rgb", "grey")
-RESIZE_MODES = ("stretch", "letterbox", "center_crop")
-INTERPOLATIONS = ("area", "linear", "nearest")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """How a frame becomes network input.
-
-    Attributes:
-        size: network input (height, width) in pixels.
-        color: ``"rgb"`` keeps colour (grey frames are replicated to 3 channels);
-            ``"grey"`` converts to luminance first, then replicates (colour drift is not scored).
-        roi: optional crop ``(x, y, width, height)`` in source pixels, applied first.
-        resize: ``"stretch"`` (ignore aspect), ``"letterbox"`` (fit, pad with ``pad_value``)
-            or ``"center_crop"`` (fill, crop the excess).
-        interpolation: OpenCV interpolation used by the resize.
-        min_size: smallest accepted source side (after the ROI), in pixels.
-        pad_value: grey level of letterbox padding.
-        pixel_scale, pixel_offset: float network input = pixel * scale + offset
-            (MobileNetV2: 1/127.5 and -1, i.e. [-1, 1]).
-        working_size: with a tile grid, the (height, width) the frame (or ROI) is first
-            brought to (with ``resize``); tiles are cut from it and each stretched to ``size``.
-        grid, overlap: tile grid as (rows, columns), neighbours overlapping by ``overlap``
-            (a fraction of the tile, 0 <= overlap < 1).
-        tile, stride: alternatively, tile (height, width) and stride in working-size pixels;
-            the last row/column is aligned to the far edge so the whole frame is covered.
-    """
-
-    size: tuple[int, int] = (96, 96)
-    color: str = "rgb"
-    roi: tuple[int, int, int, int] | None = None
-    resize: str = "stretch"
-    interpolation: str = "area"
-    min_size: int = 8
-    pad_value: int = 0
-    pixel_scale: float = 1.0 / 127.5
-    pixel_offset: float = -1.0
-    working_size: tuple[int, int] | None = None
-    grid: tuple[int, int] | None = None
-    overlap: float = 0.0
-    tile: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-
-    def __post_init__(self):
-        problems = []
-        if len(self.size) != 2 or min(self.size) < 8:
-            problems.append(f"size must be (height, width) >= 8 px, found {self.size!r}")
-        if self.color not in COLOR_MODES:
-            problems.append(f"color must be one of {COLOR_MODES}, found {self.color!r}")
-        if self.resize not in RESIZE_MODES:
-            problems.append(f"resize must be one of {RESIZE_MODES}, found {self.resize!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            problems.append(f"interpolation must be one of {INTERPOLATIONS}, found {self.interpolation!r}")
-        if self.roi is not None and (len(self.roi) != 4 or self.roi[2] <= 0 or self.roi[3] <= 0
-                                     or self.roi[0] < 0 or self.roi[1] < 0):
-            problems.append(f"roi must be (x, y, width, height) with width, height > 0, found {self.roi!r}")
-        if self.min_size < 1:
-            problems.append(f"min_size must be >= 1, found {self.min_size!r}")
-        problems += self._grid_problems()
-        if problems:
-            raise ValueError("invalid input spec: " + "; ".join(problems))
-
-    def _grid_problems(self) -> list[str]:
-        tiled = self.grid is not None or self.tile is not None
-        if not tiled:
-            return [] if self.working_size is None else ["working_size is set but no grid or tile is declared"]
-        p = []
-        if self.grid is not None and self.tile is not None:
-            p.append("declare either grid (rows, columns) or tile + stride, not both")
-        if self.working_size is None or len(self.working_size) != 2 or min(self.working_size) < 8:
-            p.append(f"a tile grid needs working_size (height, width) >= 8 px, found {self.working_size!r}")
-            return p
-        wh, ww = self.working_size
-        if self.grid is not None:
-            if len(self.grid) != 2 or min(self.grid) < 1:
-                p.append(f"grid must be (rows, columns) >= 1, found {self.grid!r}")
-            if not 0.0 <= self.overlap < 1.0:
-                p.append(f"overlap must be in [0, 1) of a tile, found {self.overlap!r}")
-            if not p and min(_grid_axis(wh, self.grid[0], self.overlap)[0], _grid_axis(ww, self.grid[1], self.overlap)[0]) < 8:
-                p.append(f"grid {self.grid} with overlap {self.overlap} cuts tiles under 8 px from working size "
-                         f"{wh}x{ww}")
-        if self.tile is not None:
-            if self.stride is None or len(self.stride) != 2 or min(self.stride) < 1:
-                p.append(f"stride must be (rows, columns) >= 1 px, found {self.stride!r}")
-            if len(self.tile) != 2 or min(self.tile) < 8:
-                p.append(f"tile must be (height, width) >= 8 px, found {self.tile!r}")
-            elif self.tile[0] > wh or self.tile[1] > ww:
-                p.append(f"tile {self.tile[0]}x{self.tile[1]} is larger than the working size {wh}x{ww}")
-        return p
-
-    @property
-    def tiled(self) -> bool:
-        return self.grid is not None or self.tile is not None
-
-    def tile_boxes(self) -> list[tuple[int, int, int, int]]:
-        """Tile boxes ``(x, y, width, height)`` in working-size pixels, row-major; one box
-        covering the network input when there is no grid."""
-        return _tile_boxes(self)
-
-    def _compute_tile_boxes(self) -> list[tuple[int, int, int, int]]:
-        if not self.tiled:
-            return [(0, 0, self.size[1], self.size[0])]
-        wh, ww = self.working_size
-        if self.grid is not None:
-            th, ys = _grid_axis(wh, self.grid[0], self.overlap)
-            tw, xs = _grid_axis(ww, self.grid[1], self.overlap)
-        else:
-            th, ys = self.tile[0], _stride_axis(wh, self.tile[0], self.stride[0])
-            tw, xs = self.tile[1], _stride_axis(ww, self.tile[1], self.stride[1])
-        return [(x, y, tw, th) for y in ys for x in xs]
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """(rows, columns) of the tile grid; (1, 1) without one."""
-        boxes = self.tile_boxes()
-        return len({b[1] for b in boxes}), len({b[0] for b in boxes})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("size", "roi", "working_size", "grid", "tile", "stride"):
-            d[key] = list(d[key]) if d[key] is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"input spec: unknown keys {unknown}; expected some of {sorted(known)}")
-        d = dict(d)
-        for key in ("size", "roi", "working_size", "grid", "tile", "stride"):
-            if d.get(key) is not None:
-                d[key] = tuple(int(v) for v in d[key])
-        return cls(**d)
-
-    def replace(self, **changes) -> "InputSpec":
-        return dataclasses.replace(self, **changes)
-
-
-@functools.lru_cache(maxsize=64)
-def _tile_boxes(spec: InputSpec) -> list[tuple[int, int, int, int]]:
-    return spec._compute_tile_boxes()
-
-
-def _grid_axis(length: int, n: int, overlap: float) -> tuple[int, list[int]]:
-    """Tile length and start offsets for ``n`` tiles overlapping by ``overlap`` over ``length``."""
-    tile = int(round(length / (n - (n - 1) * overlap)))
-    tile = min(tile, length)
-    if n == 1:
-        return tile, [0]
-    return tile, [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
-
-
-def _stride_axis(length: int, tile: int, stride: int) -> list[int]:
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
 
 
 def _cv2():
@@ -196,52 +37,130 @@ def _cv2():
     return cv2
 
 
-def decode_image(source: str | Path | bytes | np.ndarray) -> np.ndarray:
+#: Frames above this many pixels are refused (:class:`ImageError`, an ERROR decision) before they are
+#: decoded where the file's header tells the size, so one huge file cannot exhaust memory or stall the
+#: frame loop past the watchdog. Process-wide, like Pillow's ``Image.MAX_IMAGE_PIXELS``: the daemon
+#: sets it from ``[camera] max_pixels``.
+MAX_PIXELS = 50_000_000
+_BYTES_PER_PIXEL_MAX = 8          # no encoded image of the limit's size needs more bytes per pixel than this
+
+
+def _too_large(name: str, limit: int, w: int | None = None, h: int | None = None, n: int | None = None) -> ImageError:
+    what = f"{w}x{h} image ({w * h:,} pixels)" if w is not None else f"image of {n:,} pixels"
+    return ImageError(f"{name}: {what} is above the limit of {limit:,} pixels ([camera] max_pixels)")
+
+
+def _header_size(fp) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header (Pillow reads the header only), or None when
+    Pillow is not installed or does not know the format (OpenCV then decodes and the size is checked
+    after). Raises ImageError through :func:`_too_large` for Pillow's own decompression-bomb limit."""
+    try:
+        from PIL import Image
+    except ImportError:   # pragma: no cover - Pillow is in the device extra
+        return None
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(m.group(1)), 1) if m else (2 ** 31, 1)
+    except Exception:     # unknown to Pillow, truncated, not an image: OpenCV decides
+        return None
+
+
+def decode_image(source: str | Path | bytes | np.ndarray, max_pixels: int | None = None) -> np.ndarray:
     """Decode a file, encoded bytes or an array into a uint8 RGB (H, W, 3) or grey (H, W) array.
 
+    Args:
+        source: image file, encoded bytes, or an array (checked, not copied).
+        max_pixels: refuse images with more pixels (default :data:`MAX_PIXELS`); files are checked
+            from their header before anything is allocated.
+
     Raises:
-        ImageError: unreadable, undecodable or empty input (the message names the file).
+        ImageError: unreadable, undecodable, empty or oversized input (the message names the file).
+
+    Example:
+        >>> decode_image(np.zeros((4, 6, 3), np.uint8)).shape
+        (4, 6, 3)
+        >>> decode_image(np.zeros((4, 6), np.uint8), max_pixels=20)
+        Traceback (most recent call last):
+        ...
+        device.errors.ImageError: array: 6x4 image (24 pixels) is above the limit of 20 pixels ([camera] max_pixels)
     """
-    cv2 = _cv2()
+    limit = int(MAX_PIXELS if max_pixels is None else max_pixels)
     if isinstance(source, np.ndarray):
-        img = source
+        img = _check_array(source)
         name = "array"
-        if img.ndim == 3 and img.shape[2] == 1:
-            img = img[:, :, 0]
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = img[:, :, :3]
-        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
-            raise ImageError(f"array image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); found shape {img.shape}")
-        if img.dtype != np.uint8:
-            raise ImageError(f"array image must be uint8, found {img.dtype}")
     else:
-        if isinstance(source, (bytes, bytearray)):
-            buf = np.frombuffer(source, np.uint8)
-            name = "<bytes>"
-        else:
-            name = str(source)
-            try:
-                buf = np.fromfile(name, np.uint8)
-            except OSError as exc:
-                raise ImageError(f"{name}: cannot read image file ({exc.strerror or exc})") from exc
-        if buf.size == 0:
-            raise ImageError(f"{name}: empty file, expected an encoded image")
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ImageError(f"{name}: cannot decode image ({buf.size} bytes; expected PNG/JPEG/BMP/TIFF/WebP)")
-        if img.dtype == np.uint16:
-            img = (img >> 8).astype(np.uint8)
-        elif img.dtype != np.uint8:
-            raise ImageError(f"{name}: unsupported pixel type {img.dtype}, expected 8- or 16-bit")
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        elif img.ndim == 3 and img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.ndim == 3 and img.shape[2] == 1:
-            img = img[:, :, 0]
+        img, name = _decode_encoded(source, limit)
     if img.size == 0 or min(img.shape[:2]) == 0:
         raise ImageError(f"{name}: empty image (shape {img.shape})")
+    if img.shape[0] * img.shape[1] > limit:
+        raise _too_large(name, limit, img.shape[1], img.shape[0])
     return img
+
+
+def _check_array(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise ImageError(f"array image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); found shape {img.shape}")
+    if img.dtype != np.uint8:
+        raise ImageError(f"array image must be uint8, found {img.dtype}")
+    return img
+
+
+def _read_encoded(source: str | Path | bytes, limit: int) -> tuple[np.ndarray, str]:
+    """The encoded bytes, after the header's size was checked against ``limit``."""
+    import io
+    import os
+
+    if isinstance(source, (bytes, bytearray)):
+        name = "<bytes>"
+        size = _header_size(io.BytesIO(source))
+        if size is not None and size[0] * size[1] > limit:
+            raise _too_large(name, limit, *size) if size[1] > 1 else _too_large(name, limit, n=size[0])
+        return np.frombuffer(source, np.uint8), name
+    name = str(source)
+    try:
+        n_bytes = os.path.getsize(name)
+        if n_bytes > limit * _BYTES_PER_PIXEL_MAX + (1 << 20):
+            raise ImageError(f"{name}: {n_bytes:,} bytes, too large for an image within the limit of "
+                             f"{limit:,} pixels ([camera] max_pixels)")
+        size = _header_size(name) if n_bytes else None
+        if size is not None and size[0] * size[1] > limit:
+            raise _too_large(name, limit, *size) if size[1] > 1 else _too_large(name, limit, n=size[0])
+        return np.fromfile(name, np.uint8), name
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read image file ({exc.strerror or exc})") from exc
+
+
+def _decode_encoded(source: str | Path | bytes, limit: int) -> tuple[np.ndarray, str]:
+    cv2 = _cv2()
+    buf, name = _read_encoded(source, limit)
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file, expected an encoded image")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{name}: cannot decode image ({buf.size} bytes; expected PNG/JPEG/BMP/TIFF/WebP)")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"{name}: unsupported pixel type {img.dtype}, expected 8- or 16-bit")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return img, name
 
 
 _INTERP = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "nearest": "INTER_NEAREST"}
@@ -263,6 +182,9 @@ _INTERP = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "nearest": "INTER_NEA
 # multi-megabyte arrays every frame cost more in page faults than the arithmetic.
 
 _AREA_BUFFERS_PER_THREAD = 2
+#: Work buffers kept per thread, in bytes: a set larger than this is allocated for its frame and
+#: freed after it (one huge frame must not leave hundreds of MB behind).
+AREA_CACHE_BYTES = 64 * 1024 * 1024
 _area_local = threading.local()
 
 
@@ -294,16 +216,25 @@ def _area_plan(shape: tuple, boxes: tuple, out_hw: tuple):
 
 
 def _area_buffers(key: tuple, specs: list) -> list[np.ndarray]:
+    """Work buffers for ``key``, kept per thread (the most recent sets, at most :data:`AREA_CACHE_BYTES`)."""
     cache = getattr(_area_local, "buffers", None)
     if cache is None:
         cache = _area_local.buffers = {}
     bufs = cache.pop(key, None)
     if bufs is None:
         bufs = [np.empty(shape, dtype) for shape, dtype in specs]
+    if sum(b.nbytes for b in bufs) > AREA_CACHE_BYTES:
+        return bufs                                                   # used for this frame only
     cache[key] = bufs                                                 # most recent last
-    while len(cache) > _AREA_BUFFERS_PER_THREAD:
+    while len(cache) > _AREA_BUFFERS_PER_THREAD or area_cache_bytes() > AREA_CACHE_BYTES:
         cache.pop(next(iter(cache)))
     return bufs
+
+
+def area_cache_bytes() -> int:
+    """Bytes of area work buffers kept by the calling thread."""
+    cache = getattr(_area_local, "buffers", None) or {}
+    return sum(b.nbytes for bufs in cache.values() for b in bufs)
 
 
 # Cost model (ns, measured on the 2-core x86 benchmark machine): OpenCV INTER_AREA ~2.7 per source
@@ -345,14 +276,16 @@ def _area_boxes(img: np.ndarray, boxes, out_hw: tuple[int, int]) -> np.ndarray |
     r0, r1, fy, c0, c1, fx, ny, nx, inv_area = plan
     H, W = img.shape[:2]
     ch = img.shape[2:]
-    idepth = np.int32 if 255 * H * W < 2 ** 31 else np.float64
+    if 255 * H * W >= 2 ** 31:   # a float64 integral of the whole frame (8 B/px): OpenCV's resize needs none
+        return None
+    idepth = np.int32
     n, m = len(r0), len(c0)
     integ, top, step, rows, a, b, s = _area_buffers(key, [
         ((H + 1, W + 1) + ch, idepth), ((n, W + 1) + ch, idepth), ((n, W + 1) + ch, idepth),
         ((n, W + 1) + ch, np.float64), ((n, m) + ch, np.float64), ((n, m) + ch, np.float64),
         ((ny, oh, nx, ow) + ch, np.float64)])
     cv2 = _cv2()
-    integ = cv2.integral(np.ascontiguousarray(img), sum=integ, sdepth=cv2.CV_32S if idepth is np.int32 else cv2.CV_64F)
+    integ = cv2.integral(np.ascontiguousarray(img), sum=integ, sdepth=cv2.CV_32S)
     # integral at the fractional box rows (linear along y: top + fy * (next row - top), the step
     # being an exact integer row sum), then at the fractional columns
     np.take(integ, r0, axis=0, out=top)
@@ -494,11 +427,6 @@ def preprocess(source: str | Path | bytes | np.ndarray, spec: InputSpec) -> np.n
         uint8 array (T, H, W, 3), RGB; T = number of tiles (1 without a grid).
     """
     return cut_tiles(_prepare(source, spec), spec)
-
-
-def to_float_input(batch_u8: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 pixels -> float32 network input, as the manifest declares."""
-    return batch_u8.astype(np.float32) * np.float32(spec.pixel_scale) + np.float32(spec.pixel_offset)
 
 
 def list_images(paths: Iterable[str | Path], recursive: bool = True) -> list[Path]:

@@ -25,7 +25,7 @@ import numpy as np
 from device.bundle import load_bundle, npy_bytes, write_bundle
 from device.errors import BundleError
 from device.scoring import ProjectedKNNScorer, fit_pca
-from device.threshold import describe_calibration
+from core.threshold import describe_calibration
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,10 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
         summary dict (dims, explained variance, old and new threshold).
     """
     b = load_bundle(src)
+    m = b.manifest
     if b.scoring_method != "knn":
         raise BundleError(f"{src}: only k-NN bundles can be projected (scoring.method is {b.scoring_method!r})")
-    if b.manifest["scoring"].get("projection"):
+    if m.scoring.projection is not None:
         raise BundleError(f"{src}: bundle already has a scoring.projection")
     if b.tile_index is not None:
         raise BundleError(f"{src}: bundle has per-position banks (bank_tile_index.npy); only a shared bank can be "
@@ -70,29 +71,32 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
         frag, files = projection_entries(b.bank, dims, rerank, shortlist)
     except ValueError as exc:
         raise BundleError(f"{src}: {exc}") from exc
-    manifest = {k: v for k, v in b.manifest.items() if k not in ("schema", "schema_version", "created", "files")}
+    manifest = m.body()
     manifest["scoring"] = {**manifest["scoring"], "projection": frag}
-    entries = {name: b.path / name for name in b.manifest["files"] if name not in files}
+    entries = {name: data for name, data in b.files.items() if name not in files}
     entries.update(files)
-    thr_value = b.threshold
+    thr_value = b.threshold.value
     if not rerank:
         if b.bank.shape[0] <= b.k:
             raise BundleError(f"{src}: bank of {b.bank.shape[0]} features is too small to calibrate leave-one-out")
         mean, comps = np.load(io.BytesIO(files[MEAN_FILE])), np.load(io.BytesIO(files[COMPONENTS_FILE]))
         loo = ProjectedKNNScorer(b.bank, b.k, mean, comps).leave_one_out()
-        frr = target_frr if target_frr is not None else float(b.manifest["threshold"].get("target_frr", 0.01))
+        frr = target_frr if target_frr is not None else m.threshold.target_frr
         how = f"leave-one-out on the PCA-{dims} bank"
         n_tiles = len(b.input_spec.tile_boxes())
         if n_tiles > 1:   # a frame scores its worst tile: calibrate on maxima of n_tiles leave-one-out scores
             rng = np.random.default_rng(0)
             loo = loo[rng.integers(0, len(loo), (max(500, len(loo) // n_tiles), n_tiles))].max(axis=1)
             how += f", maxima of random groups of {n_tiles} tile scores (the bank keeps no frame grouping)"
-        thr = describe_calibration(loo, frr, how)
-        manifest["threshold"] = {**thr, "previous": b.manifest["threshold"]}
+        try:
+            thr = describe_calibration(loo, frr, how)
+        except ValueError as exc:
+            raise BundleError(f"{src}: {exc}") from None
+        manifest["threshold"] = {**thr, "previous": manifest["threshold"]}
         entries["calibration_scores.npy"] = npy_bytes(loo.astype(np.float32))
         thr_value = thr["value"]
     write_bundle(dest, manifest, entries)
     out = {"dest": str(dest), "dims": dims, "explained_variance": frag["explained_variance"], "rerank": rerank,
-           "threshold": thr_value, "previous_threshold": b.threshold}
+           "threshold": thr_value, "previous_threshold": b.threshold.value}
     log.info("projected bundle written: %s", out)
     return out

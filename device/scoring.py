@@ -147,18 +147,28 @@ class GaussianScorer:
         return self.score(self.bank)
 
 
-SCORING_METHODS = ("knn", "lof", "gauss")
+SCORERS: dict[str, type] = {"knn": KNNScorer, "lof": LOFScorer, "gauss": GaussianScorer}
+"""The scorer plug-ins by manifest name (``scoring.method``); each class takes ``(bank, k)``
+and offers ``score(feats) -> (M,)`` and ``leave_one_out() -> (N,)``. Register a new one with
+:func:`register_scorer`."""
+SCORING_METHODS = tuple(SCORERS)
+
+
+def register_scorer(name: str):
+    """Class decorator adding a scorer plug-in under ``name`` (the manifest's ``scoring.method``)."""
+    def add(cls):
+        SCORERS[name] = cls
+        return cls
+    return add
 
 
 def make_scorer(method: str, bank: np.ndarray, k: int):
     """Scorer named by the manifest's ``scoring.method``."""
-    if method == "knn":
-        return KNNScorer(bank, k)
-    if method == "lof":
-        return LOFScorer(bank, k)
-    if method == "gauss":
-        return GaussianScorer(bank, k)
-    raise ValueError(f"unknown scoring method {method!r}; expected one of {', '.join(SCORING_METHODS)}")
+    try:
+        cls = SCORERS[method]
+    except KeyError:
+        raise ValueError(f"unknown scoring method {method!r}; expected one of {', '.join(SCORERS)}") from None
+    return cls(bank, k)
 
 
 def kcenter_greedy(feats: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
@@ -188,6 +198,31 @@ def subsample_bank(feats: np.ndarray, max_size: int | None, method: str = "cores
     if method == "random":
         return np.sort(np.random.default_rng(seed).choice(n, max_size, replace=False))
     raise ValueError(f"unknown bank subsampling {method!r}; expected 'coreset' or 'random'")
+
+
+PATCH_BANK_DEFAULT = 20000    # patch rows kept when no cap is given (frames bring millions)
+PATCH_CORESET_POOL = 50000    # k-center greedy runs on a random pool of at most this many patch rows
+
+
+def bank_rows(feats: np.ndarray, max_size: int | None, method: str, scoring: str, patches: int,
+              seed: int = 0) -> np.ndarray:
+    """Indices of the bank rows kept (the trainer's and the device's ``learn`` rule).
+
+    Pooled features (``patches == 1``): :func:`subsample_bank`. Patch rows: random for ``gauss``
+    scoring (the Gaussian must see the real distribution; a coreset over-weights the rare rows),
+    else k-center greedy on a random pool (a coreset of millions of rows is out of reach); at most
+    ``max_size`` or :data:`PATCH_BANK_DEFAULT` rows.
+    """
+    if patches == 1:
+        return subsample_bank(feats, max_size, method, seed)
+    m = max_size or PATCH_BANK_DEFAULT
+    if len(feats) <= m:
+        return np.arange(len(feats))
+    rng = np.random.default_rng(seed)
+    if scoring == "gauss" or method == "random":
+        return np.sort(rng.choice(len(feats), m, replace=False))
+    pool = np.sort(rng.choice(len(feats), min(len(feats), max(m, PATCH_CORESET_POOL)), replace=False))
+    return pool[subsample_bank(feats[pool], m, method, seed)]
 
 
 # --------------------------------------------------------------------------- projected bank
@@ -271,45 +306,6 @@ class ProjectedKNNScorer:
         return self.knn.leave_one_out()
 
 
-def scorer_for_bundle(bundle):
-    """The scorer a loaded bundle asks for, honouring an optional ``scoring.projection``.
-
-    ``scoring.projection = {"method": "pca", "mean": "pca_mean.npy", "components":
-    "pca_components.npy", "dims": d, "rerank": true, "shortlist": 64}`` (files listed in the
-    manifest, so hash-verified). With ``rerank`` (the default) scores are exact full-bank
-    k-NN scores (:class:`ShortlistKNNScorer`), so the bundle's threshold is unchanged;
-    ``rerank: false`` scores in the projected space (:class:`ProjectedKNNScorer`, faster,
-    approximate: calibrate the threshold on projected scores).
-    """
-    from device.errors import BundleError
-
-    proj = bundle.manifest["scoring"].get("projection")
-    if not proj:
-        return make_scorer(bundle.scoring_method, bundle.bank, bundle.k)
-    where = f"{bundle.path}/manifest.json: scoring.projection"
-    if not isinstance(proj, dict) or proj.get("method") != "pca" or bundle.scoring_method != "knn":
-        raise BundleError(f"{where}: expected {{'method': 'pca', 'mean': FILE, 'components': FILE}} with "
-                          f"scoring.method 'knn', found {proj!r} with {bundle.scoring_method!r}")
-    arrays = []
-    for key in ("mean", "components"):
-        name = proj.get(key)
-        if not isinstance(name, str):
-            raise BundleError(f"{where}.{key}: expected a bundle file name, found {name!r}")
-        path = bundle.file_path(name)
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{path}: not a valid .npy array ({exc})") from exc
-    try:
-        if proj.get("rerank", True):
-            return ShortlistKNNScorer(bundle.bank, bundle.k, arrays[0], arrays[1],
-                                      shortlist=int(proj.get("shortlist", 64)),
-                                      certify=bool(proj.get("certify", False)))
-        return ProjectedKNNScorer(bundle.bank, bundle.k, arrays[0], arrays[1])
-    except ValueError as exc:
-        raise BundleError(f"{where}: {exc}") from exc
-
-
 class ShortlistKNNScorer:
     """Exact k-NN scores (the same as :class:`KNNScorer`) at the cost of a PCA-space search.
 
@@ -388,3 +384,87 @@ class ShortlistKNNScorer:
 
     def leave_one_out(self) -> np.ndarray:
         return self.full.leave_one_out()
+
+
+def projected_scorer(bank: np.ndarray, k: int, mean: np.ndarray, components: np.ndarray, rerank: bool = True,
+                     shortlist: int = 64, certify: bool = False):
+    """The k-NN scorer of a ``scoring.projection``: exact scores through a PCA shortlist
+    (:class:`ShortlistKNNScorer`, ``rerank``), or k-NN in the projected space
+    (:class:`ProjectedKNNScorer`: faster, approximate; thresholds calibrated there)."""
+    if rerank:
+        return ShortlistKNNScorer(bank, k, mean, components, shortlist=shortlist, certify=certify)
+    return ProjectedKNNScorer(bank, k, mean, components)
+
+
+class TileScorer:
+    """Feature rows of whole frames -> tile scores and patch scores: the one implementation of a
+    bundle's scoring, used by ``fit`` (validation, bank-mode measurement, calibration) and by the
+    device (:class:`device.detector.Detector`), so both give the same scores by construction.
+
+    Rows come frame-major, tile-major within a frame, patch-minor: ``n_tiles * patches`` rows
+    per frame. A tile scores as its worst patch, a frame as its worst tile.
+
+    Args:
+        bank: (N, D) normal feature rows.
+        k, method: neighbours and scorer plug-in (:data:`SCORERS`).
+        n_tiles, patches: tiles per frame and feature rows per tile.
+        tile_index: per-position banks: the tile position of each bank row (None: one shared bank).
+        projection: optional ``(mean, components, rerank, shortlist, certify)`` for k-NN.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> ts = TileScorer(rng.normal(size=(50, 4)).astype(np.float32), 1, n_tiles=2)
+        >>> ts.tile_scores(np.zeros((6, 4), np.float32)).shape
+        (3, 2)
+    """
+
+    def __init__(self, bank: np.ndarray, k: int, method: str = "knn", *, n_tiles: int = 1, patches: int = 1,
+                 tile_index: np.ndarray | None = None, projection: tuple | None = None):
+        self.n_tiles, self.patches, self.method, self.k = int(n_tiles), int(patches), method, int(k)
+        self.tile_index = tile_index
+        if tile_index is not None:
+            self.scorer = None
+            self.position = [make_scorer(method, bank[tile_index == i], k) for i in range(self.n_tiles)]
+        elif projection is not None:
+            self.scorer = projected_scorer(bank, k, *projection)
+        else:
+            self.scorer = make_scorer(method, bank, k)
+
+    @classmethod
+    def for_bundle(cls, bundle) -> "TileScorer":
+        """The scorer a verified :class:`device.bundle.Bundle` declares (its arrays, not the disk)."""
+        m = bundle.manifest
+        p = m.scoring.projection
+        proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify) if p else None
+        return cls(bundle.bank, m.scoring.k, m.scoring.method, n_tiles=len(m.input.tile_boxes()),
+                   patches=m.extractor.patches_per_tile, tile_index=bundle.tile_index, projection=proj)
+
+    @property
+    def rows_per_frame(self) -> int:
+        return self.n_tiles * self.patches
+
+    def row_scores(self, feats: np.ndarray) -> np.ndarray:
+        """(M,) scores of feature rows of whole frames (M a multiple of :attr:`rows_per_frame`)."""
+        if len(feats) % self.rows_per_frame:
+            raise ValueError(f"{len(feats)} feature rows are not whole frames of {self.n_tiles} tile(s) x "
+                             f"{self.patches} patch row(s)")
+        if self.tile_index is None:
+            return np.asarray(self.scorer.score(feats), np.float32)
+        p = self.patches
+        pos = np.tile(np.repeat(np.arange(self.n_tiles), p), len(feats) // self.rows_per_frame)
+        rows = np.empty(len(feats), np.float32)
+        for i, sc in enumerate(self.position):
+            rows[pos == i] = sc.score(feats[pos == i])
+        return rows
+
+    def patch_scores(self, feats: np.ndarray) -> np.ndarray:
+        """(N, T, patches) scores of every patch row."""
+        return self.row_scores(feats).reshape(-1, self.n_tiles, self.patches)
+
+    def tile_scores(self, feats: np.ndarray) -> np.ndarray:
+        """(N, T): each tile's worst patch."""
+        return self.patch_scores(feats).max(axis=2)
+
+    def frame_scores(self, feats: np.ndarray) -> np.ndarray:
+        """(N,): each frame's worst tile."""
+        return self.tile_scores(feats).max(axis=1)

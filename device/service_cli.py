@@ -49,36 +49,73 @@ def single_thread_blas() -> None:
 
 def _run(args) -> int:
     single_thread_blas()
-    from device.config import load_config
+    from device.config import check_environment, load_config
     from device.daemon import Daemon
+    from device.errors import ConfigError
 
     cfg = load_config(args.config)
+    found = check_environment(cfg, bundle=False)     # the bundle is checked (and journaled) by the daemon
+    if found:
+        raise ConfigError(f"{args.config}: {len(found)} problem(s):\n  " + "\n  ".join(found))
     return Daemon(cfg, config_path=args.config).run()
 
 
 def _check_config(args) -> int:
-    from device.config import config_summary, load_config
+    """Validate the file, then what the machine must provide (journal and archive folders, pin
+    factory, and unless ``--no-bundle`` the bundle: verified, loaded, one test inference). A pass
+    means ``run`` will start."""
+    from device.config import check_environment, config_summary, environment_warnings, load_config
+    from device.errors import ConfigError
 
     cfg = load_config(args.config)
-    lines = [f"{args.config}: config OK"]
+    found = check_environment(cfg, bundle=not args.no_bundle)
+    if found:
+        raise ConfigError(f"{args.config}: {len(found)} problem(s):\n  " + "\n  ".join(found))
+    for w in environment_warnings(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(config_summary(cfg), indent=2))
+        return 0
+    print(f"{args.config}: config OK")
     if not args.no_bundle:
         from device.bundle import load_bundle
 
         b = load_bundle(cfg.bundle.path)
-        thr, src = b.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr)
-        lines.append(f"{cfg.bundle.path}: bundle OK (bank {b.bank.shape[0]}x{b.bank.shape[1]}, "
-                     f"threshold {thr:.6f} from {src})")
-    if args.json:
-        print(json.dumps(config_summary(cfg), indent=2))
-    else:
-        print("\n".join(lines))
+        thr = b.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
+        print(f"{cfg.bundle.path}: bundle OK, digest {b.digest[:16]} (bank {b.bank.shape[0]}x{b.bank.shape[1]}, "
+              f"threshold {thr.value:.6f} from {thr.source}, test inference passed)")
     return 0
+
+
+def _config_example(args) -> int:
+    from device.config import example_config
+
+    sys.stdout.write(example_config())
+    return 0
+
+
+def _selftest_config(cfg, args):
+    """The dry-run variant of ``cfg``: replayed source if given, free-run, no delay, no archive."""
+    from pathlib import Path
+
+    changes = {"trigger": {"mode": "free-run", "rate_hz": 0.0}, "service": {"status_every_s": 0.0},
+               "journal": {"archive_dir": ""},
+               "outputs": {"reject_delay_ms": 0.0,
+                           "reject_pin": cfg.outputs.reject_pin if cfg.outputs.reject_pin is not None else
+                           _free_pin(cfg)}}
+    if args.source:
+        changes["camera"] = {"source": "folder" if Path(args.source).is_dir() else "video", "path": args.source,
+                             "loop": True}
+    return cfg.replace(**changes)
+
+
+def _free_pin(cfg) -> int:
+    used = set(cfg.outputs.pins().values()) | ({cfg.trigger.pin} if cfg.trigger.mode == "gpio" else set())
+    return next(p for p in (17, *range(2, 28)) if p not in used)
 
 
 def _selftest(args) -> int:
     """Load the bundle, grab frames, score, pulse the outputs on mock pins (dry run)."""
-    import dataclasses
-
     from device.config import load_config
     from device.daemon import Daemon
     from device.gpio import make_pin_factory
@@ -86,21 +123,9 @@ def _selftest(args) -> int:
     from device.notify import Notifier
 
     single_thread_blas()
-    cfg = load_config(args.config)
-    if args.source:
-        from pathlib import Path
-
-        kind = "folder" if Path(args.source).is_dir() else "video"
-        cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, source=kind, path=args.source,
-                                                                  loop=True))
+    cfg = _selftest_config(load_config(args.config), args)
     # Dry run: mock pins unless told to drive the real ones; no delay so the pulses come at once.
     factory = make_pin_factory(cfg.outputs.pin_factory if args.real_pins else "mock")
-    outputs = dataclasses.replace(cfg.outputs, reject_delay_ms=0.0, reject_pin=cfg.outputs.reject_pin
-                                  if cfg.outputs.reject_pin is not None else 17)
-    trigger = dataclasses.replace(cfg.trigger, mode="free-run", rate_hz=0.0)
-    service = dataclasses.replace(cfg.service, status_every_s=0.0)
-    cfg = dataclasses.replace(cfg, outputs=outputs, trigger=trigger, service=service,
-                              journal=dataclasses.replace(cfg.journal, archive_dir=""))
     journal = Journal(":memory:")
     t0 = time.monotonic()
     d = Daemon(cfg, pin_factory=factory, notifier=Notifier(env={}), max_frames=args.frames, journal=journal)
@@ -116,7 +141,8 @@ def _selftest(args) -> int:
               "reject_edges": rising, "seconds": round(elapsed, 3),
               "start_to_ready_s": round(d.t_ready - d.t_start, 3) if d.t_ready else None,
               "median_score_ms": round(med[len(med) // 2], 3) if med else None,
-              "threshold": d.detector.threshold if d.detector else None,
+              "threshold": d.detector.threshold.value if d.detector else None,
+              "bundle_digest": d.detector.bundle.digest if d.detector else None,
               "pins": "real" if args.real_pins else "mock"}
     problems = []
     if len(rows) < args.frames:
@@ -182,40 +208,48 @@ def _project_bundle(args) -> int:
 
 def register(sub) -> None:
     """Add the service subcommands to ``anomaly-device``'s subparsers."""
+    import logging as _logging
+
+    from device.cli import count, finite
+
     r = sub.add_parser("run", help="run the inspection service (camera -> decision -> reject line)")
     r.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
-    r.set_defaults(func=_run)
+    r.set_defaults(func=_run, log_level=_logging.INFO)
 
-    c = sub.add_parser("check-config", help="validate a config file (and verify its bundle)")
+    c = sub.add_parser("check-config", help="validate a config file, the folders and pins it names, and its bundle "
+                                             "(a pass means `run` will start)")
     c.add_argument("--config", default=DEFAULT_CONFIG)
     c.add_argument("--no-bundle", action="store_true", help="do not load and verify the bundle")
     c.add_argument("--json", action="store_true", help="print the effective config as JSON")
     c.set_defaults(func=_check_config)
 
+    e = sub.add_parser("config-example", help="print an example config: every key with its default and help")
+    e.set_defaults(func=_config_example)
+
     s = sub.add_parser("selftest", help="load bundle, grab frames, score, pulse outputs (mock pins by default)")
     s.add_argument("--config", default=DEFAULT_CONFIG)
-    s.add_argument("--frames", type=int, default=10)
+    s.add_argument("--frames", type=count(1), default=10, help="frames to decide (default 10)")
     s.add_argument("--source", help="replay this folder or video instead of the configured camera")
     s.add_argument("--real-pins", action="store_true", help="drive the configured pins (wiring check)")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_selftest)
+    s.set_defaults(func=_selftest, log_level=_logging.INFO)
 
     t = sub.add_parser("status", help="last decisions, rates, reject counts, camera state (from the journal)")
     t.add_argument("--config", default=DEFAULT_CONFIG)
     t.add_argument("--journal", help="journal file (default: from the config)")
-    t.add_argument("--last", type=int, default=10, help="decisions listed")
-    t.add_argument("--window", type=float, default=3600.0, help="rate window in seconds")
+    t.add_argument("--last", type=count(0), default=10, help="decisions listed (default 10)")
+    t.add_argument("--window", type=finite, default=3600.0, help="rate window in seconds")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_status)
 
     p = sub.add_parser("project-bundle", help="copy a bundle with a PCA-projected k-NN bank (faster scoring)")
     p.add_argument("src")
     p.add_argument("dest")
-    p.add_argument("--dims", type=int, default=128)
-    p.add_argument("--shortlist", type=int, default=64, help="candidates re-ranked exactly (default 64)")
+    p.add_argument("--dims", type=count(1), default=128)
+    p.add_argument("--shortlist", type=count(1), default=64, help="candidates re-ranked exactly (default 64)")
     p.add_argument("--no-rerank", action="store_true",
                    help="score in the PCA space only (faster, lower AUROC; threshold re-calibrated)")
-    p.add_argument("--target-frr", type=float, help="with --no-rerank: default the source bundle's target_frr or 0.01")
+    p.add_argument("--target-frr", type=finite, help="with --no-rerank: default the source bundle's target_frr")
     p.set_defaults(func=_project_bundle)
 
 

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from device.contract import Scores
+from core.contract import Scores
 from models.audit_common import as_grey_batch, batches, check_size, set_seed, smooth_maps
 from models.audit_common import weights_from_bytes, weights_to_bytes
 

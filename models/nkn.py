@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from device.contract import Scores
+from core.contract import Scores
 from models.audit_common import as_grey_batch, smooth_maps
 
 log = logging.getLogger(__name__)

@@ -164,7 +164,7 @@ def test_audit_cli_does_not_import_tensorflow():
 
 
 def test_auroc_matches_pairwise_definition():
-    from device.audit.metrics import auroc, pixel_auroc
+    from core.metrics import auroc, pixel_auroc
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)

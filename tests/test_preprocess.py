@@ -88,10 +88,14 @@ def test_missing_file_and_too_small(tmp_path):
 
 
 def test_bad_spec_names_the_field():
-    with pytest.raises(ValueError, match="resize must be one of"):
+    with pytest.raises(ValueError, match="resize"):
         InputSpec(resize="squash")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="colour: unknown key; expected one of size, color"):
         InputSpec.from_dict({"size": [8, 8], "colour": "rgb"})
+    with pytest.raises(ValueError, match="size.0: expected a valid integer, found boolean True"):
+        InputSpec.from_dict({"size": [True, 8]})
+    with pytest.raises(ValueError, match="pixel_scale: expected a finite number"):
+        InputSpec.from_dict({"size": [8, 8], "pixel_scale": float("inf")})
 
 
 def test_list_images(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from device.scoring import KNNScorer, LOFScorer, kcenter_greedy, subsample_bank
-from device.threshold import calibrate_threshold, false_reject_rate
+from core.threshold import calibrate_threshold, false_reject_rate
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])

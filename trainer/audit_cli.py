@@ -23,9 +23,9 @@ def _audit_models(args) -> int:
     from device.audit import data
     from device.audit.bundled import add_audit_models
     from device.audit.methods import fit_and_calibrate, prefix
-    from device.bundle import read_manifest
+    from device.bundle import load_bundle
 
-    read_manifest(args.bundle)  # fail fast on a bad bundle, before any training
+    load_bundle(args.bundle)  # fail fast on a bad bundle, before any training
     paths = data.list_audit_images(args.normal, args.pattern)
     size = tuple(args.size) if args.size else None
     imgs, expect = [], None

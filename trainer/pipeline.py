@@ -23,7 +23,7 @@ from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
 from device.preprocess import InputSpec, cut_tiles, prepare_frame
 from device.scoring import KNNScorer, make_scorer, subsample_bank
-from device.threshold import describe_calibration
+from core.threshold import describe_calibration
 from trainer.doc import DocConfig
 
 log = logging.getLogger(__name__)

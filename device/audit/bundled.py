@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from device.audit.errors import AuditModelError
 from device.audit.methods import TRAINABLE, detector_class, prefix
-from device.bundle import MANIFEST, read_manifest, sha256_bytes, verify_files, write_bundle
+from device.bundle import MANIFEST, load_bundle, sha256_bytes, write_bundle
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,9 @@ def load_audit_model(bundle: str | Path, method: str):
         AuditModelError: the bundle has no such audit model or its weights do not fit.
     """
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    contents = verify_files(bundle, manifest)
-    audit = manifest.get("audit") or {}
+    b = load_bundle(bundle)
+    contents = b.files
+    audit = b.manifest.audit or {}
     if method not in TRAINABLE:
         raise AuditModelError(f"{method} has no trained model to load from a bundle")
     if method not in audit:
@@ -66,9 +66,9 @@ def add_audit_models(bundle: str | Path, models: Mapping[str, Mapping[str, Any]]
         dest: output bundle (default: replace ``bundle``).
     """
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    contents = verify_files(bundle, manifest)
-    audit = dict(manifest.get("audit") or {})
+    b = load_bundle(bundle)
+    contents = b.files
+    audit = dict(b.manifest.audit or {})
     files: dict[str, bytes] = dict(contents)
     for method, m in models.items():
         for old in (audit.get(method) or {}).get("files", []):
@@ -76,6 +76,6 @@ def add_audit_models(bundle: str | Path, models: Mapping[str, Mapping[str, Any]]
         files.update(m["files"])
         audit[method] = {"params": m["params"], "files": sorted(m["files"]),
                          **{k: v for k, v in m.items() if k not in ("params", "files")}}
-    new = {k: v for k, v in manifest.items() if k not in ("schema", "schema_version", "created", "files")}
+    new = b.manifest.body()
     new["audit"] = audit
     return write_bundle(dest or bundle, new, files)

@@ -65,7 +65,7 @@ def fit_and_calibrate(method: str, x, options: dict, target_frr: float = 0.01, s
 
     Args:
         x: (N, H, W) uint8 or float normal images.
-        holdout: fraction held out for :func:`device.threshold.describe_calibration`
+        holdout: fraction held out for :func:`core.threshold.describe_calibration`
             (none when fewer than 5 images).
 
     Returns:
@@ -75,7 +75,7 @@ def fit_and_calibrate(method: str, x, options: dict, target_frr: float = 0.01, s
 
     import numpy as np
 
-    from device.threshold import describe_calibration
+    from core.threshold import describe_calibration
 
     x = np.asarray(x)
     order = np.random.default_rng(seed).permutation(len(x))

@@ -24,7 +24,7 @@ import numpy as np
 from device.audit import data
 from device.audit.errors import AuditModelError
 from device.audit.methods import TRAINABLE, fit_and_calibrate, make_detector, model_size, prefix
-from device.audit.metrics import auroc, pixel_auroc
+from core.metrics import auroc, pixel_auroc
 from device.audit.report import write_html, write_panel, write_scores_csv
 from device.audit.store import ResultStore, fingerprint
 from device.errors import ConfigError, ImageError

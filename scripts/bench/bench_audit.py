@@ -46,7 +46,7 @@ def _timed(fn, *a, **k):
 
 
 def bench_anogan(root: Path, quick: bool) -> dict:
-    from device.audit.metrics import auroc
+    from core.metrics import auroc
     from models.anogan import AnoGANDetector
     from models.autoencoders import ProjectionDetector
 
@@ -79,7 +79,7 @@ def bench_anogan(root: Path, quick: bool) -> dict:
 
 
 def bench_projection(root: Path, quick: bool) -> dict:
-    from device.audit.metrics import auroc, pixel_auroc
+    from core.metrics import auroc, pixel_auroc
     from models.autoencoders import ProjectionDetector
 
     mt = ad.magnetic_tile(root, 128)
@@ -105,7 +105,7 @@ def bench_projection(root: Path, quick: bool) -> dict:
 
 
 def bench_nkn(root: Path, quick: bool) -> dict:
-    from device.audit.metrics import auroc, pixel_auroc
+    from core.metrics import auroc, pixel_auroc
     from models.nkn import NKNDetector
 
     r = {}

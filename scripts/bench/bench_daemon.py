@@ -46,7 +46,7 @@ from device.bundle import npy_bytes, write_bundle  # noqa: E402
 from device.extractor import TFLiteExtractor, normalize_features  # noqa: E402
 from device.preprocess import InputSpec, preprocess  # noqa: E402
 from device.scoring import KNNScorer, ProjectedKNNScorer, ShortlistKNNScorer  # noqa: E402
-from device.threshold import calibrate_threshold  # noqa: E402
+from core.threshold import calibrate_threshold  # noqa: E402
 
 log = logging.getLogger("bench_daemon")
 SHARED = Path(os.environ.get("ANOMALY_SHARED", ROOT.parent / "shared"))

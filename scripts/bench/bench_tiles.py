@@ -227,29 +227,24 @@ def make_mt_layout(root: Path, base: Path, n_defect: int | None, n_train_cap: in
 # ------------------------------------------------------------------ fit + evaluate one configuration
 
 def grid_pixel_auroc(scores_json: Path, spec, side: int = 256) -> float:
-    """Pixel AUROC from the per-tile grids at ``side`` px, a cell positive if any mask pixel is."""
+    """Pixel AUROC from the per-tile grids at ``side`` px, a cell positive if any mask pixel is
+    (:func:`trainer.heatmap.grid_pixel_auroc`)."""
     import cv2
-    from sklearn.metrics import roc_auc_score
 
+    from device.heatmap import tile_heatmap
     from trainer.data import load_layout
-    from trainer.heatmap import tile_heatmap
+    from trainer.heatmap import grid_pixel_auroc as pixel_auroc_at
 
     recs = json.loads(scores_json.read_text())
     masks = load_layout(Path(recs[0]["image"]).parents[2], need_train=False).masks
-    ys, ss = [], []
+    maps, ms = [], []
     for r in recs:
         p = Path(r["image"])
         if r["label"] == 1 and p not in masks:
             continue
-        hm = tile_heatmap(np.asarray(r["tile_grid"], np.float32).ravel(), spec)
-        ss.append(cv2.resize(hm, (side, side), interpolation=cv2.INTER_NEAREST).ravel())
-        if r["label"] == 0:
-            ys.append(np.zeros(side * side, bool))
-        else:
-            m = (cv2.imread(str(masks[p]), cv2.IMREAD_GRAYSCALE) >= 128).astype(np.float32)
-            ys.append(cv2.resize(m, (side, side), interpolation=cv2.INTER_AREA).ravel() > 0)
-    y = np.concatenate(ys)
-    return float(roc_auc_score(y, np.concatenate(ss))) if 0 < y.sum() < len(y) else float("nan")
+        maps.append(tile_heatmap(np.asarray(r["tile_grid"], np.float32).ravel(), spec))
+        ms.append(None if r["label"] == 0 else cv2.imread(str(masks[p]), cv2.IMREAD_GRAYSCALE))
+    return pixel_auroc_at(maps, ms, side)
 
 
 def run_config(layout: Path, work: Path, name: str, fit_kw: dict, weights: str, seed: int) -> dict:

@@ -3,7 +3,7 @@ energy projection, NKN).
 
 ``fit(normal_images) -> self`` and ``anomaly_score(images) -> Scores``; higher scores
 mean more anomalous; ``Scores.maps`` optionally carries a per-pixel map per image.
-Thresholds are chosen outside the detectors by :func:`device.threshold.calibrate_threshold`.
+Thresholds are chosen outside the detectors by :func:`core.threshold.calibrate_threshold`.
 """
 from __future__ import annotations
 

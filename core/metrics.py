@@ -1,4 +1,12 @@
-"""Image and pixel AUROC without scikit-learn (rank statistic, ties averaged).
+"""The one image AUROC and the one pixel AUROC (rank statistic, ties averaged; no scikit-learn).
+
+* :func:`auroc`: probability that a random anomalous item scores above a random normal one
+  (ties count one half) - the Mann-Whitney U statistic over ``n_pos * n_neg``; ``nan`` when
+  only one class is present. Identical to ``sklearn.metrics.roc_auc_score``.
+* :func:`pixel_auroc`: :func:`auroc` over every pixel of every (mask, map) pair of equal
+  shape; a mask pixel is anomalous when it is non-zero (binarise grey masks first). Callers that
+  compare maps and masks at a common resolution bring them there first (for instance
+  ``trainer.heatmap.cells_at``: a cell is anomalous when any of its mask pixels is).
 
 Example:
     >>> auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
