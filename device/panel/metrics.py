@@ -1,0 +1,160 @@
+"""Prometheus metrics derived from the journal (``/metrics``, prometheus-client).
+
+Nothing is counted in the panel's memory that the journal does not hold: the counters are the
+journal's row counts (read incrementally, so they equal ``SELECT COUNT(*)`` at every scrape and
+survive a panel restart), the histograms are bucket counts of the journal's scores and per-stage
+latencies, the gauges come from the journal's events. A collector computes them at scrape time.
+
+Metrics (all prefixed ``anomaly_``):
+    counters: ``parts_total``, ``rejects_total``, ``errors_total``, ``passes_total``,
+    ``missed_triggers_total``; histograms: ``score`` (buckets around the threshold),
+    ``score_ratio`` (score / threshold), ``stage_latency_seconds{stage}``; gauges: ``camera_up``,
+    ``alarm``, ``drift_state`` (0 ok, 1 warning, 2 drift, -1 unknown), ``service_up``,
+    ``threshold``, ``frames_per_second``, ``last_decision_timestamp_seconds``; info:
+    ``bundle_info{digest, threshold_source}``; publisher: ``mqtt_connected``,
+    ``mqtt_published_total{topic}``, ``mqtt_backlog_rows``.
+
+Example:
+    >>> registry = build_registry(reader, status_fn)            # doctest: +SKIP
+    >>> prometheus_client.generate_latest(registry)            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from device.panel.reader import STAGES, JournalReader
+
+log = logging.getLogger(__name__)
+
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1,
+                   0.25, 1.0)
+DRIFT_CODES = {"ok": 0, "warning": 1, "drift": 2}
+
+
+class _Hist:
+    """Cumulative bucket counts of one SQL expression over the journal, updated incrementally."""
+
+    def __init__(self, expr: str, bounds: tuple[float, ...], where: str = "1"):
+        self.expr, self.bounds, self.where = expr, bounds, where
+        self.counts = [0] * len(bounds)
+        self.sum, self.n = 0.0, 0
+
+    def update(self, reader: JournalReader, after: int, upto: int) -> None:
+        c, s, n = reader.bucket_counts(self.expr, list(self.bounds), after, upto, self.where)
+        self.counts = [a + b for a, b in zip(self.counts, c)]
+        self.sum += s
+        self.n += n
+
+    def buckets(self) -> list[tuple[str, float]]:
+        return [(repr(float(b)), c) for b, c in zip(self.bounds, self.counts)] + [("+Inf", self.n)]
+
+
+class JournalCollector:
+    """A prometheus-client custom collector reading the journal at scrape time.
+
+    Args:
+        reader: the read-only journal.
+        status_fn: returns the panel's status fields (state, bundle, threshold…).
+        mqtt_info: returns the publisher's ``info()`` (None: no publisher).
+    """
+
+    def __init__(self, reader: JournalReader, status_fn: Callable[[], dict[str, Any]],
+                 mqtt_info: Callable[[], dict[str, Any]] | None = None):
+        self.reader = reader
+        self.status_fn = status_fn
+        self.mqtt_info = mqtt_info
+        self._lock = threading.Lock()
+        self._hists: dict[str, _Hist] | None = None
+        self._upto = 0
+
+    def _histograms(self, threshold: float | None, top: int) -> dict[str, _Hist]:
+        with self._lock:
+            if self._hists is None or top < self._upto:
+                thr = threshold if threshold and threshold > 0 else 1.0
+                self._hists = {
+                    "score": _Hist("score", tuple(round(thr * r, 6) for r in RATIO_BUCKETS)),
+                    "ratio": _Hist("score / threshold", RATIO_BUCKETS, "threshold > 0"),
+                    **{s: _Hist(f"{s} / 1000.0", LATENCY_BUCKETS) for s in STAGES
+                       if s in self.reader.columns()}}
+                self._upto = 0
+            if top > self._upto:
+                for h in self._hists.values():
+                    h.update(self.reader, self._upto, top)
+                self._upto = top
+            return self._hists
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                            InfoMetricFamily)
+
+        c = self.reader.counts()
+        st = self.status_fn()
+        for name, value, doc in (("parts", c.parts, "Decisions journaled (parts inspected)"),
+                                 ("rejects", c.rejects, "REJECT decisions"),
+                                 ("errors", c.errors, "ERROR decisions (could not be scored; rejected)"),
+                                 ("passes", c.passes, "PASS decisions"),
+                                 ("missed_triggers", c.missed_triggers, "Triggers missed while busy (events)")):
+            yield CounterMetricFamily(f"anomaly_{name}", doc, value=value)
+        hists = self._histograms(st.get("bundle", {}).get("threshold"), c.last_id)
+        score = HistogramMetricFamily("anomaly_score", "Anomaly score of scored parts (buckets: threshold "
+                                      "x 0.1 … x 5 at panel start)")
+        score.add_metric([], hists["score"].buckets(), hists["score"].sum)
+        yield score
+        ratio = HistogramMetricFamily("anomaly_score_ratio", "Score divided by the threshold it was decided "
+                                      "against (> 1: reject)")
+        ratio.add_metric([], hists["ratio"].buckets(), hists["ratio"].sum)
+        yield ratio
+        lat = HistogramMetricFamily("anomaly_stage_latency_seconds", "Per-stage latency of the frame path",
+                                    labels=["stage"])
+        for s in STAGES:
+            if s in hists:
+                lat.add_metric([s[:-3]], hists[s].buckets(), hists[s].sum)
+        yield lat
+        yield from self._gauges(st, GaugeMetricFamily, InfoMetricFamily)
+        yield from self._mqtt(CounterMetricFamily, GaugeMetricFamily, c.last_id)
+
+    def _gauges(self, st: dict[str, Any], Gauge, Info):
+        b = st.get("bundle", {})
+        for name, value, doc in (
+                ("camera_up", st.get("camera") == "ok", "1 while the camera delivers frames"),
+                ("service_up", st.get("service") == "running", "1 while the inspection service runs"),
+                ("alarm", st.get("alarm", False), "1 while the alarm condition holds"),
+                ("drift_state", DRIFT_CODES.get(st.get("drift"), -1), "0 ok, 1 warning, 2 drift, -1 unknown"),
+                ("threshold", b.get("threshold"), "Threshold of the last decision"),
+                ("frames_per_second", st.get("fps"), "Decisions per second over the last minute"),
+                ("last_decision_timestamp_seconds", st.get("last_decision_ts"), "Unix time of the last decision")):
+            if value is not None:
+                yield Gauge(f"anomaly_{name}", doc, value=float(value))
+        yield Info("anomaly_bundle", "The bundle deciding (digest of its manifest)",
+                   value={"digest": str(b.get("digest") or ""), "threshold_source": str(b.get("threshold_source") or ""),
+                          "path": str(b.get("path") or "")})
+
+    def _mqtt(self, Counter, Gauge, top: int):
+        if self.mqtt_info is None:
+            return
+        info = self.mqtt_info()
+        yield Gauge("anomaly_mqtt_connected", "1 while the MQTT publisher is connected", value=float(info["connected"]))
+        pub = Counter("anomaly_mqtt_published", "Messages acknowledged by the broker (this process)",
+                      labels=["topic"])
+        for k, v in info["published"].items():
+            pub.add_metric([k], v)
+        yield pub
+        yield Gauge("anomaly_mqtt_backlog_rows", "Journal decisions not yet acknowledged by the broker",
+                    value=float(max(0, top - info["cursor"]["decision"])))
+
+
+def build_registry(reader: JournalReader, status_fn, mqtt_info=None, process: bool = True):
+    """A registry holding the journal collector (and the panel's own process metrics)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(JournalCollector(reader, status_fn, mqtt_info))
+    if process:
+        ProcessCollector(namespace="anomaly_panel", registry=reg)
+    return reg
