@@ -1,0 +1,466 @@
+"""Learn from confirmed good parts on the device: ``anomaly-device learn`` (no TensorFlow).
+
+A false reject is fixed where it happened, in minutes, without a workstation:
+
+1. **Features** of the confirmed-good images are computed with the active bundle's own
+   ``.tflite`` (:meth:`device.detector.Detector.features` on :func:`device.preprocess.preprocess`
+   output), so they live in exactly the space of its bank.
+2. **Bank.** They are added to the bank, which is compressed back to the bundle's cap with
+   the trainer's rule (:func:`device.scoring.bank_rows`: k-center coreset or random, per tile
+   position for per-position banks, with the bundle's seed). The cap is the bank size when the
+   bundle's bank was subsampled (``scoring.bank_subsample`` not ``"none"``); an uncapped bank
+   grows (patch banks: at most :data:`device.scoring.PATCH_BANK_DEFAULT` rows).
+3. **Threshold**, re-derived at the bundle's own target false-reject rate. The parent's
+   calibration scores are scores of held-out normal images *against the old bank*; after the
+   bank changed they no longer describe the new model. So:
+
+   * a bundle carrying ``calibration_features.npy`` (the held-out normals' feature rows) has
+     them **re-scored against the new bank** with the device's scorer: held-out scores of the
+     new model, as unbiased as the parent's, and the threshold is their quantile
+     (:func:`core.threshold.describe_calibration`);
+   * an older bundle without them gets an **estimate**: each parent calibration score is
+     mapped through the change of the bank's own score distribution (every parent bank row
+     scored leave-one-out against the old bank, and against the new bank without itself:
+     quantile mapping ``new = Q_new(F_old(old))``). It is exact when the bank change shifts
+     all normal scores alike, and approximate otherwise; the manifest says so
+     (``threshold.estimator``).
+
+   The new scores ship as the child's ``calibration_scores.npy`` (so ``[bundle] target_frr``
+   keeps working) and the calibration features travel on unchanged.
+4. **Provenance**: the child's ``lineage`` record names the parent digest, every image added
+   (sha256, file or journal row), when, and the method.
+5. **Preview** before it goes live: the archived images of the last ``days`` days (the
+   journal's ``image`` column) are replayed through the new version: how many archived rejects
+   would now pass, how many archived passes would now reject, and the new threshold.
+
+The new version is written into the versions store (:mod:`device.versions`) or ``--out``;
+``--deploy`` activates it through :func:`device.versions.deploy`.
+
+Images: ``--good`` takes images as ``capture`` writes them (after the camera ROI);
+``--from-journal ROW`` takes the archived image of a decision row (the full frame, cropped
+with ``[camera] roi`` as the service does). Archived images of tiled bundles carry the score
+overlay and cannot be learned from.
+
+Example:
+    >>> out = learn(load_config("device.toml"), good=["confirmed/"], days=7)     # doctest: +SKIP
+    >>> out["threshold"]["new"], out["preview"]["rejects_now_pass"]               # doctest: +SKIP
+    (0.412, 17)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from device.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
+
+CAL_FEATURES = "calibration_features.npy"
+DROP_KEYS = ("schema", "schema_version", "created", "files", "migrated_from")
+
+
+@dataclasses.dataclass
+class LearnImage:
+    """One confirmed-good image: where it came from, its sha256 and pixels (after the camera ROI)."""
+
+    source: str
+    sha256: str
+    image: np.ndarray
+    row: int | None = None
+
+
+def _manifest_dict(bundle) -> dict[str, Any]:
+    m = bundle.manifest
+    return m.to_dict() if hasattr(m, "to_dict") else dict(m)
+
+
+# ---------------------------------------------------------------- images
+def collect_images(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), tiled: bool = False
+                   ) -> list[LearnImage]:
+    """Decode the ``--good`` images and the archived images of journal ``rows``.
+
+    Raises:
+        ConfigError: a path or row does not exist, a row has no archived image, or the bundle is
+            tiled (its archive images carry the score overlay).
+    """
+    from device.daemon import crop
+    from device.errors import ImageError
+    from device.preprocess import decode_image, list_images
+
+    out = []
+    try:
+        paths = list_images(good) if good else []
+    except ImageError as exc:
+        raise ConfigError(f"--good: {exc}") from None
+    for p in paths:
+        data = p.read_bytes()
+        try:
+            out.append(LearnImage(str(p), hashlib.sha256(data).hexdigest(), decode_image(data)))
+        except ImageError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
+    if rows and tiled:
+        raise ConfigError("--from-journal: this bundle is tiled; its archived images carry the score overlay and "
+                          "cannot be learned from (pass the clean frames with --good)")
+    for row, path in _journal_images(cfg, rows):
+        data = Path(path).read_bytes()
+        try:
+            img = crop(decode_image(data), cfg.camera.roi)
+        except Exception as exc:
+            raise ConfigError(f"journal row {row}: archived image {path}: {exc}") from None
+        out.append(LearnImage(f"journal row {row} ({path})", hashlib.sha256(data).hexdigest(), img, row))
+    if not out:
+        raise ConfigError("nothing to learn: give --good images or --from-journal rows")
+    return out
+
+
+def _journal_images(cfg, rows: Sequence[int]) -> list[tuple[int, str]]:
+    if not rows:
+        return []
+    from device.journal import open_readonly
+
+    j = open_readonly(cfg.journal.path)
+    try:
+        marks = ",".join("?" * len(rows))
+        # TODO(lead-api): a public Journal query by row ids; _read is the read-only connection's query.
+        found = {r[0]: r[1] for r in j._read(f"SELECT id, image FROM decisions WHERE id IN ({marks})",
+                                              tuple(int(r) for r in rows))}
+    finally:
+        j.close()
+    out = []
+    for r in rows:
+        if r not in found:
+            raise ConfigError(f"--from-journal {r}: no such decision row in {cfg.journal.path}")
+        if not found[r]:
+            raise ConfigError(f"--from-journal {r}: the decision has no archived image (only rejects and 1 in "
+                              f"[journal] archive_pass_every passes are archived)")
+        if not Path(found[r]).is_file():
+            raise ConfigError(f"--from-journal {r}: archived image {found[r]} is gone (archive retention?)")
+        out.append((int(r), found[r]))
+    return out
+
+
+# ---------------------------------------------------------------- bank
+def bank_cap(manifest: dict, bank_rows: int) -> int | None:
+    """The bank's cap: its size when fit subsampled it, else none (the bank may grow)."""
+    sc = manifest.get("scoring", {})
+    if sc.get("bank_subsample") not in (None, "none"):
+        return int(bank_rows)
+    return None
+
+
+def grow_bank(bundle, new_rows: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict]:
+    """The parent bank plus ``new_rows`` (``n_images`` whole frames of feature rows), compressed to
+    the cap with :func:`device.scoring.bank_rows`.
+
+    Returns:
+        ``(bank, tile_index or None, keep_parent, info)``; ``keep_parent[i]`` is the new index of
+        parent row ``i`` (-1: dropped).
+    """
+    from device.scoring import bank_rows
+
+    m = _manifest_dict(bundle)
+    p = bundle.patches_per_tile
+    n_tiles = len(bundle.input_spec.tile_boxes())
+    method = m["scoring"].get("bank_subsample")
+    method = method if method in ("coreset", "random") else "coreset"
+    seed = int((m.get("training") or {}).get("seed", 0))
+    scoring, k = bundle.scoring_method, bundle.k
+    cap = bank_cap(m, len(bundle.bank))
+    both = np.concatenate([bundle.bank, new_rows.astype(np.float32)])
+    idx = bundle.tile_index
+    if idx is None:
+        keep = bank_rows(both, cap, method, scoring, p, seed)
+        bank, new_idx = both[keep], None
+    else:
+        pos = np.concatenate([idx, np.tile(np.repeat(np.arange(n_tiles), p), n_images)])
+        keep = []
+        for i in range(n_tiles):
+            rows_i = np.flatnonzero(pos == i)
+            cap_i = int((idx == i).sum()) if cap is not None else None
+            keep.append(rows_i[bank_rows(both[rows_i], cap_i, method, scoring, p, seed)])
+        keep = np.concatenate(keep)
+        bank, new_idx = both[keep], pos[keep].astype(idx.dtype)
+    kept_new = int((keep >= len(bundle.bank)).sum())
+    keep_parent = np.full(len(bundle.bank), -1, np.int64)
+    from_parent = keep < len(bundle.bank)
+    keep_parent[keep[from_parent]] = np.flatnonzero(from_parent)
+    info = {"before": int(len(bundle.bank)), "added_rows": int(len(new_rows)), "after": int(len(bank)),
+            "cap": cap, "subsample": method if cap is not None or p > 1 else "none", "seed": seed,
+            "new_rows_kept": kept_new, "parent_rows_dropped": int(len(bundle.bank) - (len(keep) - kept_new))}
+    return np.ascontiguousarray(bank, np.float32), new_idx, keep_parent, info
+
+
+def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None):
+    """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank."""
+    from device.scoring import TileScorer
+
+    m = bundle.manifest
+    proj = None
+    p = m.scoring.projection if hasattr(m, "scoring") else None   # TODO(lead-api): typed manifest only
+    if p is not None:
+        proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify)
+    return TileScorer(bank, bundle.k, bundle.scoring_method, n_tiles=len(bundle.input_spec.tile_boxes()),
+                      patches=bundle.patches_per_tile, tile_index=tile_index, projection=proj)
+
+
+# ---------------------------------------------------------------- threshold
+def _rows_left_out(method: str, k: int, bank: np.ndarray, queries: np.ndarray, self_idx: np.ndarray) -> np.ndarray:
+    """Scores of ``queries`` against ``bank``, each without its own bank row (``self_idx``, -1: none)."""
+    from device.scoring import KNNScorer, make_scorer
+
+    if method != "knn":      # a Gaussian (or LOF) fitted on thousands of rows: one row's influence is negligible
+        return make_scorer(method, bank, k).score(queries)
+    sc = KNNScorer(bank, k)
+    out = np.empty(len(queries), np.float32)
+    inside = self_idx >= 0
+    if inside.any():
+        out[inside] = sc.score(queries[inside], exclude=self_idx[inside])
+    if (~inside).any():
+        out[~inside] = sc.score(queries[~inside])
+    return out
+
+
+def _position_of(idx: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n, np.int64) if idx is None else np.asarray(idx)
+
+
+def mapped_calibration(bundle, new_bank: np.ndarray, new_index: np.ndarray | None, keep_parent: np.ndarray
+                       ) -> np.ndarray:
+    """Estimate of the parent calibration scores against the new bank, for bundles without
+    calibration features: quantile mapping through the bank rows' leave-one-out scores (module
+    docstring). ``keep_parent[i]``: row ``i`` of the parent bank in the new bank (-1: dropped)."""
+    cal = bundle.calibration_scores
+    if cal is None:
+        raise BundleError(f"{bundle.path}: no calibration_scores.npy and no {CAL_FEATURES}: the threshold cannot "
+                          f"be re-derived")
+    old_pos = _position_of(bundle.tile_index, len(bundle.bank))
+    new_pos = _position_of(new_index, len(new_bank))
+    l_old, l_new = [], []
+    for i in np.unique(old_pos):
+        rows = np.flatnonzero(old_pos == i)
+        local_old = np.arange(len(rows))
+        l_old.append(_rows_left_out(bundle.scoring_method, bundle.k, bundle.bank[rows], bundle.bank[rows], local_old))
+        new_rows = np.flatnonzero(new_pos == i)
+        where = np.full(len(new_bank), -1)
+        where[new_rows] = np.arange(len(new_rows))
+        self_new = np.where(keep_parent[rows] >= 0, where[np.maximum(keep_parent[rows], 0)], -1)
+        l_new.append(_rows_left_out(bundle.scoring_method, bundle.k, new_bank[new_rows], bundle.bank[rows], self_new))
+    x, y = np.sort(np.concatenate(l_old)), np.sort(np.concatenate(l_new))
+    c = np.asarray(cal, np.float64)
+    mapped = np.interp(c, x, y)
+    mapped = np.where(c > x[-1], y[-1] + (c - x[-1]), mapped)     # beyond the bank's range: shift alike
+    mapped = np.where(c < x[0], y[0] + (c - x[0]), mapped)
+    return np.maximum(mapped, 0.0).astype(np.float32)
+
+
+def rederive_threshold(bundle, scorer, new_bank, new_index, keep_parent) -> tuple[dict, np.ndarray]:
+    """``(threshold record, new calibration scores)`` at the parent's target false-reject rate."""
+    from core.threshold import describe_calibration
+
+    m = _manifest_dict(bundle)
+    old = m["threshold"]
+    frr = float(old.get("target_frr", 0.01))
+    feats = bundle.arrays.get(CAL_FEATURES)
+    if feats is not None:
+        scores = scorer.frame_scores(feats).astype(np.float32)
+        how = (f"{len(scores)} held-out calibration images' features (carried in {CAL_FEATURES}) re-scored against "
+               f"the new bank; quantile at the target false-reject rate")
+        est = {"kind": "held-out re-score", "unbiased": True, "n": int(len(scores))}
+    else:
+        scores = mapped_calibration(bundle, new_bank, new_index, keep_parent)
+        how = ("ESTIMATE: the parent carries no calibration features; its calibration scores were mapped through "
+               "the change of the bank's leave-one-out score distribution (quantile mapping)")
+        est = {"kind": "quantile-mapped parent calibration scores", "unbiased": False, "n": int(len(scores)),
+               "note": "exact when the bank change shifts every normal score alike; retrain with calibration "
+                       "features for a held-out re-score"}
+    rec = describe_calibration(scores, frr, how)
+    rec["estimator"] = est
+    rec["previous"] = {"value": old.get("value"), "target_frr": old.get("target_frr"),
+                       "method": str(old.get("method", ""))[:200], "digest": bundle_digest_of(bundle)}
+    return rec, scores
+
+
+def bundle_digest_of(bundle) -> str:
+    d = getattr(bundle, "digest", None)
+    if d:
+        return d
+    from device.bundle import bundle_digest
+
+    return bundle_digest(bundle.path)
+
+
+# ---------------------------------------------------------------- preview
+def preview(cfg, det, days: float = 7.0, limit: int = 2000, learned_rows: Sequence[int] = (),
+            tiled: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Replay the archived images of the last ``days`` days through ``det`` (the new version).
+
+    Returns:
+        ``{"available", "days", "archived_rejects", "archived_passes", "rejects_now_pass",
+        "passes_now_reject", "missing_images", "learned_rows": {"n", "now_pass"}, "note"}``.
+    """
+    from device.daemon import crop
+    from device.errors import AnomalyError
+    from device.journal import open_readonly
+    from device.preprocess import decode_image
+
+    out: dict[str, Any] = {"available": False, "days": days}
+    if tiled:
+        out["reason"] = "archived images of tiled bundles carry the score overlay; nothing to replay"
+        return out
+    try:
+        j = open_readonly(cfg.journal.path)
+    except AnomalyError as exc:
+        out["reason"] = str(exc)
+        return out
+    try:
+        rows = j._read("SELECT id, decision, image FROM decisions WHERE ts >= ? AND image IS NOT NULL AND "   # TODO(lead-api)
+                       "decision IN ('PASS', 'REJECT') ORDER BY id DESC LIMIT ?", (time.time() - days * 86400, limit))
+    finally:
+        j.close()
+    learned = set(int(r) for r in learned_rows)
+    c = {"archived_rejects": 0, "archived_passes": 0, "rejects_now_pass": 0, "passes_now_reject": 0,
+         "missing_images": 0}
+    lr = {"n": 0, "now_pass": 0}
+    for i, (row, old, path) in enumerate(rows):
+        if progress:
+            progress(i + 1, len(rows))
+        try:
+            new = str(det.inspect(crop(decode_image(path), cfg.camera.roi)).decision)
+        except Exception:   # gone (retention) or unreadable
+            c["missing_images"] += 1
+            continue
+        if row in learned:
+            lr["n"] += 1
+            lr["now_pass"] += new == "PASS"
+            continue
+        c["archived_rejects" if old == "REJECT" else "archived_passes"] += 1
+        c["rejects_now_pass"] += old == "REJECT" and new == "PASS"
+        c["passes_now_reject"] += old == "PASS" and new != "PASS"
+    return {**out, "available": True, **c, "learned_rows": lr, "replayed": len(rows),
+            "note": f"archived passes are a sample (1 in [journal] archive_pass_every = "
+                    f"{cfg.journal.archive_pass_every}); at most {limit} most recent images replayed"}
+
+
+# ---------------------------------------------------------------- the command
+def _lineage(parent, pdig: str, images: list[LearnImage], bank_info: dict, thr: dict) -> dict[str, Any]:
+    pm = _manifest_dict(parent)
+    ancestors = [pdig] + list((pm.get("lineage") or {}).get("ancestors", []))[:50]
+    return {"parent_digest": pdig, "parent_created": pm.get("created"), "created_by": "anomaly-device learn",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": (f"bank += features of {len(images)} confirmed-good image(s) from the parent's extractor; "
+                       f"compressed to cap {bank_info['cap']} ({bank_info['subsample']}, device.scoring.bank_rows, "
+                       f"seed {bank_info['seed']}); threshold: {thr['estimator']['kind']} at target FRR "
+                       f"{thr['target_frr']}"),
+            "images": [{"sha256": im.sha256, "source": im.source, **({"row": im.row} if im.row else {})}
+                       for im in images],
+            "n_images": len(images), "bank": bank_info, "ancestors": ancestors}
+
+
+def build_child(parent, images: list[LearnImage], progress: Callable[[int, int], None] | None = None
+                ) -> tuple[dict, dict[str, bytes], dict]:
+    """The new version's manifest body and files, and figures (scores of the learned images
+    before and after, bank, threshold). Nothing is written."""
+    from device.bundle import npy_bytes
+    from device.detector import Detector
+    from device.preprocess import preprocess
+
+    pdig = bundle_digest_of(parent)
+    feats, before = [], []
+    with Detector(parent) as det:
+        for i, im in enumerate(images):
+            rows = det.features(preprocess(im.image, parent.input_spec))
+            feats.append(rows)
+            before.append(float(det.scorer.frame_scores(rows)[0]))
+            if progress:
+                progress(i + 1, len(images))
+    new_rows = np.concatenate(feats)
+    bank, idx, keep_parent, bank_info = grow_bank(parent, new_rows, len(images))
+    scorer = tile_scorer(parent, bank, idx)
+    thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
+    after = scorer.frame_scores(new_rows)
+    body = {k: v for k, v in _manifest_dict(parent).items() if k not in DROP_KEYS}
+    sc = dict(body["scoring"])
+    sc["bank_size"] = int(len(bank))
+    if sc.get("bank_source_images") is not None:
+        sc["bank_source_images"] = int(sc["bank_source_images"]) + len(images)
+    body.update(scoring=sc, threshold=thr, lineage=_lineage(parent, pdig, images, bank_info, thr))
+    files = {n: bytes(b) for n, b in parent.files.items()
+             if n not in ("bank.npy", "calibration_scores.npy", "bank_tile_index.npy")}
+    files["bank.npy"] = npy_bytes(bank)
+    files["calibration_scores.npy"] = npy_bytes(cal_scores)
+    if idx is not None:
+        files["bank_tile_index.npy"] = npy_bytes(idx)
+    figures = {"scores_before": before, "scores_after": [float(s) for s in after], "bank": bank_info,
+               "threshold": thr}
+    return body, files, figures
+
+
+def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: float = 7.0,
+          out: str | Path | None = None, deploy: bool = False, preview_max: int = 2000,
+          progress: Callable[[str, int, int], None] | None = None, **deploy_kw) -> dict[str, Any]:
+    """Learn confirmed-good images into a new version of the active bundle (module docstring).
+
+    Args:
+        cfg: device config (active bundle, journal, camera ROI).
+        good: image files or folders; rows: journal decision rows whose archived images are good.
+        days: preview window; preview_max: most archived images replayed.
+        out: write the new version here instead of into the versions store.
+        deploy: activate it with :func:`device.versions.deploy` (``deploy_kw``: ``unit``, ``wait_s``).
+        progress: ``callback(stage, done, total)``; stages ``features`` and ``preview``.
+
+    Returns:
+        ``{"parent", "version", "digest", "path", "images", "scores_before", "scores_after", "bank",
+        "threshold": {"old", "new", "running", ...}, "preview", "deploy"}``.
+    """
+    from device.bundle import load_bundle
+    from device.detector import Detector
+
+    parent = load_bundle(cfg.bundle.path)
+    images = collect_images(cfg, good, rows, parent.input_spec.tiled)
+    stage = (lambda name: (lambda i, n: progress(name, i, n))) if progress else (lambda name: None)
+    body, files, fig = build_child(parent, images, stage("features"))
+    path, name = _write_child(cfg, body, files, out, bundle_digest_of(parent), len(images))
+    child = load_bundle(path)
+    running = child.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
+    with Detector(child, threshold=running) as det:
+        pre = preview(cfg, det, days, preview_max, [im.row for im in images if im.row], parent.input_spec.tiled,
+                      stage("preview"))
+    thr = fig["threshold"]
+    res = {"parent": bundle_digest_of(parent), "version": name, "digest": bundle_digest_of(child), "path": str(path),
+           "images": len(images), "scores_before": fig["scores_before"], "scores_after": fig["scores_after"],
+           "bank": fig["bank"], "threshold": {"old": thr["previous"]["value"], "new": thr["value"],
+                                              "running": running.value, "running_source": running.source,
+                                              "target_frr": thr["target_frr"], "estimator": thr["estimator"]},
+           "preview": pre, "deploy": None}
+    if deploy:
+        from device.versions import deploy as do_deploy
+
+        res["deploy"] = do_deploy(cfg, path, source=f"learn from {res['parent'][:16]} ({len(images)} images)",
+                                  **deploy_kw)
+    return res
+
+
+def _write_child(cfg, body: dict, files: dict, out, parent_digest: str, n: int) -> tuple[Path, str]:
+    from device.bundle import write_bundle
+    from device.versions import Store
+
+    if out is not None:
+        dest = write_bundle(out, body, files)
+        return Path(dest), Path(dest).name
+    store = Store.for_config(cfg)
+    with store.locked():
+        tmp = store.root / f".learn-{os.getpid()}-{time.monotonic_ns()}"
+        write_bundle(tmp, body, files)
+        name = store.add_written(tmp)
+        ix = store.read_index()
+        ix["versions"].setdefault(name, {"source": f"learn from {parent_digest[:16]} ({n} images)",
+                                         "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        store.write_index(ix)
+    return store.version_dir(name), name
