@@ -5,7 +5,10 @@ Every source yields uint8 RGB (or grey) arrays. ``picamera2`` is imported only i
 
 A source raises :class:`CameraError` when the camera is gone or a read fails or times
 out (the daemon then retries with back-off) and :class:`EndOfStream` when a replay
-source has no more frames.
+source has no more frames. A frame that was read but cannot be decoded (a corrupt file in a
+replay folder, an image above ``[camera] max_pixels``) is not a camera fault: it comes back as a
+:class:`Frame` whose ``error`` says why (no image), and the daemon decides it ERROR. A looping
+video that becomes unreadable (truncated, overwritten) is a camera fault, never an end of stream.
 
 Example:
     >>> src = FolderSource("frames/", loop=False)      # doctest: +SKIP
@@ -44,16 +47,18 @@ class Frame:
     """One captured frame.
 
     Attributes:
-        image: uint8 (H, W, 3) RGB or (H, W) grey.
+        image: uint8 (H, W, 3) RGB or (H, W) grey; None when ``error`` is set.
         index: frame counter of the source (0-based).
         t_capture: ``time.monotonic()`` when the frame was captured.
         name: where it came from (file name, ``video:12``, ``picamera2:lores``).
+        error: why this frame has no image (undecodable or oversized file); None for a good frame.
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     index: int
     t_capture: float
     name: str
+    error: str | None = None
 
 
 @runtime_checkable
@@ -83,16 +88,21 @@ class _Base:
 class FolderSource(_Base):
     """Replays the images of a folder in sorted order (decoded with OpenCV, RGB out).
 
+    A file that cannot be decoded (corrupt, empty, not an image, above ``max_pixels``) gives a
+    frame with ``error`` set and the replay goes on with the next file.
+
     Args:
         path: folder of images (searched recursively).
         loop: start again after the last image instead of raising :class:`EndOfStream`.
         cache: keep decoded frames in memory (benchmarks: no disk in the loop).
+        max_pixels: larger images are refused from their header (default: the preprocessing limit).
     """
 
-    def __init__(self, path: str | Path, loop: bool = False, cache: bool = False):
+    def __init__(self, path: str | Path, loop: bool = False, cache: bool = False, max_pixels: int | None = None):
         self.path = Path(path)
         self.loop = loop
         self.cache = cache
+        self.max_pixels = max_pixels
         self.name = f"folder:{self.path}"
         self._files: list[Path] = []
         self._cache: dict[int, np.ndarray] = {}
@@ -121,16 +131,17 @@ class FolderSource(_Base):
             raise EndOfStream(f"{self.name}: all {len(self._files)} images replayed")
         n = self._i % len(self._files)
         f = self._files[n]
+        idx = self._i
+        self._i += 1
         img = self._cache.get(n)
         if img is None:
             try:
-                img = decode_image(f)
-            except ImageError as exc:
-                raise CameraError(str(exc)) from exc
+                img = decode_image(f, max_pixels=self.max_pixels)
+            except ImageError as exc:        # this frame only: the replay goes on
+                log.debug("%s: %s", self.name, exc)
+                return Frame(None, idx, time.monotonic(), f.name, error=str(exc))
             if self.cache:
                 self._cache[n] = img
-        idx = self._i
-        self._i += 1
         return Frame(img, idx, time.monotonic(), f.name)
 
     def close(self) -> None:
@@ -140,6 +151,11 @@ class FolderSource(_Base):
 
 class VideoSource(_Base):
     """OpenCV ``VideoCapture``: a video file (replay) or a USB camera index.
+
+    A looping file is expected to play forever: when it can no longer be read from the start (it
+    was truncated, emptied or replaced) or it changed on disk, that is a :class:`CameraError` (the
+    daemon retries it, alarms, and systemd restarts the service), not an end of stream. Without
+    ``loop`` the end of the file is :class:`EndOfStream`.
 
     Args:
         target: file path or camera index.
@@ -155,6 +171,14 @@ class VideoSource(_Base):
         self.name = f"video:{target}" if self.is_file else f"opencv:{target}"
         self._cap = None
         self._i = 0
+        self._stat: tuple | None = None
+
+    def _file_id(self) -> tuple | None:
+        try:
+            st = Path(self.target).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def open(self) -> None:
         import cv2
@@ -170,6 +194,22 @@ class VideoSource(_Base):
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         self._cap = cap
         self._i = 0
+        self._stat = self._file_id() if self.is_file else None
+
+    def _rewind(self):
+        """Looping file at its end: check it is the file that was opened, then read it from the start."""
+        import cv2
+
+        now = self._file_id()
+        if now != self._stat:
+            what = "is gone" if now is None else ("is empty" if now[1] == 0 else "changed on disk")
+            raise CameraError(f"{self.name}: looping video {what} after {self._i} frames (truncated or replaced)")
+        self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            raise CameraError(f"{self.name}: looping video cannot be read from its start again "
+                              f"after {self._i} frames (truncated or replaced?)")
+        return bgr
 
     def read(self) -> Frame:
         import cv2
@@ -177,10 +217,9 @@ class VideoSource(_Base):
         if self._cap is None:
             raise CameraError(f"{self.name}: read before open()")
         ok, bgr = self._cap.read()
-        if not ok and self.is_file and self.loop and self._i > 0:
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, bgr = self._cap.read()
-        if not ok or bgr is None:
+        if (not ok or bgr is None) and self.is_file and self.loop:
+            bgr = self._rewind()
+        elif not ok or bgr is None:
             if self.is_file:
                 raise EndOfStream(f"{self.name}: end of video after {self._i} frames")
             raise CameraError(f"{self.name}: read failed (camera disconnected?)")
@@ -318,7 +357,7 @@ class TimeoutSource(_Base):
 def make_source(cam) -> FrameSource:
     """Source for a :class:`~device.config.CameraConfig`."""
     if cam.source == "folder":
-        src: FrameSource = FolderSource(cam.path, loop=cam.loop)
+        src: FrameSource = FolderSource(cam.path, loop=cam.loop, max_pixels=max_pixels(cam))
     elif cam.source == "video":
         src = VideoSource(cam.path, loop=cam.loop)
     elif cam.source == "opencv":
@@ -330,3 +369,11 @@ def make_source(cam) -> FrameSource:
     if cam.source in ("opencv", "picamera2") and cam.read_timeout_s > 0:
         src = TimeoutSource(src, cam.read_timeout_s)
     return src
+
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def max_pixels(cam) -> int:
+    """``[camera] max_pixels`` of a camera config (the preprocessing default where it has none)."""
+    return int(getattr(cam, "max_pixels", None) or DEFAULT_MAX_PIXELS)   # TODO(lead-api): cam.max_pixels
