@@ -11,14 +11,14 @@ threshold for a target false-reject rate (:meth:`device.bundle.Bundle.threshold_
 recent journal scores say how many decisions it would have changed (:func:`core.decision.decide`).
 
 Example:
-    >>> argv = learn_argv("/etc/anomaly-device/device.toml", [12, 40])
-    >>> argv[:3], argv[-3:]
-    (['learn', '--config', '/etc/anomaly-device/device.toml'], ['--from-journal', '12', '40'])
+    >>> learn_argv("/etc/anomaly-device/device.toml", [12, 40])
+    ['learn', '--config', '/etc/anomaly-device/device.toml', '--from-journal', '12', '40']
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,16 +36,16 @@ class Busy(Exception):
 
 
 # --------------------------------------------------------------------------- the commands
-# TODO(lifecycle): these follow issue 12's command line (`learn --config F --good PATH...
-# [--from-journal ROW...] [--deploy]`, `deploy BUNDLE --config F`, `rollback --config F`); the
-# threshold change has no life-cycle command of its own yet (see threshold_argv).
-def learn_argv(config: str, rows: list[int], deploy: bool = False) -> list[str]:
+# The life-cycle commands of device/lifecycle_cli.py: `learn --config F --from-journal ROW...`
+# (writes a new version, prints its preview, deploys nothing), `deploy VERSION --config F`,
+# `rollback --config F`.
+def learn_argv(config: str, rows: list[int]) -> list[str]:
     """``learn`` on journal rows an operator confirmed good (their archived images)."""
-    return ["learn", "--config", config, *(["--deploy"] if deploy else []),
-            "--from-journal", *[str(int(r)) for r in rows]]
+    return ["learn", "--config", config, "--from-journal", *[str(int(r)) for r in rows]]
 
 
 def deploy_argv(config: str, bundle: str) -> list[str]:
+    """``deploy`` a bundle folder or a stored version (digest prefix, as ``learn`` prints it)."""
     return ["deploy", bundle, "--config", config]
 
 
@@ -54,14 +54,32 @@ def rollback_argv(config: str) -> list[str]:
 
 
 def threshold_argv(config: str, target_frr: float) -> list[str]:
-    """Re-target the active bundle's threshold at ``target_frr`` through the life-cycle command."""
+    """Re-target the active bundle's threshold at ``target_frr``.
+
+    TODO(lifecycle): issue 12's commands have no threshold re-target yet; this is the form the panel
+    will run once ``deploy`` accepts ``--target-frr`` (a new version whose manifest threshold is read
+    from its calibration scores). Until then the page offers the preview only.
+    """
     return ["deploy", "--config", config, "--target-frr", repr(float(target_frr))]
 
 
+def learned_version(output: str) -> str | None:
+    """The version ``learn`` wrote, from its output line ``new version <digest> (parent …)``.
+
+    Example:
+        >>> learned_version("new version 3f2a9c0d1e4b5a67 (parent 9b1c…): 2 image(s) learned")
+        '3f2a9c0d1e4b5a67'
+    """
+    m = re.search(r"^new version (\S+)", output or "", re.M)
+    return m.group(1) if m else None
+
+
 def available_commands(prefix: list[str] | None = None) -> set[str]:
-    """Subcommands the installed ``anomaly-device`` offers (in-process when the prefix is ours)."""
+    """Life-cycle actions the installed ``anomaly-device`` offers: its subcommands, plus
+    ``threshold`` when its ``deploy`` takes ``--target-frr``. An external command (``prefix``) is
+    trusted to have learn, deploy and rollback."""
     if prefix:
-        return set(LIFECYCLE_COMMANDS)     # an external command: trust it, its output tells
+        return {"learn", "deploy", "rollback"}
     from device.cli import build_parser
 
     try:
@@ -69,10 +87,12 @@ def available_commands(prefix: list[str] | None = None) -> set[str]:
     except Exception as exc:  # pragma: no cover - a broken sibling module must not break the panel
         log.warning("cannot list anomaly-device commands: %s", exc)
         return set()
-    for act in parser._actions:
-        if getattr(act, "choices", None) and isinstance(act.choices, dict):
-            return set(act.choices)
-    return set()
+    subs = next((a.choices for a in parser._actions if isinstance(getattr(a, "choices", None), dict)), {})
+    out = set(subs) & set(LIFECYCLE_COMMANDS)
+    deploy = subs.get("deploy")
+    if deploy is not None and "--target-frr" in deploy._option_string_actions:
+        out.add("threshold")
+    return out
 
 
 def run_lifecycle_command(argv: list[str], timeout_s: float,
@@ -188,15 +208,14 @@ def threshold_preview(reader, bundle_path: str, target_frr: float, n: int) -> di
     """
     import numpy as np
 
-    from core.decision import Threshold, decide
+    from core.decision import decide
     from device.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
-    value, source = bundle.threshold_for(target_frr=target_frr)
-    new = Threshold(value, source)
+    new = bundle.threshold_for(target_frr=target_frr, where="panel")
     rows = reader.recent(n, "score, threshold, decision")
-    out = {"target_frr": target_frr, "threshold": value, "source": source, "decisions": len(rows),
-           "current_threshold": rows[0]["threshold"] if rows else bundle.threshold,
+    out = {"target_frr": target_frr, "threshold": new.value, "source": new.source, "decisions": len(rows),
+           "current_threshold": rows[0]["threshold"] if rows else bundle.threshold.value,
            "pass_to_reject": 0, "reject_to_pass": 0, "unchanged": 0, "errors": 0}
     for r in rows:
         if r["decision"] == "ERROR" or r["score"] is None:
@@ -207,5 +226,5 @@ def threshold_preview(reader, bundle_path: str, target_frr: float, n: int) -> di
         out[key] += 1
     cal = bundle.calibration_scores
     if cal is not None and len(cal):
-        out["calibration_frr"] = float(np.mean(np.asarray(cal) > value))
+        out["calibration_frr"] = float(np.mean(np.asarray(cal) > new.value))
     return out

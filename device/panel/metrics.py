@@ -1,9 +1,11 @@
 """Prometheus metrics derived from the journal (``/metrics``, prometheus-client).
 
 Nothing is counted in the panel's memory that the journal does not hold: the counters are the
-journal's row counts (read incrementally, so they equal ``SELECT COUNT(*)`` at every scrape and
-survive a panel restart), the histograms are bucket counts of the journal's scores and per-stage
-latencies, the gauges come from the journal's events. A collector computes them at scrape time.
+journal's row counts by decision (read incrementally by row id, so they equal ``SELECT COUNT(*)``
+at every scrape and survive a panel restart; rows the service's retention deletes later are not
+subtracted, so they never go down), the histograms are bucket counts of the journal's scores and
+per-stage latencies, the gauges come from the journal's events. A collector computes them at
+scrape time.
 
 Metrics (all prefixed ``anomaly_``):
     counters: ``parts_total``, ``rejects_total``, ``errors_total``, ``passes_total``,
@@ -20,11 +22,12 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any, Callable
 
-from device.panel.reader import STAGES, JournalReader
+from device.panel.reader import STAGES, Counts, JournalReader
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class JournalCollector:
         self._lock = threading.Lock()
         self._hists: dict[str, _Hist] | None = None
         self._upto = 0
+        self._totals = Counts()          # monotonic: rows seen, never decreased by the journal's retention
 
     def _histograms(self, threshold: float | None, top: int) -> dict[str, _Hist]:
         with self._lock:
@@ -86,6 +90,22 @@ class JournalCollector:
                 self._upto = top
             return self._hists
 
+    def totals(self) -> Counts:
+        """Decisions and missed triggers journaled, accumulated by row id (the journal's retention
+        deleting old rows does not lower them; a replaced journal starts them again)."""
+        with self._lock:
+            _, top, _, etop = self.reader.bounds()
+            t = self._totals
+            if top < t.last_id or etop < t.last_event_id:
+                log.warning("journal %s: row ids went back; counters start again", self.reader.path)
+                t = self._totals = Counts()
+            d = self.reader.count_range(t.last_id, top)
+            t.parts, t.rejects, t.errors, t.passes = (t.parts + d.parts, t.rejects + d.rejects,
+                                                      t.errors + d.errors, t.passes + d.passes)
+            t.missed_triggers += self.reader.missed_range(t.last_event_id, etop)
+            t.last_id, t.last_event_id = top, etop
+            return dataclasses.replace(t)
+
     def describe(self):
         return []
 
@@ -93,7 +113,7 @@ class JournalCollector:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily)
 
-        c = self.reader.counts()
+        c = self.totals()
         st = self.status_fn()
         for name, value, doc in (("parts", c.parts, "Decisions journaled (parts inspected)"),
                                  ("rejects", c.rejects, "REJECT decisions"),

@@ -89,6 +89,7 @@ class JournalReader:
         self._lock = threading.RLock()
         self._conns: list[sqlite3.Connection] = []
         self._counts = Counts()
+        self._counts_mark = (-1, -1)     # (first decision id, first event id) when last counted
         self._windows: dict[str, tuple[float, int, Counts]] = {}
         self._image_scan = (0, None)     # (last id scanned, last row with an image)
         self._closed = False
@@ -156,28 +157,47 @@ class JournalReader:
         self.close()
 
     # ------------------------------------------------------------------ counts
+    def count_range(self, after_id: int, upto_id: int) -> Counts:
+        """Decisions with ``after_id < id <= upto_id`` by kind (``last_id`` = ``upto_id``)."""
+        c = Counts(last_id=upto_id)
+        if upto_id > after_id:
+            _add(c, self.db().execute("SELECT decision, COUNT(*) FROM decisions WHERE id > ? AND id <= ? "
+                                      "GROUP BY decision", (after_id, upto_id)))
+        return c
+
+    def missed_range(self, after_id: int, upto_id: int) -> int:
+        """Missed-trigger events with ``after_id < id <= upto_id``."""
+        if upto_id <= after_id:
+            return 0
+        return self.db().execute("SELECT COUNT(*) FROM events WHERE id > ? AND id <= ? AND kind LIKE 'missed%'",
+                                 (after_id, upto_id)).fetchone()[0]
+
+    def bounds(self) -> tuple[int, int, int, int]:
+        """(first, last decision id, first, last event id); 0 for an empty table."""
+        db = self.db()
+        d = db.execute("SELECT MIN(id), MAX(id) FROM decisions").fetchone()
+        e = db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
+        return d[0] or 0, d[1] or 0, e[0] or 0, e[1] or 0
+
     def counts(self) -> Counts:
-        """Totals over the whole journal (incremental: only rows after the last call are read)."""
+        """The rows the journal holds, by kind. Incremental: only rows after the last call are read;
+        counted again from scratch when the service's retention has deleted old rows."""
         with self._lock:
-            db = self.db()
-            c = self._counts
-            top = db.execute("SELECT MAX(id) FROM decisions").fetchone()[0] or 0
-            if top < c.last_id:            # journal replaced or emptied: count again
-                log.warning("journal %s: last id went back from %d to %d; recounting", self.path, c.last_id, top)
-                c = self._counts = Counts()
-                self._windows.clear()
-            if top > c.last_id:
-                _add(c, db.execute("SELECT decision, COUNT(*) FROM decisions WHERE id > ? AND id <= ? "
-                                   "GROUP BY decision", (c.last_id, top)))
-                c.last_id = top
-            etop = db.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-            if etop < c.last_event_id:
-                c.missed_triggers, c.last_event_id = 0, 0
-            if etop > c.last_event_id:
-                c.missed_triggers += db.execute(
-                    "SELECT COUNT(*) FROM events WHERE id > ? AND id <= ? AND kind LIKE 'missed%'",
-                    (c.last_event_id, etop)).fetchone()[0]
-                c.last_event_id = etop
+            lo, top, elo, etop = self.bounds()
+            c, mark = self._counts, self._counts_mark
+            if (lo, elo) != mark or top < c.last_id or etop < c.last_event_id:
+                c = Counts()
+                self._counts_mark = (lo, elo)
+                self._windows = {k: v for k, v in self._windows.items() if top >= v[2].last_id}
+            delta = self.count_range(c.last_id, top)
+            c.parts += delta.parts
+            c.rejects += delta.rejects
+            c.errors += delta.errors
+            c.passes += delta.passes
+            c.last_id = top
+            c.missed_triggers += self.missed_range(c.last_event_id, etop)
+            c.last_event_id = etop
+            self._counts = c
             return dataclasses.replace(c)
 
     def window_counts(self, name: str, since: float) -> Counts:

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from device.panel import charts
-from device.panel.actions import (Busy, deploy_argv, learn_argv, rollback_argv, threshold_argv,
+from device.panel.actions import (Busy, deploy_argv, learn_argv, learned_version, rollback_argv, threshold_argv,
                                   threshold_preview)
 from device.panel.auth import same_token
 from device.panel.reader import NON_PASS, JournalMissing
@@ -363,7 +363,8 @@ def create_app(svc) -> Starlette:
         a = svc.store.action(request.path_params["id"])
         if a is None:
             return page(request, "message.html", 404, title="Not found", message="no such action")
-        return page(request, "run.html", a=a)
+        version = learned_version(a.get("output") or "") if a["action"] == "learn" and a["status"] == "ok" else None
+        return page(request, "run.html", a=a, version=version)
 
     def api_action(request: Request) -> Response:
         if session(request) is None:
@@ -401,14 +402,8 @@ def _frr(value) -> float:
 
 
 def _last_learned_bundle(svc) -> str | None:
-    """The version folder the last successful ``learn`` printed (to offer it for deployment)."""
-    # TODO(lifecycle): read it from `learn --json` once the life-cycle command prints it as data.
-    import re
-
+    """The version the last successful ``learn`` wrote (offered for deployment)."""
     for a in svc.store.actions(20, ("learn",)):
-        if a["status"] == "ok" and a.get("output"):
-            m = re.findall(r"(/\S+)", a["output"])
-            for cand in reversed(m):
-                if (Path(cand.rstrip(".,:;)")) / "manifest.json").is_file():
-                    return cand.rstrip(".,:;)")
+        if a["status"] == "ok":
+            return learned_version(a.get("output") or "")
     return None

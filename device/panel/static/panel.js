@@ -113,6 +113,7 @@
         st.textContent = a.status; st.className = "badge st-" + a.status;
         box.setAttribute("data-status", a.status);
         if (a.status === "running") { setTimeout(function () { pollAction(box); }, 700); }
+        else { window.location.reload(); }   // the finished page offers what comes next (e.g. deploy)
       })
       .catch(function () { setTimeout(function () { pollAction(box); }, 2000); });
   }
