@@ -12,7 +12,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -157,3 +158,268 @@ def synthetic_defects(images, kinds=DEFECT_KINDS, seed: int = 0, per_image: int 
             masks.append(m)
             used.append(kind)
     return out, masks, used
+
+
+# ---------------------------------------------------------------------------- validation defects
+# Defects for *selecting* a configuration (issue 11): drawn on the source frames (before any
+# resize or tiling, so every candidate sees the same defect through its own preprocessing),
+# sized in source pixels from the smallest defect the user cares about up to a fraction of the
+# frame (log-uniform), with a contrast relative to the image's own spread (subtle to strong:
+# an AUROC that saturates at 1.0 for every candidate ranks nothing), placed where the image
+# has content (a warp of a flat background changes nothing), and of two families:
+#   surface: scratch, spot, crack, stain (soft low-contrast blob), texture (blur / noise patch);
+#   shape:   cutpaste (a piece of the image moved), warp (local bulge / pinch), missing (a region
+#            in-painted away), stretch (proportions change over a large window) - what changes an
+#            object's outline or layout.
+# A defect that changes nothing (mean change under its mask < MIN_CHANGE grey levels) is redrawn.
+
+SURFACE_KINDS = ("scratch", "spot", "crack", "stain", "texture")
+SHAPE_KINDS = ("cutpaste", "warp", "missing", "stretch")
+VALIDATION_KINDS = SURFACE_KINDS + SHAPE_KINDS
+MIN_CHANGE = 2.0
+
+
+def _f32(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) if img.ndim == 3 else np.repeat(img[:, :, None], 3, 2).astype(np.float32)
+
+
+def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W) uint8 mask -> float weights in [0, 1] with a Gaussian-blurred edge."""
+    m = mask.astype(np.float32) / 255.0
+    return _cv2().GaussianBlur(m, (0, 0), sigma) if sigma > 0 else m
+
+
+def _shift(img, weight, amount):
+    """Add ``amount`` grey levels under ``weight`` (H, W) in [0, 1]."""
+    return np.clip(_f32(img) + weight[..., None] * amount, 0, 255).astype(np.uint8)
+
+
+def _signed(img, centre, strength, rng):
+    """Signed amplitude: away from the local level when that is near black or white, else random."""
+    x, y = int(centre[0]), int(centre[1])
+    g = _f32(img)[max(0, y - 2):y + 3, max(0, x - 2):x + 3].mean()
+    sign = 1.0 if g < 70 else -1.0 if g > 185 else float(rng.choice([-1.0, 1.0]))
+    return sign * strength
+
+
+def _polyline_mask(shape, pts, thick):
+    mask = np.zeros(shape[:2], np.uint8)
+    _cv2().polylines(mask, [np.int32(np.round(pts))], False, 255, int(max(1, thick)), _cv2().LINE_AA)
+    return mask
+
+
+def v_scratch(img, rng, centre, size, strength):
+    """A straight-ish line of length ``size``, 3-10 % as wide (at least 1 px)."""
+    n = int(rng.integers(1, 4))
+    ang = rng.uniform(0, 2 * np.pi)
+    pts = [np.asarray(centre, np.float64) - 0.5 * size * np.array([np.cos(ang), np.sin(ang)])]
+    for _ in range(n):
+        ang += rng.normal(0, 0.25)
+        pts.append(pts[-1] + size / n * np.array([np.cos(ang), np.sin(ang)]))
+    mask = _polyline_mask(img.shape, pts, round(size * rng.uniform(0.03, 0.10)))
+    return _shift(img, _soft(mask, 0), _signed(img, centre, strength, rng)), mask
+
+
+def v_spot(img, rng, centre, size, strength):
+    """A filled ellipse ``size`` across with a soft edge."""
+    mask = np.zeros(img.shape[:2], np.uint8)
+    ax = (max(1, int(size / 2)), max(1, int(size / 2 * rng.uniform(0.5, 1.0))))
+    _cv2().ellipse(mask, (int(centre[0]), int(centre[1])), ax, rng.uniform(0, 180), 0, 360, 255, -1, _cv2().LINE_AA)
+    return _shift(img, _soft(mask, max(0.5, size / 16)), _signed(img, centre, strength, rng)), mask
+
+
+def v_crack(img, rng, centre, size, strength):
+    """A thin jagged dark line: a random walk spanning about ``size``."""
+    n = int(rng.integers(6, 14))
+    ang = rng.uniform(0, 2 * np.pi)
+    pts = [np.asarray(centre, np.float64)]
+    for _ in range(n):
+        ang += rng.normal(0, 0.7)
+        pts.append(pts[-1] + size / np.sqrt(n) * 0.8 * np.array([np.cos(ang), np.sin(ang)]))
+    pts = np.asarray(pts) - (np.mean(pts, axis=0) - centre)
+    mask = _polyline_mask(img.shape, pts, round(size / 40))
+    return _shift(img, _soft(mask, 0), -1.3 * strength), mask
+
+
+def v_stain(img, rng, centre, size, strength):
+    """A smooth, low-contrast blob (Gaussian profile, sigma = size / 4)."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = max(1.0, size / 4)
+    weight = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * s * s))
+    mask = (weight > 0.3).astype(np.uint8) * 255
+    return _shift(img, weight, 0.7 * _signed(img, centre, strength, rng)), mask
+
+
+def v_texture(img, rng, centre, size, strength):
+    """The texture inside an ellipse ``size`` across is smoothed away or replaced by noise."""
+    cv2 = _cv2()
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (max(1, int(size / 2)), max(1, int(size / 2 * rng.uniform(0.6, 1)))),
+                rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA)
+    x = _f32(img)
+    if rng.random() < 0.5:
+        other = cv2.GaussianBlur(x, (0, 0), max(1.0, size / 8))
+    else:
+        other = x + rng.normal(0, 0.6 * strength, x.shape[:2])[..., None].astype(np.float32)
+    wgt = _soft(mask, max(0.5, size / 16))[..., None]
+    return np.clip(x * (1 - wgt) + other * wgt, 0, 255).astype(np.uint8), mask
+
+
+def v_cutpaste(img, rng, centre, size, strength):
+    """A square piece of the image (side ``size``), rotated or flipped, pasted centred at ``centre``."""
+    h, w = img.shape[:2]
+    s = int(max(2, min(size, h - 1, w - 1)))
+    sy, sx = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+    x = _f32(img)
+    patch = np.rot90(x[sy:sy + s, sx:sx + s], int(rng.integers(1, 4)))
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    ty = int(np.clip(centre[1] - s / 2, 0, h - s))
+    tx = int(np.clip(centre[0] - s / 2, 0, w - s))
+    mask = np.zeros((h, w), np.uint8)
+    mask[ty:ty + s, tx:tx + s] = 255
+    wgt = _soft(mask, 0.5)[..., None]
+    canvas = x.copy()
+    canvas[ty:ty + s, tx:tx + s] = patch * rng.uniform(0.9, 1.1)
+    return np.clip(x * (1 - wgt) + canvas * wgt, 0, 255).astype(np.uint8), mask
+
+
+def v_warp(img, rng, centre, size, strength):
+    """A local bulge or pinch of radius ``size / 2`` (the outline moves, the texture stretches)."""
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    r = max(2.0, size / 2)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - centre[0], yy - centre[1]
+    rho2 = (dx * dx + dy * dy) / (r * r)
+    amount = rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.6)
+    f = np.where(rho2 < 1, 1 - amount * (1 - rho2) ** 2, 1.0).astype(np.float32)
+    out = cv2.remap(np.ascontiguousarray(_f32(img)), centre[0] + dx * f, centre[1] + dy * f, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT)
+    mask = (rho2 < 1).astype(np.uint8) * 255
+    return np.clip(out, 0, 255).astype(np.uint8), mask
+
+
+def v_stretch(img, rng, centre, size, strength):
+    """The part's proportions change: the image is scaled by 1.15-1.4 along a random axis about
+    ``centre`` inside a window ``size`` across (the whole frame when ``size`` covers it)."""
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    ang = rng.uniform(0, np.pi)
+    f = rng.uniform(1.15, 1.4) if rng.random() < 0.5 else 1 / rng.uniform(1.15, 1.4)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - centre[0], yy - centre[1]
+    u = dx * np.cos(ang) + dy * np.sin(ang)                    # coordinate along the stretch axis
+    r = max(2.0, size / 2)
+    wgt = np.clip(1.5 - np.hypot(dx, dy) / r, 0, 1).astype(np.float32)    # full inside r/2, none beyond 1.5 r
+    shrink = (1 / f - 1) * wgt
+    mx = (xx + u * shrink * np.cos(ang)).astype(np.float32)
+    my = (yy + u * shrink * np.sin(ang)).astype(np.float32)
+    out = cv2.remap(np.ascontiguousarray(_f32(img)), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return np.clip(out, 0, 255).astype(np.uint8), (wgt > 0.5).astype(np.uint8) * 255
+
+
+def v_missing(img, rng, centre, size, strength):
+    """An ellipse ``size`` across in-painted from its surroundings (a part that is not there)."""
+    cv2 = _cv2()
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (max(1, int(size / 2)), max(1, int(size / 2 * rng.uniform(0.5, 1)))),
+                rng.uniform(0, 180), 0, 360, 255, -1)
+    src = np.ascontiguousarray(_f32(img).astype(np.uint8))
+    return cv2.inpaint(src, mask, max(1.0, size / 8), cv2.INPAINT_TELEA), mask
+
+
+VALIDATION_DRAW: dict[str, Callable] = {"scratch": v_scratch, "spot": v_spot, "crack": v_crack, "stain": v_stain,
+                                        "texture": v_texture, "cutpaste": v_cutpaste, "warp": v_warp,
+                                        "missing": v_missing, "stretch": v_stretch}
+
+
+def content_map(img: np.ndarray) -> np.ndarray:
+    """Where an image has content: local gradient energy, smoothed, as a probability map (H, W)."""
+    cv2 = _cv2()
+    g = _f32(img).mean(axis=2)
+    e = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=3)) + np.abs(g - g.mean()) * 0.05
+    e = cv2.GaussianBlur(e, (0, 0), max(1.0, min(g.shape) / 32))
+    return e / max(float(e.sum()), 1e-9)
+
+
+@dataclasses.dataclass
+class ValidationDefects:
+    """Synthetic defects for validation: ``images[i]`` was drawn on normal image ``source[i]``."""
+
+    images: list
+    masks: list
+    kinds: list
+    source: np.ndarray
+    sizes: np.ndarray
+    strengths: np.ndarray
+
+
+def validation_defects(images: Sequence[np.ndarray], kinds: Sequence[str] = VALIDATION_KINDS, seed: int = 0,
+                       min_px: float = 2.0, max_frac: float = 0.3, shape_frac: tuple = (0.15, 0.6),
+                       strength: tuple = (0.4, 2.0), each: bool = True, per_image: int = 1) -> ValidationDefects:
+    """Validation defects on source-resolution normal images.
+
+    Args:
+        images: uint8 (H, W) or (H, W, 3) normal images (any sizes).
+        kinds: defect kinds (:data:`VALIDATION_KINDS`).
+        min_px: smallest defect (source px): ``--min-defect-px``.
+        max_frac: surface defects span ``min_px`` .. ``max_frac`` x the short side (log-uniform).
+        shape_frac: shape defects span this range of the short side (at least ``min_px``).
+        strength: amplitude range as a multiple of the image's grey-level spread (at least 8 levels).
+        each: every image gets one defect of every kind (else kinds cycle over images).
+        per_image: defects per (image, kind) pair (``each``) or per image (cycling).
+
+    Returns:
+        :class:`ValidationDefects` (RGB uint8 images).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> imgs = [rng.integers(0, 255, (48, 48), dtype=np.uint8) for _ in range(2)]
+        >>> v = validation_defects(imgs, seed=1)
+        >>> len(v.images), sorted(set(v.kinds)) == sorted(VALIDATION_KINDS)
+        (18, True)
+    """
+    rng = np.random.default_rng(seed)
+    out = ValidationDefects([], [], [], [], [], [])
+    for i, img in enumerate(images):
+        img = img if img.ndim == 3 else np.repeat(img[:, :, None], 3, 2)
+        plan = [k for k in kinds for _ in range(per_image)] if each else \
+            [kinds[(i * per_image + j) % len(kinds)] for j in range(per_image)]
+        pmap = content_map(img)
+        for kind in plan:
+            d, m, size, st = _draw_validation(img, kind, rng, pmap, min_px, max_frac, shape_frac, strength)
+            out.images.append(d)
+            out.masks.append(m)
+            out.kinds.append(kind)
+            out.source.append(i)
+            out.sizes.append(size)
+            out.strengths.append(st)
+    out.source, out.sizes, out.strengths = (np.asarray(v) for v in (out.source, out.sizes, out.strengths))
+    return out
+
+
+def _draw_validation(img, kind, rng, pmap, min_px, max_frac, shape_frac, strength):
+    """One defect of ``kind``; redrawn (up to 6 times) when it changes nothing visible."""
+    if kind not in VALIDATION_DRAW:
+        raise ValueError(f"unknown validation defect kind {kind!r}; expected one of {VALIDATION_KINDS}")
+    h, w = img.shape[:2]
+    short = min(h, w)
+    lo, hi = (max(min_px, shape_frac[0] * short), shape_frac[1] * short) if kind in SHAPE_KINDS else \
+        (min_px, max(min_px, max_frac * short))
+    spread = max(8.0, float(img.std()))
+    flat = pmap.ravel()
+    for _ in range(6):
+        size = float(np.exp(rng.uniform(np.log(lo), np.log(max(lo, hi)))))
+        st = float(rng.uniform(*strength) * spread)
+        if rng.random() < 0.7:
+            j = int(rng.choice(flat.size, p=flat))
+            centre = (float(j % w), float(j // w))
+        else:
+            centre = (float(rng.uniform(0, w)), float(rng.uniform(0, h)))
+        d, m = VALIDATION_DRAW[kind](img, rng, centre, size, st)
+        sel = m > 0
+        if sel.any() and float(np.abs(d[sel].astype(np.float32) - img[sel]).mean()) >= MIN_CHANGE:
+            break
+    return d, m, size, st

@@ -1,0 +1,449 @@
+""".venv/bin/python scripts/bench/explore_selection.py [--sets mt fashion mnist brick demo] [--part scores|analyse|threshold|latency]
+
+Research behind issue 11 (``fit`` chooses its own configuration): does validation on synthetic
+defects rank candidate configurations as real defects do, and does the selection rule pick a
+candidate whose real AUROC is within 0.01 of the best (the *regret*)?
+
+For every data set (bounded: <= 300 training images, a few hundred test images):
+
+1. the candidate space :func:`trainer.candidates.derive_space` builds from the frame size (all
+   three input sizes, both backbone widths where weights exist, pooled taps x max/avg/grid3,
+   patch features with k-NN or Gaussian scoring, tile grids for large frames);
+2. float Keras features of training, test and synthetic images through
+   :class:`trainer.features.FeatureCache` (one forward pass per network and image set);
+3. per candidate: **real** AUROC (bank = all training images, test set with real defects),
+   **new synthetic validation** (``trainer.synth.validation_defects`` on the source frames,
+   cross-fitted scores: every training image is a validation normal, every defect is scored
+   against the bank without its source image's fold), and the **old** validation of today's
+   ``fit`` (80/20 split, ``synthetic_defects`` drawn on the held-out 20 % at network size);
+4. the scores are stored (``--work``), so ``--part analyse`` re-reads them and computes Spearman
+   rho (synthetic vs real AUROC over the candidates), the selection (argmax, and the tie rule of
+   ``trainer.selection.select`` with estimated latency as the cost) and its regret, per set and
+   per synthetic-defect mix.
+
+``--part threshold``: the small-data threshold study (30 training images, seeded draws):
+false-reject rate on held-out good images of today's held-out quantile vs leave-one-out scores
+with order-statistic and tail-extrapolated thresholds. ``--part latency``: int8 LiteRT timing of
+the trunks (the latency model's constants).
+
+Writes ``scripts/bench/results/selection_research.json`` (flat keys, numbers, command, date).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_k, "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+RESULTS = ROOT / "scripts" / "bench" / "results"
+OUT_JSON = RESULTS / "selection_research.json"
+W035 = "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
+W100 = "mobilenet_v2_1.0_224_imagenet_from_tf2ptq_dequant.weights.h5"
+ALL_SETS = ("mt", "fashion", "mnist", "brick", "demo")
+FOLDS = 5
+PATCH_BANK_ROWS = {"gauss": 20000, "knn": 5000}   # patch rows kept for the bank (Gaussian fit / k-NN scan)
+
+log = logging.getLogger("explore_selection")
+
+
+def shared() -> Path:
+    from trainer.datasets import shared_root
+
+    return shared_root()
+
+
+# ---------------------------------------------------------------------------- data sets
+
+
+def _grey(img) -> np.ndarray:
+    import cv2
+
+    if isinstance(img, (str, Path)):
+        return cv2.imread(str(img), cv2.IMREAD_GRAYSCALE)
+    return img[:, :, 0] if img.ndim == 3 else img
+
+
+def load_set(name: str, seed: int, n_train: int, n_test: int, work: Path) -> dict:
+    """Source images of one data set: ``train`` (normal), ``test`` + ``y`` (real defects = 1)."""
+    from trainer import datasets
+
+    rng = np.random.default_rng(seed)
+    if name in ("mt", "fashion", "mnist"):
+        kw = {"fashion": {"n_train": None}, "mnist": {}, "mt": {}}[name]
+        ds = datasets.load_dataset({"mt": "magnetic_tile"}.get(name, name), seed=seed, **kw)
+        tr = [ds.train[i] for i in np.sort(rng.choice(len(ds.train), min(n_train, len(ds.train)), replace=False))]
+        y = np.asarray(ds.test_labels)
+        te = np.r_[np.sort(rng.choice(np.flatnonzero(y == 0), min(n_test // 2, (y == 0).sum()), replace=False)),
+                   np.sort(rng.choice(np.flatnonzero(y == 1), min(n_test // 2, (y == 1).sum()), replace=False))]
+        return {"train": [_grey(x) for x in tr], "test": [_grey(ds.test[i]) for i in te], "y": y[te],
+                "groups": [ds.test_groups[i] for i in te]}
+    if name == "brick":
+        return _brick(seed, n_train, n_test)
+    if name == "demo":
+        return _demo(work, seed, n_train, n_test)
+    raise ValueError(name)
+
+
+def _brick(seed: int, n_train: int, n_test: int) -> dict:
+    """The generated 1024-px small-defect set of bench_tiles.py (brick halves, scratches and spots)."""
+    import bench_tiles as bt
+
+    q = bt._quadrants("brick")
+    rng = np.random.default_rng(seed)
+    train = [bt.make_frame(q["train_a"] if i % 2 == 0 else q["train_b"], rng) for i in range(n_train)]
+    good = [bt.make_frame(q["test"], rng) for _ in range(n_test // 2)]
+    bad, groups = [], []
+    for i in range(n_test // 2):
+        kind = ("scratch", "spot")[i % 2]
+        bad.append(bt.draw_small_defect(bt.make_frame(q["test"], rng), kind, rng, bt.POLARITY["brick"])[0])
+        groups.append(kind)
+    return {"train": train, "test": good + bad, "y": np.r_[np.zeros(len(good), int), np.ones(len(bad), int)],
+            "groups": ["good"] * len(good) + groups}
+
+
+def _demo(work: Path, seed: int, n_train: int, n_test: int) -> dict:
+    """The embedded demo set (trainer.data.make_demo_dataset, brick product)."""
+    from trainer.data import make_demo_dataset
+
+    lay = make_demo_dataset(work / "demo_data", seed=seed)
+    rng = np.random.default_rng(seed)
+    tr = [lay.train[i] for i in np.sort(rng.choice(len(lay.train), min(n_train, len(lay.train)), replace=False))]
+    items = lay.test_items()
+    if len(items) > n_test:
+        items = [items[i] for i in np.sort(rng.choice(len(items), n_test, replace=False))]
+    return {"train": [_grey(p) for p in tr], "test": [_grey(p) for p, _, _ in items],
+            "y": np.array([lab for _, lab, _ in items]), "groups": [g for _, _, g in items]}
+
+
+# ---------------------------------------------------------------------------- per-network features
+
+
+def network_inputs(images: list, cand, grey_frames: bool = True):
+    """Batch source of ``images`` as the candidate's network sees them (whole frame or tiles)."""
+    from device.preprocess import InputSpec, prepare_frame, preprocess
+    from trainer.features import ArraySource, TiledSource
+
+    if cand.grid:
+        spec = InputSpec(size=(cand.size, cand.size), color="grey", working_size=tuple(cand.working_size),
+                         grid=tuple(cand.grid), overlap=cand.overlap, pixel_scale=1.0, pixel_offset=0.0)
+        frames = np.stack([prepare_frame(im, spec)[:, :, 0] for im in images])
+        return TiledSource(frames, spec)
+    spec = InputSpec(size=(cand.size, cand.size), color="grey", pixel_scale=1.0, pixel_offset=0.0)
+    return ArraySource(np.stack([preprocess(im, spec)[0] for im in images]))
+
+
+def old_validation_images(train: list, cand, seed: int) -> tuple[np.ndarray, list]:
+    """Today's fit: 20 % held out (seeded), one ``synthetic_defects`` defect each, drawn on the
+    prepared frame (network size; working size at tile scale with a grid). Returns (cal index, defects)."""
+    from device.preprocess import InputSpec, prepare_frame
+    from trainer.synth import synthetic_defects
+
+    idx = np.random.default_rng(seed).permutation(len(train))
+    cal = np.sort(idx[:max(1, int(round(0.2 * len(train))))])
+    spec = InputSpec(size=(cand.size, cand.size), color="grey", pixel_scale=1.0, pixel_offset=0.0,
+                     working_size=tuple(cand.working_size) if cand.grid else None,
+                     grid=tuple(cand.grid) if cand.grid else None, overlap=cand.overlap)
+    scale = 1.0
+    if cand.grid:
+        _, _, tw, th = spec.tile_boxes()[0]
+        scale = min(th / spec.working_size[0], tw / spec.working_size[1])
+    frames = [prepare_frame(train[i], spec) for i in cal]
+    syn, _, _ = synthetic_defects(frames, seed=seed + 1, scale=scale)
+    return cal, syn
+
+
+def score_network_group(cands: list, data: dict, syn, cache, net, seed: int) -> dict:
+    """Scores of every candidate sharing one forward pass: {name: {...score arrays...}}."""
+    from trainer.features import Head, compose
+    from trainer.selection import fold_of
+
+    n = len(data["train"])
+    fold = fold_of(n, FOLDS, seed)
+    cal, old_syn = old_validation_images(data["train"], cands[0], seed)
+    srcs = {"train": network_inputs(data["train"], cands[0]), "test": network_inputs(data["test"], cands[0]),
+            "syn": network_inputs(syn.images, cands[0]), "old_syn": network_inputs(old_syn, cands[0])}
+    T = srcs["train"].per_item
+    pooled = [c for c in cands if c.pooling != "patch"]
+    heads = sorted({Head(c.pooling, (l,)) for c in pooled for l in c.layers}, key=lambda h: h.key())
+    feats = {k: cache.get(s, net, heads) for k, s in srcs.items()} if heads else {}
+    out = {}
+    for c in pooled:
+        f = {k: compose(v, c.layers, c.pooling) for k, v in feats.items()}
+        out[c.name] = _pooled_scores(c, f, fold, cal, T, syn.source)
+    for c in (c for c in cands if c.pooling == "patch"):
+        out[c.name] = _patch_scores(c, srcs, cache, net, fold, cal, seed, syn.source)
+    return out
+
+
+def _scorer(c, bank):
+    from device.scoring import make_scorer
+
+    return make_scorer(c.scoring, np.ascontiguousarray(bank, np.float32), c.k)
+
+
+def _pooled_scores(c, f: dict, fold, cal, T: int, src_syn: np.ndarray) -> dict:
+    from trainer.selection import cross_fit
+
+    n = len(f["train"]) // T
+    item = np.repeat(np.arange(n), T)
+    normal, syn = cross_fit(f["train"], item, [(f["train"], np.arange(n)), (f["syn"], src_syn)],
+                            lambda b: _scorer(c, b), fold, rows_per_item=T)
+    full = _scorer(c, f["train"])
+    real = full.score(f["test"]).reshape(-1, T).max(1)
+    keep = ~np.isin(item, cal)
+    old = _scorer(c, f["train"][keep])
+    old_cal = old.score(f["train"].reshape(n, T, -1)[cal].reshape(len(cal) * T, -1)).reshape(-1, T).max(1)
+    old_syn = old.score(f["old_syn"]).reshape(-1, T).max(1)
+    return {"normal": normal, "syn": syn, "real": real, "old_cal": old_cal, "old_syn": old_syn}
+
+
+def _patch_scores(c, srcs: dict, cache, net, fold, cal, seed: int, src_syn: np.ndarray) -> dict:
+    """Patch candidates: bank rows sampled per image; queries streamed through every scorer
+    (one per fold, the full bank, today's 80 % bank), keeping the worst patch per tile."""
+    from trainer.features import Head
+
+    n = len(fold)
+    T = srcs["train"].per_item
+    rows_total = PATCH_BANK_ROWS[c.scoring]
+    per = max(4, int(np.ceil(rows_total / (n * T))))
+    bank = np.asarray(cache.get(srcs["train"], net, [Head("patch", c.layers, rows=per)], seed)[
+        Head("patch", c.layers, rows=per).key()], np.float32)
+    item = np.repeat(np.arange(n), len(bank) // n)
+    banks = [bank[fold[item] != f] for f in range(fold.max() + 1)] + [bank, bank[~np.isin(item, cal)]]
+    rng = np.random.default_rng(seed)
+    banks = [b[np.sort(rng.choice(len(b), min(len(b), rows_total), replace=False))] for b in banks]
+    scorers = [_scorer(c, b) for b in banks]
+
+    def reduce(x):   # (B, h, w, C) -> (B, n_scorers): worst patch per tile under each scorer
+        rows = x.reshape(-1, x.shape[-1])
+        return np.stack([s.score(rows).reshape(len(x), -1).max(1) for s in scorers], axis=1)
+
+    key = f"{c.name}:{seed}:{len(scorers)}"
+    got = {k: cache.stream(s, net, Head("patch", c.layers), reduce, key).reshape(-1, T, len(scorers)).max(1)
+           for k, s in srcs.items()}
+    nf = fold.max() + 1
+    return {"normal": got["train"][np.arange(n), fold], "syn": got["syn"][np.arange(len(src_syn)), fold[src_syn]],
+            "real": got["test"][:, nf], "old_cal": got["train"][cal, nf + 1], "old_syn": got["old_syn"][:, nf + 1]}
+
+
+# ---------------------------------------------------------------------------- one data set
+
+
+def run_set(name: str, args, cache) -> Path:
+    """Score every candidate of one data set; store arrays + candidate list under ``--work``."""
+    from trainer.candidates import derive_space, group_by_network, log_space
+    from trainer.features import Network
+    from trainer.synth import validation_defects
+
+    t0 = time.time()
+    data = load_set(name, args.seed, args.n_train if name != "brick" else args.n_train_brick,
+                    args.n_test, args.work)
+    hw = np.median([im.shape[:2] for im in data["train"]], axis=0).astype(int)
+    weights = {0.35: str(shared() / "weights" / W035)}
+    if not args.no_alpha1:
+        weights[1.0] = str(shared() / "weights" / W100)
+    sizes = None if name == "brick" else (96, 160, 224)
+    cands = derive_space(tuple(hw), weights, args.min_defect_px, sizes=sizes)
+    if name == "brick":   # whole-frame candidates at 1024 px see nothing (bench_tiles): keep a few as controls
+        cands = [c for c in cands if c.grid or (c.alpha == 0.35 and c.taps in ("out", "b13+out"))]
+    from trainer.candidates import default_min_defect_px
+
+    min_px = args.min_defect_px or default_min_defect_px(tuple(hw))
+    syn = validation_defects(data["train"], seed=args.seed + 7, min_px=min_px,
+                             each=name != "brick", per_image=1 if name != "brick" else 3)
+    log.info("%s: %d train, %d test (%d defective), frame %s, min defect %.1f px, %d synthetic; %s", name,
+             len(data["train"]), len(data["test"]), int(data["y"].sum()), tuple(hw), min_px, len(syn.images),
+             log_space(cands))
+    scores, timing = {}, {}
+    for (alpha, size, *_), group in group_by_network(cands).items():
+        tg = time.time()
+        net = Network(alpha, size, weights[alpha])
+        scores.update(score_network_group(group, data, syn, cache, net, args.seed))
+        timing[f"{group[0].name.split('-' + group[0].taps)[0]}"] = time.time() - tg
+        log.info("  %s: %d candidates in %.0f s", group[0].name.split("-" + group[0].taps)[0], len(group),
+                 time.time() - tg)
+        cache.drop_memory()
+    path = args.work / f"scores_{name}.npz"
+    arrays = {f"{n}|{k}": v for n, d in scores.items() for k, v in d.items()}
+    np.savez_compressed(path, y=data["y"], syn_kinds=np.array(syn.kinds), syn_source=syn.source,
+                        syn_sizes=syn.sizes, test_groups=np.array(data["groups"]), **arrays)
+    meta = {"set": name, "frame_hw": hw.tolist(), "min_defect_px": min_px, "n_train": len(data["train"]),
+            "n_test": len(data["test"]), "n_test_defective": int(data["y"].sum()), "n_synthetic": len(syn.images),
+            "candidates": [dict(name=c.name, **{k: (list(v) if isinstance(v, tuple) else v)
+                                                for k, v in c.__dict__.items()}) for c in cands],
+            "seconds": time.time() - t0, "network_seconds": timing}
+    (args.work / f"meta_{name}.json").write_text(json.dumps(meta, indent=1))
+    log.info("%s: done in %.0f s -> %s", name, time.time() - t0, path)
+    return path
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def load_scores(work: Path, name: str) -> tuple[dict, dict]:
+    z = np.load(work / f"scores_{name}.npz")
+    meta = json.loads((work / f"meta_{name}.json").read_text())
+    arrays = {k: z[k] for k in z.files}
+    return arrays, meta
+
+
+def candidate_costs(meta: dict) -> dict:
+    """{name: estimated x86 ms per frame} from the latency model (bank = all training images)."""
+    from trainer.candidates import Candidate, LatencyModel, feature_dim
+
+    model = latency_model()
+    out = {}
+    for d in meta["candidates"]:
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "name"}
+        c = Candidate(**kw)
+        dim, p = feature_dim(c)
+        rows = min(meta["n_train"] * c.n_tiles * p, 20000) if c.pooling == "patch" else meta["n_train"] * c.n_tiles
+        out[c.name] = LatencyModel.estimate(model, c, meta["frame_hw"], rows, dim, p)
+        out[c.name]["complexity"] = c.complexity()
+    return out
+
+
+def latency_model():
+    """The latency model with the constants measured by ``--part latency`` when present."""
+    from trainer.candidates import LatencyModel
+
+    f = RESULTS / "selection_research.json"
+    if f.exists():
+        r = json.loads(f.read_text())
+        kw = {k[len("latency_model."):]: v for k, v in r.items() if k.startswith("latency_model.")
+              and not k.endswith("basis")}
+        if kw:
+            return LatencyModel(**kw, basis=r.get("latency_model.basis", "measured"))
+    return LatencyModel()
+
+
+def per_candidate(arrays: dict, names: list, kinds_keep=None) -> dict:
+    """{name: {"real", "syn", "old", "syn_<kind>"...}} AUROCs, and the validation arrays."""
+    from core.metrics import auroc
+
+    y = arrays["y"]
+    kinds = arrays["syn_kinds"]
+    keep = np.ones(len(kinds), bool) if kinds_keep is None else np.isin(kinds, kinds_keep)
+    out = {}
+    for n in names:
+        normal, syn = arrays[f"{n}|normal"], arrays[f"{n}|syn"]
+        d = {"real": auroc(y, arrays[f"{n}|real"]),
+             "syn": auroc(np.r_[np.zeros(len(normal)), np.ones(int(keep.sum()))], np.r_[normal, syn[keep]]),
+             "old": auroc(np.r_[np.zeros(len(arrays[f"{n}|old_cal"])), np.ones(len(arrays[f"{n}|old_syn"]))],
+                          np.r_[arrays[f"{n}|old_cal"], arrays[f"{n}|old_syn"]])}
+        for k in sorted(set(kinds)):
+            m = kinds == k
+            d[f"syn_{k}"] = auroc(np.r_[np.zeros(len(normal)), np.ones(int(m.sum()))], np.r_[normal, syn[m]])
+        out[n] = d
+    return out
+
+
+def selection_outcome(arrays, names, table, costs, kinds_keep=None) -> dict:
+    """Spearman rho and regret of: argmax of new validation, the tie rule, argmax of the old one."""
+    from scipy.stats import spearmanr
+
+    from trainer.selection import select
+
+    real = np.array([table[n]["real"] for n in names])
+    best_real = float(real.max())
+    out = {}
+    for key in ("syn", "old"):
+        v = np.array([table[n][key] for n in names])
+        ok = np.isfinite(v)
+        out[f"{key}_spearman"] = float(spearmanr(v[ok], real[ok]).statistic)
+        pick = int(np.nanargmax(v))
+        out[f"{key}_argmax"] = names[pick]
+        out[f"{key}_argmax_regret"] = best_real - float(real[pick])
+    kinds = arrays["syn_kinds"]
+    keep = np.ones(len(kinds), bool) if kinds_keep is None else np.isin(kinds, kinds_keep)
+    normal0 = arrays[f"{names[0]}|normal"]
+    labels = np.r_[np.zeros(len(normal0)), np.ones(int(keep.sum()))]
+    S = np.stack([np.r_[arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep]] for n in names])
+    sel = select(names, labels, S, cost=[costs[n]["x86_ms"] for n in names],
+                 complexity=[costs[n]["complexity"] for n in names])
+    out.update({"rule_chosen": sel.chosen, "rule_tie": sel.tie, "rule_n_tied": len(sel.tied),
+                "rule_regret": best_real - table[sel.chosen]["real"], "rule_reason": sel.reason,
+                "best_real": best_real, "best_real_name": names[int(real.argmax())],
+                "n_candidates": len(names)})
+    return out
+
+
+MIXES = {"all": None, "surface": ("scratch", "spot", "crack", "stain", "texture"),
+         "shape": ("cutpaste", "warp", "missing")}
+
+
+def analyse_main(args) -> int:
+    flat = {}
+    for name in args.sets:
+        if not (args.work / f"scores_{name}.npz").exists():
+            log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
+            continue
+        arrays, meta = load_scores(args.work, name)
+        names = [c["name"] for c in meta["candidates"]]
+        costs = candidate_costs(meta)
+        for mix, kinds in MIXES.items():
+            table = per_candidate(arrays, names, kinds)
+            res = selection_outcome(arrays, names, table, costs, kinds)
+            for k, v in res.items():
+                flat[f"{name}.{mix}.{k}"] = v
+            print(f"{name:8s} {mix:8s} rho new {res['syn_spearman']:+.2f} old {res['old_spearman']:+.2f} | "
+                  f"regret argmax new {res['syn_argmax_regret']:.4f} old {res['old_argmax_regret']:.4f} "
+                  f"rule {res['rule_regret']:.4f} ({res['rule_chosen']}, tie {res['rule_tie']}, "
+                  f"{res['rule_n_tied']} tied) best {res['best_real']:.4f} {res['best_real_name']}", flush=True)
+        if args.verbose:
+            table = per_candidate(arrays, names)
+            for n in sorted(names, key=lambda n: -table[n]["real"]):
+                t = table[n]
+                print(f"   {n:40s} real {t['real']:.4f} syn {t['syn']:.4f} old {t['old']:.4f} "
+                      + " ".join(f"{k[4:]}={v:.3f}" for k, v in t.items() if k.startswith("syn_"))
+                      + f" cost {costs[n]['x86_ms']:.2f}")
+    (args.work / "analysis.json").write_text(json.dumps(flat, indent=1, default=str))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
+    ap.add_argument("--part", default="scores", choices=("scores", "analyse", "threshold", "latency"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/selection"))
+    ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: memory only)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=300)
+    ap.add_argument("--n-train-brick", type=int, default=60)
+    ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--min-defect-px", type=float, default=None)
+    ap.add_argument("--no-alpha1", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="analyse: print every candidate")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("absl", "tensorflow", "trainer.data"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.part == "scores":
+        from trainer.features import FeatureCache
+
+        cache = FeatureCache(args.cache_dir)
+        for name in args.sets:
+            run_set(name, args, cache)
+        return 0
+    if args.part == "analyse":
+        return analyse_main(args)
+    raise SystemExit(f"--part {args.part}: not implemented yet")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

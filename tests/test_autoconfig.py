@@ -1,0 +1,248 @@
+"""Building blocks of fit's configuration search (issue 11): candidate space, feature cache,
+selection statistics, validation defects, small-data threshold estimators."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tests.conftest import needs_tf, stripes
+
+
+# ---------------------------------------------------------------------------- candidates
+
+
+def test_space_follows_the_frame_size():
+    from trainer.candidates import derive_space, group_by_network
+
+    small = derive_space((28, 28), {0.35: "a", 1.0: "b"})
+    assert {c.size for c in small} == {96} and not any(c.grid for c in small)
+    assert {c.alpha for c in small} == {0.35, 1.0}
+    mid = derive_space((290, 400), {0.35: "a"})
+    assert {c.size for c in mid} == {96, 160, 224} and not any(c.grid for c in mid)
+    large = derive_space((1024, 1024), {0.35: "a"}, min_defect_px=8)
+    grids = {c.grid for c in large if c.grid}
+    assert grids == {(4, 4), (8, 8), (16, 16)}
+    # every tiled candidate shows an 8-px defect at >= 2 network px, and tiles are not upscaled > 1.5x
+    for c in large:
+        if c.grid:
+            t = 1024 / (c.grid[0] - (c.grid[0] - 1) * c.overlap)
+            assert 8 * c.size / t >= 2 and t >= c.size / 1.5
+    # one forward pass per (width, size, grid): the grouping the cache relies on
+    assert len(group_by_network(large)) == 3 + 3
+
+
+def test_pins_fix_a_dimension_and_refinements_vary_k_and_doc():
+    from trainer.candidates import Candidate, derive_space, refinements
+
+    pinned = derive_space((290, 400), {0.35: "a", 1.0: "b"}, pins={"size": 224, "alpha": 0.35, "k": 5})
+    assert {(c.size, c.alpha, c.k) for c in pinned} == {(224, 0.35, 5)}
+    assert derive_space((290, 400), {0.35: "a"}, pins={"pooling": ["grid3"], "taps": "b10"}) == \
+        [Candidate(96, 0.35, "b10", "grid3"), Candidate(160, 0.35, "b10", "grid3"), Candidate(224, 0.35, "b10", "grid3")]
+    ref = refinements(Candidate(96, taps="b10", pooling="grid3"))
+    assert [c.k for c in ref if not c.doc] == [3, 5, 10] and sum(c.doc for c in ref) == 1
+    assert refinements(Candidate(96, taps="b6", pooling="patch", scoring="gauss")) == []
+
+
+def test_candidate_maps_onto_fit_options():
+    from trainer.candidates import Candidate
+
+    c = Candidate(96, 0.35, "b6", "patch", "gauss", grid=(16, 16), working_size=(1024, 1024), overlap=0.0)
+    o = c.fit_overrides()
+    assert o["grid"] == (16, 16) and o["working_size"] == (1024, 1024) and o["scoring"] == "gauss"
+    assert c.n_tiles == 256 and c.name == "a0.35-96-g16x16-b6-patch-gauss"
+
+
+def test_latency_model_and_default_budget():
+    from trainer.candidates import PI4_FRAME_BUDGET_MS, LatencyModel, default_budget_ms
+
+    m = LatencyModel()
+    assert default_budget_ms(m) == pytest.approx(PI4_FRAME_BUDGET_MS / m.pi4_inference_factor)
+    assert 3.0 < default_budget_ms(m) < 5.0
+
+
+@needs_tf
+def test_latency_estimate_grows_with_tiles_bank_and_width():
+    from trainer.candidates import Candidate, LatencyModel, feature_dim
+
+    m = LatencyModel()
+    base = Candidate(96, 0.35, "out", "max")
+    d, p = feature_dim(base)
+    assert (d, p) == (1280, 1)
+    e = m.estimate(base, (96, 96), 1000, d)
+    assert e["x86_ms"] < m.estimate(base, (96, 96), 10000, d)["x86_ms"]
+    assert e["x86_ms"] < m.estimate(dataclasses.replace(base, alpha=1.0, size=224), (96, 96), 1000, d)["x86_ms"]
+    g = dataclasses.replace(base, grid=(4, 4), working_size=(1024, 1024), overlap=0.25)
+    assert m.estimate(g, (1024, 1024), 1000, d)["inference_ms"] > 10 * e["inference_ms"] / 2
+    assert e["pi4_ms"] > e["x86_ms"] and "basis" in e
+
+
+# ---------------------------------------------------------------------------- selection statistics
+
+
+def test_delong_matches_rank_auroc_and_detects_a_real_difference():
+    from core.metrics import auroc
+    from trainer.selection import compare, delong
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200), np.ones(200)]
+    good = y * 2.0 + rng.normal(0, 1, 400)
+    weak = y * 0.5 + rng.normal(0, 1, 400)
+    a, cov = delong(y, np.stack([good, weak]))
+    assert a[0] == pytest.approx(auroc(y, good)) and a[1] == pytest.approx(auroc(y, weak))
+    assert cov[0, 0] > 0 and cov[1, 1] > 0
+    r = compare(y, good, weak)
+    assert r["diff"] > 0.1 and r["p"] < 1e-6
+    same = compare(y, good, good + rng.normal(0, 1e-3, 400))
+    assert abs(same["diff"]) < 0.01 and same["p"] > 0.05
+
+
+def test_selection_never_calls_a_tie_a_win_and_prefers_the_cheaper():
+    from trainer.selection import select
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(60), np.ones(60)]
+    a = y * 1.0 + rng.normal(0, 1, 120)
+    b = a + rng.normal(0, 0.05, 120)           # the same signal: within noise of a
+    c = y * 0.1 + rng.normal(0, 1, 120)         # clearly worse
+    sel = select(["a", "b", "c"], y, np.stack([a, b, c]), cost=[5.0, 1.0, 0.1])
+    assert sel.tie and sel.chosen == "b" and "c" not in sel.tied
+    assert "tie" in sel.reason
+    strong = select(["a", "c"], y, np.stack([y * 3 + rng.normal(0, 1, 120), c]), cost=[5.0, 0.1])
+    assert strong.chosen == "a" and not strong.tie and "significantly" in strong.reason
+
+
+def test_clearly_worse_prunes_only_far_candidates():
+    from trainer.selection import clearly_worse
+
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(100), np.ones(100)]
+    s = np.stack([y * 2 + rng.normal(0, 1, 200), y * 1.9 + rng.normal(0, 1, 200), rng.normal(0, 1, 200)])
+    assert clearly_worse(y, s).tolist() == [False, False, True]
+
+
+def test_cross_fit_never_scores_an_image_against_itself():
+    from device.scoring import KNNScorer
+    from trainer.selection import cross_fit, fold_of
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    fold = fold_of(30, 5, seed=0)
+    syn = x + 0.01                                   # a "defect" drawn on each image: nearly the image itself
+    normal, defect = cross_fit(x, np.arange(30), [(x, np.arange(30)), (syn, np.arange(30))],
+                               lambda b: KNNScorer(b, 1), fold)
+    full = KNNScorer(x, 1)
+    assert (normal > 0.5).all() and np.allclose(full.score(x), 0, atol=1e-2)
+    assert (defect > 0.5).all()                      # its source image is not in the bank it meets
+    # tiles: an item's score is its worst row
+    rows = np.repeat(x, 2, axis=0)
+    rows[1::2] += 5.0
+    n2, = cross_fit(rows, np.repeat(np.arange(30), 2), [(rows, np.arange(30))], lambda b: KNNScorer(b, 1), fold,
+                    rows_per_item=2)
+    assert (n2 >= normal - 1e-5).all()
+
+
+def test_grouped_bootstrap_resamples_sources_together():
+    from trainer.selection import grouped_bootstrap
+
+    y = np.r_[np.zeros(20), np.ones(20)]
+    g = np.r_[np.arange(20), np.arange(20)]
+    b = grouped_bootstrap(y, np.stack([y, 1 - y]), g, n_boot=50, seed=0)
+    assert b.shape == (50, 2) and (b[:, 0] == 1.0).all() and (b[:, 1] == 0.0).all()
+
+
+# ---------------------------------------------------------------------------- validation defects
+
+
+def test_every_validation_defect_changes_the_image_where_its_mask_says():
+    from trainer.synth import MIN_CHANGE, VALIDATION_KINDS, validation_defects
+
+    imgs = [s[:, :, 0] for s in stripes(3, size=64, seed=4)]
+    v = validation_defects(imgs, seed=0, min_px=3)
+    assert len(v.images) == 3 * len(VALIDATION_KINDS) and sorted(set(v.kinds)) == sorted(VALIDATION_KINDS)
+    for d, m, src, k in zip(v.images, v.masks, v.source, v.kinds):
+        ref = np.repeat(imgs[src][:, :, None], 3, 2).astype(np.float32)
+        assert d.shape == (64, 64, 3) and d.dtype == np.uint8 and m.any(), k
+        assert np.abs(d.astype(np.float32) - ref)[m > 0].mean() >= MIN_CHANGE, k
+    assert (v.sizes >= 3 - 1e-9).all() and (v.sizes <= 0.6 * 64 + 1e-9).all()
+    again = validation_defects(imgs, seed=0, min_px=3)
+    assert all((a == b).all() for a, b in zip(v.images, again.images))
+
+
+def test_validation_defects_cycle_kinds_when_not_each():
+    from trainer.synth import validation_defects
+
+    imgs = [s for s in stripes(5, size=48, seed=5)]
+    v = validation_defects(imgs, kinds=("spot", "warp"), each=False, per_image=2, seed=1)
+    assert v.kinds == ["spot", "warp"] * 5 and v.source.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    with pytest.raises(ValueError, match="unknown validation defect kind"):
+        validation_defects(imgs[:1], kinds=("dent",))
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+def test_order_statistic_rate_is_honest_over_many_draws():
+    from trainer.calibration import order_statistic
+
+    rng = np.random.default_rng(6)
+    rates = []
+    for _ in range(400):
+        s = rng.gamma(3.0, 1.0, 30)
+        t = order_statistic(s, 0.01)
+        rates.append(np.mean(rng.gamma(3.0, 1.0, 2000) > t["value"]))
+    assert t["rank_from_top"] == 1 and t["expected_frr"] == pytest.approx(1 / 31) and not t["target_supported"]
+    assert np.mean(rates) == pytest.approx(1 / 31, abs=0.01)
+
+
+def test_auto_threshold_extrapolates_the_tail_for_small_n_and_warns():
+    from trainer.calibration import estimate_threshold
+
+    rng = np.random.default_rng(7)
+    rates = []
+    for _ in range(300):
+        s = rng.gamma(3.0, 1.0, 30)
+        est = estimate_threshold(s, 0.01)
+        rates.append(np.mean(rng.gamma(3.0, 1.0, 4000) > est["value"]))
+    assert est["method"] == "tail" and est["n"] == 30 and "99" in est["warning"]
+    assert est["value"] >= s.max() and est["ci"][0] <= est["ci"][1]
+    assert np.mean(rates) < 0.02                      # within 2x the 1 % target on a gamma-shaped score
+    big = estimate_threshold(rng.gamma(3.0, 1.0, 500), 0.01)
+    assert big["method"] == "order" and big["warning"] is None and big["rank_from_top"] == 5
+    with pytest.raises(ValueError, match="finite"):
+        estimate_threshold([1.0, float("nan")], 0.01)
+
+
+# ---------------------------------------------------------------------------- feature cache
+
+
+@needs_tf
+def test_feature_cache_matches_the_shipped_extractor_and_runs_once(tmp_path):
+    from models.backbone import build_backbone, build_extractor
+    from trainer.features import ArraySource, FeatureCache, Head, Network, compose
+
+    bb, _ = build_backbone(0.35, (32, 32), "random")
+    net = Network(0.35, 32, "random", tag="test-random")
+    cache = FeatureCache(tmp_path / "cache", batch_size=8)
+    cache.register(net, bb)
+    x = np.stack(stripes(10, size=32, seed=8))
+    layers = ("block_6_expand_relu", "block_13_expand_relu")
+    heads = [Head(r, (n,)) for r in ("max", "grid2") for n in layers]
+    f = cache.get(ArraySource(x), net, heads)
+    for taps, pooling in (("b6+b13+out", "max"), ("b13", "grid2")):
+        ext, info = build_extractor(0.35, (32, 32), taps=taps, pooling=pooling, backbone=bb)
+        want = ext.predict(x.astype(np.float32), verbose=0)
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+        if taps == "b13":
+            got = compose(f, ["block_13_expand_relu"], "grid2")
+        else:
+            extra = cache.get(ArraySource(x), net, [Head("max", ("out_relu",))])
+            got = compose({**f, **extra}, info["layers"], "max")
+        assert np.allclose(got, want, atol=1e-4), (taps, pooling)
+    n_before = cache.images[net.key()]
+    cache.get(ArraySource(x), net, heads)
+    assert cache.images[net.key()] == n_before                     # memory hit: no forward pass
+    fresh = FeatureCache(tmp_path / "cache")
+    g = fresh.get(ArraySource(x), net, heads)                        # disk hit: no backbone needed
+    assert fresh.images == {} and np.array_equal(g[heads[0].key()], f[heads[0].key()])
+    patch = cache.get(ArraySource(x), net, [Head("patch", ("block_6_expand_relu",), rows=5)], seed=1)
+    assert next(iter(patch.values())).shape == (10 * 5, 96)   # b6 expand: 96 channels at alpha 0.35

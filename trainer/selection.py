@@ -1,0 +1,314 @@
+"""Validation scoring of candidates and a selection rule that knows its own noise.
+
+Three pieces, numpy only (``scipy`` for two distribution functions):
+
+* **cross-fitted scores** (:func:`fold_of`, :func:`cross_fit`): every training image is a
+  validation normal *and* part of the bank: the images are split into folds by source image,
+  each fold is scored against a bank of the other folds, and every synthetic defect is scored
+  against the bank that does not contain the image it was drawn on. No image is spent on
+  validation alone, which matters with a few dozen images.
+* **uncertainty** of AUROCs and of their differences on the same validation set: DeLong's
+  variance for correlated AUROCs (:func:`delong`, :func:`compare`) and a bootstrap over source
+  images (:func:`grouped_bootstrap`), which also accounts for a defect and its source normal
+  being correlated.
+* **the rule** (:func:`select`): the best validation AUROC wins only when the others are
+  significantly worse; candidates within noise of the best are a tie, and a tie goes to the
+  cheapest (then simplest) of them, reported as a tie, never as a win. :func:`clearly_worse`
+  prunes candidates far below the leader early.
+
+Example:
+    >>> import numpy as np
+    >>> y = np.r_[np.zeros(50), np.ones(50)]
+    >>> rng = np.random.default_rng(0)
+    >>> s = np.stack([y + rng.normal(0, 1, 100), y + rng.normal(0, 1, 100) + 0.01])
+    >>> sel = select(["a", "b"], y, s, cost=[2.0, 1.0])
+    >>> sel.chosen, sel.tie
+    ('b', True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Z_TIE = 1.645          # one-sided 95 %: a candidate not significantly below the best is tied with it
+Z_PRUNE = 3.0          # clearly worse: more than 3 standard errors below the leader
+MIN_EFFECT = 0.002     # AUROC differences below this are never a win, however small the SE
+
+
+# ---------------------------------------------------------------------------- AUROC statistics
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties averaged."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    out = np.empty(len(x), np.float64)
+    out[order] = np.repeat((starts + ends - 1) / 2.0 + 1.0, ends - starts)
+    return out
+
+
+def delong(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs of several score vectors on the same samples and their DeLong covariance.
+
+    Fast algorithm of Sun & Xu (2014). Ties count one half.
+
+    Args:
+        labels: (n,) 0 = normal, 1 = defective.
+        scores: (m, n) one row per candidate (higher = more anomalous).
+
+    Returns:
+        ``(aurocs (m,), covariance (m, m))``.
+
+    Example:
+        >>> a, c = delong(np.array([0, 0, 1, 1]), np.array([[0.1, 0.4, 0.35, 0.8]]))
+        >>> float(a[0])
+        0.75
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.atleast_2d(np.asarray(scores, np.float64))
+    pos, neg = s[:, y], s[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong needs >= 2 normal and >= 2 defective samples, found {n} and {m}")
+    tx = np.stack([_midrank(r) for r in pos])
+    ty = np.stack([_midrank(r) for r in neg])
+    tz = np.stack([_midrank(r) for r in np.concatenate([pos, neg], axis=1)])
+    auc = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2.0) / n
+    v01 = (tz[:, :m] - tx) / n
+    v10 = 1.0 - (tz[:, m:] - ty) / m
+    sx = np.atleast_2d(np.cov(v01))
+    sy = np.atleast_2d(np.cov(v10))
+    return auc, sx / m + sy / n
+
+
+def compare(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """Paired DeLong comparison of two score vectors: ``{"diff", "se", "z", "p"}`` (a - b, two-sided p).
+
+    Example:
+        >>> y = np.r_[np.zeros(30), np.ones(30)]
+        >>> r = compare(y, y + 0.0, 1 - y)
+        >>> r["diff"], r["p"] < 1e-6
+        (1.0, True)
+    """
+    from scipy.stats import norm
+
+    auc, cov = delong(labels, np.stack([a, b]))
+    var = max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0)
+    diff = float(auc[0] - auc[1])
+    se = var ** 0.5
+    z = diff / se if se > 0 else (np.inf if diff > 0 else -np.inf if diff < 0 else 0.0)
+    return {"diff": diff, "se": se, "z": float(z), "p": float(2 * norm.sf(abs(z))) if np.isfinite(z) else 0.0}
+
+
+def grouped_bootstrap(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_boot: int = 500,
+                      seed: int = 0) -> np.ndarray:
+    """AUROCs of every candidate over ``n_boot`` resamples of the source groups: (n_boot, m).
+
+    A normal image and the defects drawn on it share a group, so they are resampled together
+    (cluster bootstrap). Resamples missing a class are redrawn.
+
+    Example:
+        >>> y = np.r_[np.zeros(20), np.ones(20)]
+        >>> g = np.r_[np.arange(20), np.arange(20)]
+        >>> grouped_bootstrap(y, np.stack([y]), g, n_boot=5).shape
+        (5, 1)
+    """
+    from core.metrics import auroc
+
+    y = np.asarray(labels).astype(int)
+    s = np.atleast_2d(np.asarray(scores, np.float64))
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inv == i) for i in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, s.shape[0]))
+    b = 0
+    while b < n_boot:
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        if y[idx].min() == y[idx].max():
+            continue
+        out[b] = [auroc(y[idx], r[idx]) for r in s]
+        b += 1
+    return out
+
+
+# ---------------------------------------------------------------------------- selection rule
+
+
+@dataclasses.dataclass
+class Selection:
+    """Outcome of :func:`select`.
+
+    Attributes:
+        chosen: the candidate name that ships.
+        best: the name with the highest validation AUROC.
+        tie: True when ``chosen`` is not significantly better than every other candidate
+            (the choice among the tied set was made by cost, not by accuracy).
+        tied: names within noise of ``best`` (including it).
+        aurocs: {name: validation AUROC}; se: {name: DeLong standard error}.
+        vs_best: {name: {"diff", "se", "z", "p"}} for every candidate against ``best``.
+        reason: one sentence for the report and manifest.
+    """
+
+    chosen: str
+    best: str
+    tie: bool
+    tied: list
+    aurocs: dict
+    se: dict
+    vs_best: dict
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def select(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, cost: Sequence[float] | None = None,
+           complexity: Sequence | None = None, z_tie: float = Z_TIE, min_effect: float = MIN_EFFECT) -> Selection:
+    """Pick a candidate from validation scores, preferring the cheaper one within noise.
+
+    A candidate is *tied* with the best when its AUROC is below the best by at most
+    ``max(min_effect, z_tie * SE)`` (paired DeLong SE of the difference). Among the tied the
+    lowest ``cost`` (e.g. estimated ms per frame), then the lowest ``complexity``, then the
+    higher AUROC, ships. ``tie`` is True whenever another candidate is within noise of the
+    chosen one, so the report can say "no significant difference" instead of "won".
+
+    Args:
+        names: candidate names, (m,).
+        labels: (n,) validation labels (0 normal, 1 synthetic defect).
+        scores: (m, n) validation scores, one row per candidate.
+        cost: (m,) lower is better; default all equal.
+        complexity: (m,) sortable keys, lower is simpler; default all equal.
+    """
+    names = list(names)
+    s = np.atleast_2d(np.asarray(scores, np.float64))
+    auc, cov = delong(labels, s)
+    ib = int(np.argmax(auc))
+    cost = list(cost) if cost is not None else [0.0] * len(names)
+    complexity = list(complexity) if complexity is not None else [()] * len(names)
+    vs, tied = {}, []
+    for i, n in enumerate(names):
+        var = max(float(cov[ib, ib] + cov[i, i] - 2 * cov[ib, i]), 0.0)
+        d, se = float(auc[ib] - auc[i]), var ** 0.5
+        vs[n] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
+        if d <= max(min_effect, z_tie * se):
+            tied.append(i)
+    pick = min(tied, key=lambda i: (cost[i], complexity[i], -auc[i]))
+    others_close = [names[i] for i in tied if i != pick]
+    reason = _reason(names, auc, ib, pick, others_close, vs, cost)
+    return Selection(chosen=names[pick], best=names[ib], tie=bool(others_close), tied=[names[i] for i in tied],
+                     aurocs={n: float(a) for n, a in zip(names, auc)},
+                     se={n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}, vs_best=vs, reason=reason)
+
+
+def _reason(names, auc, ib, pick, close, vs, cost) -> str:
+    if not close:
+        return (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, significantly above every other candidate "
+                f"(next: {max((a for i, a in enumerate(auc) if i != pick), default=float('nan')):.4f})")
+    if pick == ib:
+        return (f"{names[pick]}: highest validation AUROC {auc[pick]:.4f} and the cheapest of {len(close) + 1} "
+                f"candidates within noise of it (a tie, not a win)")
+    d = vs[names[pick]]
+    return (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, within noise of the best {names[ib]} "
+            f"({auc[ib]:.4f}; difference {d['diff']:.4f} ± {d['se']:.4f}) and cheaper "
+            f"({cost[pick]:.2f} vs {cost[ib]:.2f}): a tie, decided by cost")
+
+
+def clearly_worse(labels: np.ndarray, scores: np.ndarray, z: float = Z_PRUNE, min_gap: float = 0.02) -> np.ndarray:
+    """Boolean mask of candidates to prune: below the leader by > ``z`` SE and > ``min_gap`` AUROC.
+
+    Example:
+        >>> y = np.r_[np.zeros(40), np.ones(40)]
+        >>> clearly_worse(y, np.stack([y, 1 - y])).tolist()
+        [False, True]
+    """
+    auc, cov = delong(labels, scores)
+    ib = int(np.argmax(auc))
+    out = np.zeros(len(auc), bool)
+    for i in range(len(auc)):
+        se = max(float(cov[ib, ib] + cov[i, i] - 2 * cov[ib, i]), 0.0) ** 0.5
+        d = auc[ib] - auc[i]
+        out[i] = d > min_gap and d > z * se
+    return out
+
+
+# ---------------------------------------------------------------------------- cross-fitting
+
+
+def fold_of(n_groups: int, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Seeded fold index (0..folds-1) of each of ``n_groups`` source images, as balanced as possible.
+
+    Example:
+        >>> np.bincount(fold_of(10, 5)).tolist()
+        [2, 2, 2, 2, 2]
+    """
+    folds = max(2, min(folds, n_groups))
+    return np.random.default_rng(seed).permutation(np.arange(n_groups) % folds)
+
+
+def cross_fit(bank_rows: np.ndarray, bank_item: np.ndarray, queries: Sequence[tuple[np.ndarray, np.ndarray]],
+              make: Callable[[np.ndarray], object], fold: np.ndarray, rows_per_item: int = 1) -> list[np.ndarray]:
+    """Cross-fitted item scores: each query item scored against the bank without its source's fold.
+
+    Args:
+        bank_rows: (R, D) bank feature rows of the normal images.
+        bank_item: (R,) source normal image of each bank row.
+        queries: ``[(rows (Q * rows_per_item, D), source (Q,)), ...]``: e.g. the normal images
+            themselves (source = own index) and the synthetic defects (source = the normal image
+            each was drawn on).
+        make: bank -> scorer with ``.score(rows) -> (n,)`` (e.g. ``lambda b: KNNScorer(b, 1)``).
+        fold: (n_normal,) fold index of each normal image (:func:`fold_of`).
+        rows_per_item: feature rows per query item (tiles x patches); the item score is their max.
+
+    Returns:
+        One (Q,) score array per query set.
+
+    Example:
+        >>> from device.scoring import KNNScorer
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(20, 4)).astype(np.float32)
+        >>> n, = cross_fit(x, np.arange(20), [(x, np.arange(20))], lambda b: KNNScorer(b, 1), fold_of(20, 4))
+        >>> bool((n > 0).all())       # no image is its own neighbour
+        True
+    """
+    outs = [np.full(len(src), np.nan, np.float32) for _, src in queries]
+    for f in np.unique(fold):
+        scorer = make(np.ascontiguousarray(bank_rows[fold[bank_item] != f]))
+        for (rows, src), out in zip(queries, outs):
+            sel = np.flatnonzero(fold[src] == f)
+            if len(sel) == 0:
+                continue
+            r = rows.reshape(len(src), rows_per_item, -1)[sel].reshape(len(sel) * rows_per_item, -1)
+            out[sel] = scorer.score(np.asarray(r, np.float32)).reshape(len(sel), rows_per_item).max(axis=1)
+    return outs
+
+
+def validation_auroc_table(names: Sequence[str], labels: np.ndarray, scores: np.ndarray,
+                           kinds: Sequence[str] | None = None) -> dict:
+    """Per-candidate validation AUROC overall and per synthetic-defect kind (normals shared).
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1]); k = ["good", "good", "spot", "warp"]
+        >>> validation_auroc_table(["a"], y, np.array([[0, 1, 2, 3]]), k)["a"]["spot"]
+        1.0
+    """
+    from core.metrics import auroc
+
+    s = np.atleast_2d(scores)
+    y = np.asarray(labels).astype(int)
+    out = {}
+    for n, row in zip(names, s):
+        d = {"all": auroc(y, row)}
+        if kinds is not None:
+            kinds_a = np.asarray(kinds)
+            for k in sorted(set(kinds_a[y == 1])):
+                m = (y == 0) | (kinds_a == k)
+                d[k] = auroc(y[m], row[m])
+        out[n] = d
+    return out
