@@ -120,6 +120,19 @@ def count(minimum: int = 1):
     return parse
 
 
+def size(text: str) -> tuple[int, int]:
+    """argparse type: ``N`` or ``HxW`` pixels (each >= 8), as (height, width)."""
+    try:
+        parts = [int(v) for v in text.lower().replace("x", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 96 or 160x120), found {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with sides >= 8 px, found {text!r}")
+    return parts[0], parts[1]
+
+
 def finite(text: str) -> float:
     """argparse type: a finite number (NaN and infinities are refused here, ranges by the command)."""
     try:

@@ -21,21 +21,22 @@ def test_bundle_records_selection_and_calibration(tiny_bundle):
 
     b = load_bundle(tiny_bundle)
     m = b.manifest
-    assert m["backbone"]["weights"] == "random"
-    sel = m["backbone"]["selection"]
+    assert m.backbone["weights"] == "random"
+    sel = m.backbone["selection"]
     assert set(sel["candidates"]) == {"untouched", "doc"} and sel["chosen"] in sel["candidates"]
-    assert m["threshold"]["target_frr"] == 0.01 and m["threshold"]["n_calibration"] == 12
-    assert "separate held-out" in m["threshold"]["method"]
-    assert b.bank.shape[0] == 40 and m["quantization"]["requested"] == "auto"
-    assert "auto_choice" in m["quantization"] and "float_val_auroc" in m["quantization"]
-    if m["extractor"]["quantization"] == "float":   # auto measured a loss and says so
-        assert m["quantization"]["auto_choice"].startswith("float: ")
-    elif m["extractor"]["quantization"] == "int8":
-        assert m["extractor"]["input_dtype"] == "uint8"
+    assert m.threshold.target_frr == 0.01 and m.threshold.n_calibration == 12
+    assert "separate held-out" in m.threshold.method
+    assert b.bank.shape[0] == 40 and m.quantization["requested"] == "auto"
+    assert "auto_choice" in m.quantization and "float_val_auroc" in m.quantization
+    if m.extractor.quantization == "float":   # auto measured a loss and says so
+        assert m.quantization["auto_choice"].startswith("float: ")
+    elif m.extractor.quantization == "int8":
+        assert m.extractor.input_dtype == "uint8"
     else:   # random weights can give all-zero int8 features: the trainer must say so and fall back
-        assert m["extractor"]["quantization"] == "dynamic" and "int8_fallback" in m["quantization"]
+        assert m.extractor.quantization == "dynamic" and "int8_fallback" in m.quantization
     assert np.ptp(b.bank) > 0
     assert b.calibration_scores.shape == (12,)
+    assert b.array("calibration_features.npy").shape == (12, b.bank.shape[1])
 
 
 def test_score_cli_one_line_per_image_and_matches_in_process(tiny_bundle, tiny_layout):
@@ -47,12 +48,13 @@ def test_score_cli_one_line_per_image_and_matches_in_process(tiny_bundle, tiny_l
     assert len(lines) == 16
     det = Detector.from_bundle(tiny_bundle)
     for rec in lines:
-        s = det.score_one(rec["image"])
+        s = det.inspect(rec["image"]).score
         assert rec["score"] == pytest.approx(s, rel=1e-6)
         assert rec["decision"] == ("REJECT" if s > rec["threshold"] else "PASS")
+        assert rec["bundle_digest"] == det.bundle.digest
     good = [r["score"] for r in lines if "/good/" in r["image"]]
     blob = [r["score"] for r in lines if "/blob/" in r["image"]]
-    from trainer.pipeline import auroc   # gross defects stand out even with random backbone weights
+    from core.metrics import auroc   # gross defects stand out even with random backbone weights
     assert auroc([0] * len(good) + [1] * len(blob), good + blob) >= 0.9
 
 
@@ -63,15 +65,21 @@ def test_trainer_and_device_compute_identical_scores(tiny_bundle, tiny_layout):
 
     det = Detector.from_bundle(tiny_bundle)
     train = sorted((tiny_layout / "train" / "good").glob("*.png"))
-    np.testing.assert_allclose([det.score_one(p) for p in train[:5]], 0.0, atol=1e-3)  # float32 cancellation
+    np.testing.assert_allclose([det.inspect(p).score for p in train[:5]], 0.0, atol=1e-3)  # float32 cancellation
     cal = load_bundle(tiny_bundle).calibration_scores
     val = sorted((tiny_layout / "val" / "good").glob("*.png"))
-    np.testing.assert_allclose([det.score_one(p) for p in val], cal, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([det.inspect(p).score for p in val], cal, rtol=1e-5, atol=1e-5)
 
 
 def test_threshold_override_on_command_line(tiny_bundle, tiny_layout):
-    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--threshold", "-1", str(tiny_layout / "test")])
+    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--threshold", "0", str(tiny_layout / "test")])
     assert r.returncode == 0 and r.stdout.count("REJECT") == 16
+    for bad, says in (("-1", "threshold from cli:threshold must be a finite number >= 0"),
+                      ("nan", "expected a finite number"), ("inf", "expected a finite number")):
+        r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--threshold", bad, str(tiny_layout / "test")])
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    r = _run(["device.cli", "score", "--bundle", str(tiny_bundle), "--target-frr", "1.5", str(tiny_layout / "test")])
+    assert r.returncode == 2 and "target_frr must be in [0, 1), found 1.5" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_device_path_without_tensorflow(tiny_bundle, tiny_layout):
@@ -98,7 +106,7 @@ def test_evaluate_writes_report(tiny_bundle, tiny_layout, tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["auroc"] >= 0.9 and m["n_good"] == 8 and m["n_defective"] == 8
-    assert m["false_rejects"] + m["misses"] == sum((s["decision"] == "REJECT") != (s["label"] == 1)
+    assert m["false_rejects"] + m["misses"] == sum((s["decision"] != "PASS") != (s["label"] == 1)
                                                    for s in json.loads((tmp_path / "ev" / "scores.json").read_text()))
     scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
     assert len(scores) == 16 and {s["group"] for s in scores} == {"good", "blob"}

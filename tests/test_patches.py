@@ -30,22 +30,23 @@ def test_gaussian_scorer_is_the_mahalanobis_distance():
 def _patch_manifest(output_dim: int, patches) -> dict:
     spec = InputSpec(size=(32, 32), pixel_scale=1.0, pixel_offset=0.0)
     return {"input": spec.to_dict(),
-            "extractor": {"input_shape": [32, 32, 3], "output_dim": output_dim, "patches": patches},
+            "extractor": {"input_shape": [32, 32, 3], "output_dim": output_dim, "patches": patches,
+                          "quantization": "int8", "feature_normalize": "none"},
             "backbone": {}, "scoring": {"method": "gauss", "k": 1}, "threshold": {"value": 1.0}}
 
 
 @pytest.mark.parametrize("output_dim, patches, bank_dim, msg", [
-    (16, {"grid": [2, 2], "dim": 4}, 3, r"patch dimension 3 does not match extractor.patches dim 4"),
-    (20, {"grid": [2, 2], "dim": 4}, 4, r"extractor.patches 2x2x4 does not match the extractor's output_dim 20"),
-    (16, {"grid": [2], "dim": 4}, 4, r"extractor.patches must be \{'grid': \[h, w\], 'dim': C\}"),
+    (16, {"grid": [2, 2], "dim": 4}, 3, r"feature dimension 3 does not match patch dimension 4"),
+    (20, {"grid": [2, 2], "dim": 4}, 4, r"patches 2x2x4 does not match output_dim 20"),
+    (16, {"grid": [2], "dim": 4}, 4, r"extractor.patches.grid: expected 2 integers, found \[2\]"),
 ])
 def test_patch_bundle_inconsistencies_are_refused(tmp_path, output_dim, patches, bank_dim, msg):
     from device.bundle import load_bundle, npy_bytes, write_bundle
     from device.errors import BundleError
 
-    write_bundle(tmp_path / "b", _patch_manifest(output_dim, patches),
-                 {"extractor.tflite": b"x", "bank.npy": npy_bytes(np.ones((6, bank_dim), np.float32))})
-    with pytest.raises(BundleError, match=msg):
+    with pytest.raises(BundleError, match=msg):     # refused when written, or when loaded
+        write_bundle(tmp_path / "b", _patch_manifest(output_dim, patches),
+                     {"extractor.tflite": b"x", "bank.npy": npy_bytes(np.ones((6, bank_dim), np.float32))})
         load_bundle(tmp_path / "b")
 
 
@@ -83,18 +84,18 @@ def test_patch_bundle_scores_worst_patch_of_worst_tile(patch_bundle):
 
     root, out, val = patch_bundle
     b = load_bundle(out)
-    ext, sc = b.manifest["extractor"], b.manifest["scoring"]
-    ph, pw = ext["patches"]["grid"]
-    assert (ph, pw) == (4, 4) and b.bank.shape[1] == ext["patches"]["dim"] == ext["output_dim"] // 16
-    assert ext["feature_normalize"] == "none" and sc["method"] == "gauss" and sc["metric"] == "mahalanobis"
-    assert sc["image_score"] == "max over patches and tiles" and b.patches_per_tile == 16
+    ext, sc = b.manifest.extractor, b.manifest.scoring
+    ph, pw = ext.patches.grid
+    assert (ph, pw) == (4, 4) and b.bank.shape[1] == ext.patches.dim == ext.output_dim // 16
+    assert ext.feature_normalize == "none" and sc.method == "gauss" and sc.metric == "mahalanobis"
+    assert sc.image_score == "max over patches and tiles" and b.patches_per_tile == 16
     det = Detector.from_bundle(out)
-    r = det.score_frame(stripes(1, 64, seed=30)[0])
-    assert det.last_patch_scores.shape == (4, 16)
-    assert np.allclose(det.last_tile_scores, det.last_patch_scores.max(axis=1))
-    assert r["score"] == pytest.approx(det.last_patch_scores.max())
+    r = det.inspect(stripes(1, 64, seed=30)[0])
+    assert r.patch_scores.shape == (4, 4, 4)
+    assert np.allclose(r.tile_scores, r.patch_scores.reshape(4, 16).max(axis=1))
+    assert r.score == pytest.approx(float(r.patch_scores.max()))
     # the device reproduces the trainer's calibration scores (same .tflite, bank, Gaussian)
-    dev = np.array([det.score_one(p) for p in val])
+    dev = np.array([det.inspect(p).score for p in val])
     assert np.allclose(np.sort(dev), np.sort(b.calibration_scores), rtol=1e-4, atol=1e-4)
 
 
@@ -107,8 +108,8 @@ def test_patch_bundle_finds_a_small_spot(patch_bundle):
     det = Detector.from_bundle(out)
     good = stripes(6, 64, seed=40)
     bad = [_dark_spot(im, i) for i, im in enumerate(stripes(6, 64, seed=41))]
-    sg = np.array([det.score_one(im) for im in good])
-    sb = np.array([det.score_one(im) for im in bad])
+    sg = np.array([det.inspect(im).score for im in good])
+    sb = np.array([det.inspect(im).score for im in bad])
     assert sb.min() > sg.max(), (sg, sb)
 
 

@@ -34,7 +34,7 @@ def test_tiles_hold_the_right_pixels():
 @pytest.mark.parametrize("kw, msg", [
     (dict(working_size=(50, 50), tile=(60, 60), stride=(10, 10)), "tile 60x60 is larger than the working size 50x50"),
     (dict(working_size=(50, 50), tile=(20, 20), stride=(0, 5)), r"stride must be .* found \(0, 5\)"),
-    (dict(working_size=(50, 50), grid=(2, 2), overlap=1.0), r"overlap must be in \[0, 1\)"),
+    (dict(working_size=(50, 50), grid=(2, 2), overlap=1.0), r"overlap\n  Input should be less than 1"),
     (dict(grid=(2, 2)), "needs working_size"),
     (dict(working_size=(40, 40), grid=(10, 10)), "cuts tiles under 8 px from working size 40x40"),
 ])
@@ -48,7 +48,7 @@ def test_bad_grid_on_command_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "fit", "--train", str(tmp_path / "n"), "--out",
                         str(tmp_path / "b"), "--working-size", "40", "--grid", "2x2", "--overlap", "1.5"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "overlap must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--overlap: expected < 1, found float 1.5" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -74,19 +74,19 @@ def test_tiled_bundle_scores_every_tile(tiled):
     root, out = tiled
     b = load_bundle(out)
     m = b.manifest
-    assert m["input"]["grid"] == [2, 2] and m["scoring"]["image_score"] == "max over tiles"
-    meas = m["scoring"]["bank_mode_measurement"]
-    assert m["scoring"]["bank_mode"] in ("shared", "per_position") and "shared_synthetic_auroc" in meas
+    assert m.input.grid == (2, 2) and m.scoring.image_score == "max over tiles"
+    meas = m.scoring.bank_mode_measurement
+    assert m.scoring.bank_mode in ("shared", "per_position") and "shared_synthetic_auroc" in meas
     assert b.bank.shape[0] == 24 * 4
-    if m["scoring"]["bank_mode"] == "per_position":
+    if m.scoring.bank_mode == "per_position":
         assert sorted(set(b.tile_index.tolist())) == [0, 1, 2, 3]
     det = Detector.from_bundle(out)
     img = with_blob(stripes(1, 64, seed=20)[0], 3)
-    r = det.score_frame(img)
-    assert np.array(r["tile_grid"]).shape == (2, 2)
-    assert r["score"] == pytest.approx(max(max(row) for row in r["tile_grid"]))
-    assert r["worst_tile"] in [list(bx) for bx in det.spec.tile_boxes()]
-    assert np.allclose(det.score_one(sorted((root / "train" / "good").glob("*.png"))[0]), 0, atol=1e-3)
+    r = det.inspect(img)
+    assert np.array(r.tile_grid).shape == (2, 2)
+    assert r.score == pytest.approx(max(max(row) for row in r.tile_grid), rel=1e-5)
+    assert r.worst_tile in [tuple(bx) for bx in det.spec.tile_boxes()]
+    assert np.allclose(det.inspect(sorted((root / "train" / "good").glob("*.png"))[0]).score, 0, atol=1e-3)
 
 
 @needs_tf
@@ -107,8 +107,10 @@ def test_bundle_with_bad_tile_index_is_refused(tmp_path):
     from device.errors import BundleError
 
     spec = InputSpec(size=(32, 32), working_size=(64, 64), grid=(2, 2), pixel_scale=1.0, pixel_offset=0.0)
-    man = {"input": spec.to_dict(), "extractor": {"input_shape": [32, 32, 3], "output_dim": 4},
-           "backbone": {}, "scoring": {"method": "knn", "k": 1}, "threshold": {"value": 1.0}}
+    man = {"input": spec.to_dict(), "extractor": {"input_shape": [32, 32, 3], "output_dim": 4, "quantization": "int8",
+                                                 "feature_normalize": "l2"},
+           "backbone": {}, "scoring": {"method": "knn", "k": 1, "bank_mode": "per_position"},
+           "threshold": {"value": 1.0}}
     bank = np.ones((6, 4), np.float32)
     write_bundle(tmp_path / "b", man, {"extractor.tflite": b"x", "bank.npy": npy_bytes(bank),
                                        "bank_tile_index.npy": npy_bytes(np.array([0, 1, 2, 0, 1, 2], np.int32))})
@@ -120,12 +122,14 @@ def _manual_tiled_bundle(path, tile_index=None):
     from device.bundle import npy_bytes, write_bundle
 
     spec = InputSpec(size=(32, 32), working_size=(64, 64), grid=(2, 2), pixel_scale=1.0, pixel_offset=0.0)
-    man = {"input": spec.to_dict(), "extractor": {"input_shape": [32, 32, 3], "output_dim": 8},
+    man = {"input": spec.to_dict(), "extractor": {"input_shape": [32, 32, 3], "output_dim": 8, "quantization": "int8",
+                                                 "feature_normalize": "l2"},
            "backbone": {}, "scoring": {"method": "knn", "k": 1}, "threshold": {"value": 1.0, "target_frr": 0.01}}
     bank = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
     files = {"extractor.tflite": b"x", "bank.npy": npy_bytes(bank)}
     if tile_index is not None:
         files["bank_tile_index.npy"] = npy_bytes(tile_index)
+        man["scoring"]["bank_mode"] = "per_position"
     write_bundle(path, man, files)
     return bank
 
@@ -148,9 +152,9 @@ def test_projected_tiled_threshold_accounts_for_the_tile_max(tmp_path):
 
     bank = _manual_tiled_bundle(tmp_path / "b")
     project_bundle(tmp_path / "b", tmp_path / "p", dims=4, rerank=False)
-    thr = load_bundle(tmp_path / "p").manifest["threshold"]
-    assert "maxima of random groups of 4 tile scores" in thr["method"]
+    thr = load_bundle(tmp_path / "p").manifest.threshold
+    assert "maxima of random groups of 4 tile scores" in thr.method
     per_tile = np.quantile(ProjectedKNNScorer(bank, 1, *fit_pca(bank, 4)[:2]).leave_one_out(), 0.99)
     frame = np.quantile(load_bundle(tmp_path / "p").calibration_scores, 0.5)
-    assert thr["value"] >= per_tile * 0.999 and frame > np.median(
+    assert thr.value >= per_tile * 0.999 and frame > np.median(
         ProjectedKNNScorer(bank, 1, *fit_pca(bank, 4)[:2]).leave_one_out())

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
+from device.cli import size
+
 log = logging.getLogger(__name__)
 
 
@@ -54,12 +56,6 @@ def _audit_models(args) -> int:
     return 0
 
 
-def _size(text: str):
-    from device.audit.cli import _size as parse
-
-    return parse(text)
-
-
 def register(subparsers) -> None:
     """Add ``audit-models`` to ``anomaly-train``."""
     a = subparsers.add_parser("audit-models", help="train AnoGAN / projection audit models into a bundle")
@@ -67,7 +63,7 @@ def register(subparsers) -> None:
     a.add_argument("--normal", nargs="+", required=True, metavar="DIR", help="normal images")
     a.add_argument("--out", help="write a new bundle here instead of replacing --bundle")
     a.add_argument("--methods", nargs="+", choices=("projection", "anogan"), default=["projection"])
-    a.add_argument("--size", type=_size, help="resize to N or HxW (the device audit then uses the same --size)")
+    a.add_argument("--size", type=size, help="resize to N or HxW (the device audit then uses the same --size)")
     a.add_argument("--glob", dest="pattern", help="only images whose file name matches, e.g. '*.jpg'")
     a.add_argument("--kind", choices=("ae", "vae"), help="projection autoencoder (default ae)")
     a.add_argument("--arch", choices=("conv", "dense"), help="projection architecture (default conv)")

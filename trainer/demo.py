@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(args) -> int:
-    from trainer.cli import fit_config
+    from trainer.options import fit_config
     from trainer.data import make_demo_dataset
     from trainer.evaluate import evaluate
     from trainer.pipeline import fit

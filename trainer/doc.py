@@ -9,7 +9,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import sys
@@ -20,21 +19,12 @@ import numpy as np
 from device.errors import ConfigError
 from models.backbone import FEATURE_TAPS, pooled_features, set_trainable_from
 from models.doc import compactness_loss, descriptiveness_loss
+from trainer.options import DocOptions
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class DocConfig:
-    steps: int = 200
-    batch: int = 32
-    lr: float = 5e-5
-    lam: float = 0.1
-    train_from: str = "block_13_expand"
-    taps: str = "out"
-    pooling: str = "max"
-    normalize: bool = True   # compactness on L2-normalised features (what the k-NN scores)
-    seed: int = 0
+DocConfig = DocOptions      # DOC's settings are declared once, with the other fit options
 
 
 def _depth(layer: str) -> float:

@@ -1,9 +1,21 @@
 """``fit``: normal images -> (DOC fine-tune | untouched backbone) -> TFLite -> bank -> threshold -> bundle.
 
-Model selection needs no real defects: held-out normal images and synthetic defects
-drawn on them form the validation set (real defects are added when given). The
-untouched backbone is always scored too, and the bundle ships the better extractor,
-recording both figures and why.
+``fit`` runs stages with small interfaces, each testable alone on tiny inputs:
+
+1. :func:`prepare` - prepared frames: the train / calibration split, synthetic validation
+   defects drawn on held-out normals (real defects join when given), and their tiles;
+2. :func:`extractor_candidates` + :func:`select` - the untouched backbone and (unless disabled)
+   DOC fine-tuning, each validated on float Keras features (:func:`validate`), the better one
+   kept with the figures behind the choice;
+3. :func:`export` - TFLite conversion (full int8, or what ``--quant`` asks; ``auto`` measures
+   int8 against float) and the device features of every image, computed with that ``.tflite``;
+4. :func:`choose_bank` - shared or per-tile-position bank (measured on validation when tiled),
+   subsampled to the cap;
+5. :func:`calibrate` - the threshold from the calibration images' device scores;
+6. :func:`manifest_body` + :func:`device.bundle.write_bundle`.
+
+Every score in stages 2-5 comes from :class:`device.scoring.TileScorer`, the class the device
+scores with, so the threshold fits the device's scores by construction.
 
 Example:
     >>> result = fit(train_paths, "bundle/", FitConfig(size=(96, 96)))   # doctest: +SKIP
@@ -15,55 +27,26 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
+from core.metrics import auroc
+from core.threshold import describe_calibration
 from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
-from device.preprocess import InputSpec, cut_tiles, prepare_frame
-from device.scoring import KNNScorer, make_scorer, subsample_bank
-from core.threshold import describe_calibration
-from trainer.doc import DocConfig
+from device.manifest import InputSpec
+from device.preprocess import cut_tiles, prepare_frame
+from device.scoring import TileScorer, bank_rows
+from trainer.options import FitConfig
 
 log = logging.getLogger(__name__)
 
+AUTO_QUANT_TOLERANCE = 0.01  # quant "auto": validation AUROC int8 may lose against float before float ships
+CALIBRATION_FEATURES_MAX_BYTES = 16 << 20   # calibration features ship when at most this large (device learn)
 
-@dataclasses.dataclass
-class FitConfig:
-    alpha: float = 0.35
-    size: tuple[int, int] = (96, 96)
-    weights: str | None = None
-    color: str = "rgb"
-    resize: str = "stretch"
-    interpolation: str = "area"    # resize filter: area (anti-aliased), linear (cheaper), nearest
-    roi: tuple[int, int, int, int] | None = None
-    taps: str = "out"
-    pooling: str = "max"
-    k: int = 1
-    scoring: str = "knn"
-    doc: bool = True
-    doc_cfg: DocConfig = dataclasses.field(default_factory=DocConfig)
-    reference: str = "samples"
-    n_reference: int = 2000
-    quant: str = "auto"       # int8 unless it loses > AUTO_QUANT_TOLERANCE validation AUROC vs float; or forced
-    compare_float: bool = True
-    bank_max: int | None = None
-    bank_subsample: str = "coreset"
-    bank_mode: str = "auto"   # tiled inputs: "shared", "per_position" or "auto" (measured on validation)
-    working_size: tuple[int, int] | None = None
-    grid: tuple[int, int] | None = None
-    overlap: float = 0.0
-    target_frr: float = 0.01
-    calib_fraction: float = 0.2
-    seed: int = 0
-
-    def input_spec(self) -> InputSpec:
-        return InputSpec(size=tuple(self.size), color=self.color, resize=self.resize, roi=self.roi,
-                         interpolation=self.interpolation,
-                         pixel_scale=1.0, pixel_offset=0.0,
-                         working_size=tuple(self.working_size) if self.working_size else None,
-                         grid=tuple(self.grid) if self.grid else None, overlap=self.overlap)
+__all__ = ["FitConfig", "FitResult", "fit", "prepare", "validate", "extractor_candidates", "select", "export",
+           "choose_bank", "calibrate", "manifest_body", "auroc"]
 
 
 @dataclasses.dataclass
@@ -73,25 +56,40 @@ class FitResult:
     val_scores: dict  # name -> (labels, scores) for the report
 
 
-def auroc(labels, scores) -> float:
-    from sklearn.metrics import roc_auc_score
+@dataclasses.dataclass
+class FitData:
+    """Stage 1's output: prepared frames and their tiles (frame-major)."""
 
-    labels = np.asarray(labels)
-    if labels.min() == labels.max():
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
+    spec: InputSpec
+    x_train: np.ndarray
+    x_cal: np.ndarray
+    x_syn: np.ndarray
+    x_real: np.ndarray | None
+    syn_kinds: list[str]
+    syn_scale: float
+    cal_how: str
+    tiles: dict[str, np.ndarray]    # "train", "cal", "syn" (and "real")
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.spec.tile_boxes())
 
 
-def _keras_features(model, x_u8: np.ndarray, p: int = 1, norm: str = "l2") -> np.ndarray:
-    """Float Keras features as rows: (N, D), or (N * p, C) patch rows for a patch extractor."""
-    f = np.asarray(model.predict(x_u8.astype(np.float32), batch_size=64, verbose=0), np.float32)
-    return normalize_features(f.reshape(f.shape[0] * p, -1), norm)
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """How a network's output becomes feature rows: ``p`` rows per tile, normalisation."""
+
+    p: int
+    norm: str
+    patches: dict | None
+
+    @classmethod
+    def of(cls, info: dict) -> "Rows":
+        patches = info.get("patches")
+        return cls(patches["grid"][0] * patches["grid"][1] if patches else 1, "none" if patches else "l2", patches)
 
 
-def _knn_auroc(bank: np.ndarray, feats: np.ndarray, labels: np.ndarray, k: int, method: str = "knn") -> float:
-    return auroc(labels, make_scorer(method, bank, k).score(feats))
-
-
+# ------------------------------------------------------------------------------------ 1. data
 def _as_batch(images, spec: InputSpec) -> np.ndarray:
     """Prepared frames (N, H, W, 3): working size with a tile grid, else the network input."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -106,63 +104,305 @@ def _tiles(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.concatenate([cut_tiles(f, spec) for f in frames])
 
 
-def _device_features(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int, p: int = 1,
-                     norm: str = "l2") -> np.ndarray:
-    """Features exactly as the device computes them: one interpreter call per frame (its
-    tiles together), so batch-dependent kernels (dynamic-range quantisation) agree too.
-    Rows as :func:`_keras_features`."""
+def prepare(train, cfg: FitConfig, calib=None, real_defects=None) -> FitData:
+    """Split, synthetic validation defects on the held-out normals, tiles."""
+    from trainer.synth import synthetic_defects
+
+    spec = cfg.input_spec()
+    x_all = _as_batch(train, spec)
+    if calib is None:
+        idx = np.random.default_rng(cfg.seed).permutation(len(x_all))
+        n_cal = max(1, int(round(len(x_all) * cfg.calib_fraction)))
+        if n_cal >= len(x_all) - 1:
+            from device.errors import ConfigError
+
+            raise ConfigError(f"{len(x_all)} normal images are too few to hold out {n_cal} for calibration")
+        x_train, x_cal = x_all[np.sort(idx[n_cal:])], x_all[np.sort(idx[:n_cal])]
+        cal_how = f"seeded {cfg.calib_fraction:.0%} split of the training images (seed {cfg.seed})"
+    else:
+        x_train, x_cal = x_all, _as_batch(calib, spec)
+        cal_how = "separate held-out normal images"
+    syn_scale = 1.0     # tiled: defects sized to a tile, not the frame (what the grid is there to find)
+    if spec.tiled:
+        _, _, tw, th = spec.tile_boxes()[0]
+        syn_scale = min(th / spec.working_size[0], tw / spec.working_size[1])
+    syn, _, kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1, scale=syn_scale)
+    x_syn = np.stack(syn)
+    x_real = _as_batch(real_defects, spec) if real_defects is not None and len(real_defects) else None
+    log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
+             f", {len(x_real)} real defects" if x_real is not None else "")
+    tiles = {"train": _tiles(x_train, spec), "cal": _tiles(x_cal, spec), "syn": _tiles(x_syn, spec)}
+    if x_real is not None:
+        tiles["real"] = _tiles(x_real, spec)
+    return FitData(spec, x_train, x_cal, x_syn, x_real, list(kinds), syn_scale, cal_how, tiles)
+
+
+# ------------------------------------------------------------------------------------ scoring helpers
+def keras_rows(model, tiles: np.ndarray, rows: Rows) -> np.ndarray:
+    """Float Keras features as rows: (N, D), or (N * p, C) patch rows for a patch extractor."""
+    f = np.asarray(model.predict(tiles.astype(np.float32), batch_size=64, verbose=0), np.float32)
+    return normalize_features(f.reshape(f.shape[0] * rows.p, -1), rows.norm)
+
+
+def device_rows(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int, rows: Rows) -> np.ndarray:
+    """Features exactly as the device computes them: one interpreter call per frame (its tiles
+    together), so batch-dependent kernels (dynamic-range quantisation) agree too."""
     f = np.concatenate([ext(tiles[i:i + n_tiles]) for i in range(0, len(tiles), n_tiles)])
-    return normalize_features(f.reshape(f.shape[0] * p, -1), norm)
+    return normalize_features(f.reshape(f.shape[0] * rows.p, -1), rows.norm)
 
 
-def _row_positions(n_frames: int, n_tiles: int, p: int = 1) -> np.ndarray:
+def row_positions(n_frames: int, n_tiles: int, p: int = 1) -> np.ndarray:
     """Tile position of every feature row of ``n_frames`` frames (frame-major, patch-minor)."""
     return np.tile(np.repeat(np.arange(n_tiles), p), n_frames)
 
 
-def _tile_scores(bank: np.ndarray, feats: np.ndarray, n_tiles: int, k: int, method: str,
-                 bank_pos: np.ndarray | None = None, p: int = 1) -> np.ndarray:
-    """(N, T) tile scores: against one shared bank, or each tile against its position's bank;
-    with ``p`` patch rows per tile, a tile scores as its worst patch."""
-    if bank_pos is None:
-        rows = make_scorer(method, bank, k).score(feats)
+def image_auroc(scorer: TileScorer, good: np.ndarray, bad: np.ndarray) -> float:
+    """AUROC of frame scores: feature rows of good frames against those of defective ones."""
+    s_good, s_bad = scorer.frame_scores(good), scorer.frame_scores(bad)
+    return auroc(np.r_[np.zeros(len(s_good)), np.ones(len(s_bad))], np.r_[s_good, s_bad])
+
+
+def _scorer(bank: np.ndarray, cfg: FitConfig, n_tiles: int, rows: Rows, tile_index=None, projection=None):
+    return TileScorer(bank, cfg.k, cfg.scoring, n_tiles=n_tiles, patches=rows.p, tile_index=tile_index,
+                      projection=projection)
+
+
+def val_bank(f: np.ndarray, cfg: FitConfig, rows: Rows) -> np.ndarray:
+    """Bank for validation scores: all training rows, or a seeded random sample of patch rows."""
+    return f[bank_rows(f, cfg.bank_max, "random", cfg.scoring, rows.p, cfg.seed)] if rows.p > 1 else f
+
+
+# ------------------------------------------------------------------------------------ 2. extractors
+def validate(model, data: FitData, rows: Rows, cfg: FitConfig) -> dict:
+    """Validation AUROCs of a Keras extractor: held-out normals against synthetic (and real) defects."""
+    t = data.tiles
+    sc = _scorer(val_bank(keras_rows(model, t["train"], rows), cfg, rows), cfg, data.n_tiles, rows)
+    fc = keras_rows(model, t["cal"], rows)
+    r = {"synthetic_auroc": image_auroc(sc, fc, keras_rows(model, t["syn"], rows))}
+    if "real" in t:
+        r["real_auroc"] = image_auroc(sc, fc, keras_rows(model, t["real"], rows))
+    return r
+
+
+def extractor_candidates(data: FitData, cfg: FitConfig, progress: bool = True):
+    """``(candidates, backbone_info, rows)``; candidates: name -> (Keras extractor, validation, DOC record)."""
+    from models.backbone import build_backbone, build_extractor
+
+    base, info = build_extractor(cfg.alpha, tuple(cfg.size), cfg.weights, cfg.taps, cfg.pooling)
+    rows = Rows.of(info)
+    if rows.patches:
+        log.info("patch features: %dx%d patches of %d dims per tile, scored with %s", *rows.patches["grid"],
+                 rows.patches["dim"], cfg.scoring)
+    cands = {"untouched": (base, validate(base, data, rows, cfg), None)}
+    log.info("untouched backbone (%s weights): %s", info["weights"], cands["untouched"][1])
+    if cfg.doc:
+        from trainer.data import load_reference
+        from trainer.doc import train_doc
+
+        backbone, _ = build_backbone(cfg.alpha, tuple(cfg.size), cfg.weights)
+        # patch extractors: DOC's compactness and reference head work on the taps' average pooling
+        dc = cfg.doc_cfg.model_copy(update={"taps": cfg.taps, "pooling": "avg" if rows.patches else cfg.pooling,
+                                            "seed": cfg.seed})
+        ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
+        backbone, hist = train_doc(backbone, data.tiles["train"], ref_x, ref_y, dc, progress=progress)
+        doc_model, _ = build_extractor(cfg.alpha, tuple(cfg.size), taps=cfg.taps, pooling=cfg.pooling,
+                                       backbone=backbone)
+        doc_info = {**dc.model_dump(), "reference": ref_desc, "seconds": round(hist["seconds"], 1),
+                    "final_l_d": float(np.mean(hist["l_d"][-10:])), "final_l_c": float(np.mean(hist["l_c"][-10:]))}
+        cands["doc"] = (doc_model, validate(doc_model, data, rows, cfg), doc_info)
+        log.info("DOC fine-tuned: %s", cands["doc"][1])
+    return cands, info, rows
+
+
+def select(cands: dict, metric: str) -> tuple[str, str]:
+    """The candidate with the higher validation ``metric`` (the untouched one on a tie), and why."""
+    chosen = max(cands, key=lambda n: (cands[n][1][metric], n == "untouched"))
+    if len(cands) == 1:
+        return chosen, "DOC fine-tuning disabled"
+    reason = (f"{chosen} has the higher validation {metric.replace('_', ' ')} "
+              + ", ".join(f"{n}={c[1][metric]:.4f}" for n, c in cands.items()))
+    return chosen, reason
+
+
+# ------------------------------------------------------------------------------------ 3. export
+@dataclasses.dataclass
+class Export:
+    blob: bytes
+    ext: TFLiteExtractor
+    quant: str
+    report: dict
+    feats: dict[str, np.ndarray]      # device feature rows of "train", "cal", "syn"
+    ms_per_image: float
+
+
+def _convert(model, data: FitData, quant: str, report: dict, seed: int):
+    """``(blob, extractor, quant)``; a degenerate full-int8 model falls back to dynamic range, loudly."""
+    from trainer.convert import convert
+
+    t = data.tiles["train"]
+    rep = t[np.random.default_rng(seed).permutation(len(t))[:200]]   # representative images for int8
+    blob = convert(model, rep, quant)
+    ext = TFLiteExtractor(blob, num_threads=1)
+    if quant == "int8":
+        raw = ext(data.tiles["cal"][:64])
+        if not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or (np.abs(raw).sum(axis=1) == 0).any():
+            log.warning("!" * 72)
+            log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
+                        "weights); falling back to dynamic-range quantisation")
+            log.warning("!" * 72)
+            report["int8_fallback"] = "int8 features constant or zero on calibration images"
+            quant = "dynamic"
+            blob = convert(model, rep, quant)
+            ext = TFLiteExtractor(blob, num_threads=1)
+    return blob, ext, quant
+
+
+def export(model, data: FitData, rows: Rows, cfg: FitConfig) -> Export:
+    """Convert, compute the device features of every image with the ``.tflite``, and (``auto``)
+    measure the quantised extractor against float and keep the better one within tolerance."""
+    from trainer.convert import convert
+
+    report: dict[str, Any] = {}
+    blob, ext, quant = _convert(model, data, "int8" if cfg.quant == "auto" else cfg.quant, report, cfg.seed)
+    t0 = time.perf_counter()
+    feats = {k: device_rows(ext, data.tiles[k], data.n_tiles, rows) for k in ("train", "cal", "syn")}
+    n_img = sum(len(data.tiles[k]) for k in ("train", "cal", "syn"))
+    ms = (time.perf_counter() - t0) * 1e3 / n_img * data.n_tiles
+    if quant == "float" or not (cfg.compare_float or cfg.quant == "auto"):
+        return Export(blob, ext, quant, report, feats, ms)
+    fblob = convert(model, None, "float")
+    fext = TFLiteExtractor(fblob, num_threads=1)
+    ff = {k: device_rows(fext, data.tiles[k], data.n_tiles, rows) for k in ("train", "cal", "syn")}
+    cos = np.sum(normalize_features(np.concatenate([feats["cal"], feats["syn"]]), "l2")
+                 * normalize_features(np.concatenate([ff["cal"], ff["syn"]]), "l2"), axis=1)
+    f_auc = image_auroc(_scorer(val_bank(ff["train"], cfg, rows), cfg, data.n_tiles, rows), ff["cal"], ff["syn"])
+    report.update({"float_val_auroc": f_auc, "feature_cosine_mean": float(cos.mean()),
+                   "feature_cosine_min": float(cos.min())})
+    if cfg.quant != "auto":
+        return Export(blob, ext, quant, report, feats, ms)
+    q_auc = image_auroc(_scorer(val_bank(feats["train"], cfg, rows), cfg, data.n_tiles, rows), feats["cal"],
+                        feats["syn"])
+    loss = f_auc - q_auc
+    report[f"{quant}_measured_val_auroc"] = q_auc
+    if loss > AUTO_QUANT_TOLERANCE:
+        report["auto_choice"] = f"float: {quant} lost {loss:.4f} validation AUROC (> {AUTO_QUANT_TOLERANCE}) against float"
+        log.warning("quant auto: %s", report["auto_choice"])
+        return Export(fblob, fext, "float", report, ff, ms)
+    report["auto_choice"] = f"{quant}: within {AUTO_QUANT_TOLERANCE} validation AUROC of float (loss {loss:.4f})"
+    log.info("quant auto: %s", report["auto_choice"])
+    return Export(blob, ext, quant, report, feats, ms)
+
+
+# ------------------------------------------------------------------------------------ 4. bank
+@dataclasses.dataclass
+class Bank:
+    rows: np.ndarray
+    tile_index: np.ndarray | None
+    mode: str
+    report: dict
+    subsampled: bool
+
+
+def _measure_bank_modes(f_train, f_cal, f_syn, pos, cfg: FitConfig, n_tiles: int, rows: Rows) -> dict:
+    """Validation AUROC of a shared bank and of per-position banks (pooled features: every
+    training tile; patch rows: a seeded sample)."""
+    report = {}
+    for mode in ("shared", "per_position"):
+        sel = None
+        if rows.p > 1 and mode == "shared":
+            sel = bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, rows.p, cfg.seed)
+        elif rows.p > 1:
+            sel = np.concatenate([np.flatnonzero(pos == i)[bank_rows(
+                f_train[pos == i], None if not cfg.bank_max else cfg.bank_max // n_tiles, "random",
+                cfg.scoring, rows.p, cfg.seed)] for i in range(n_tiles)])
+        fb = f_train[sel] if sel is not None else f_train
+        tidx = (pos[sel] if sel is not None else pos) if mode == "per_position" else None
+        report[f"{mode}_synthetic_auroc"] = image_auroc(_scorer(fb, cfg, n_tiles, rows, tidx), f_cal, f_syn)
+    return report
+
+
+def choose_bank(exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> Bank:
+    """Shared or per-position bank (``auto``: measured on validation when tiled), subsampled to ``bank_max``."""
+    n_tiles, f_train = data.n_tiles, exp.feats["train"]
+    pos = row_positions(len(data.x_train), n_tiles, rows.p)
+    mode, report = "shared", {}
+    if n_tiles > 1:
+        report = _measure_bank_modes(f_train, exp.feats["cal"], exp.feats["syn"], pos, cfg, n_tiles, rows)
+        if cfg.bank_mode == "auto":
+            mode = max(("shared", "per_position"), key=lambda m: (report[f"{m}_synthetic_auroc"], m == "shared"))
+            report["reason"] = ("higher synthetic-defect validation AUROC: shared "
+                                f"{report['shared_synthetic_auroc']:.4f}, per-position "
+                                f"{report['per_position_synthetic_auroc']:.4f}")
+        else:
+            mode, report["reason"] = cfg.bank_mode, "configured"
+    if mode == "per_position":
+        per = None if not cfg.bank_max else max(cfg.k + 1, cfg.bank_max // n_tiles)
+        keep = np.concatenate([np.flatnonzero(pos == i)[bank_rows(f_train[pos == i], per, cfg.bank_subsample,
+                                                                  cfg.scoring, rows.p, cfg.seed)]
+                               for i in range(n_tiles)])
     else:
-        pos = _row_positions(len(feats) // (n_tiles * p), n_tiles, p)
-        rows = np.empty(len(feats), np.float32)
-        for i in range(n_tiles):
-            rows[pos == i] = make_scorer(method, bank[bank_pos == i], k).score(feats[pos == i])
-    return rows.reshape(-1, p).max(axis=1).reshape(-1, n_tiles)
+        keep = bank_rows(f_train, cfg.bank_max, cfg.bank_subsample, cfg.scoring, rows.p, cfg.seed)
+    return Bank(np.ascontiguousarray(f_train[keep], np.float32),
+                pos[keep].astype(np.int32) if mode == "per_position" else None, mode, report,
+                len(keep) < len(f_train))
 
 
-def _image_auroc(bank, f_good, f_bad, n_tiles, k, method, bank_pos=None, p: int = 1) -> float:
-    s = np.r_[_tile_scores(bank, f_good, n_tiles, k, method, bank_pos, p).max(1),
-              _tile_scores(bank, f_bad, n_tiles, k, method, bank_pos, p).max(1)]
-    return auroc(np.r_[np.zeros(len(f_good) // (n_tiles * p)), np.ones(len(f_bad) // (n_tiles * p))], s)
+# ------------------------------------------------------------------------------------ 5. calibration
+def calibrate(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig, projection=None):
+    """``(threshold record, calibration scores, synthetic-defect scores)``, scored as the device will."""
+    sc = _scorer(bank.rows, cfg, data.n_tiles, rows, bank.tile_index, projection)
+    cal = sc.frame_scores(exp.feats["cal"]).astype(np.float32)
+    syn = sc.frame_scores(exp.feats["syn"])
+    how = "held-out normal quantile: " + data.cal_how + (
+        f", image score = max over {data.n_tiles} tiles" if data.n_tiles > 1 else "")
+    return describe_calibration(cal, cfg.target_frr, how), cal, syn
 
 
-AUTO_QUANT_TOLERANCE = 0.01  # quant "auto": validation AUROC int8 may lose against float before float ships
-PATCH_BANK_DEFAULT = 20000    # patch rows kept when --bank-max is not given (frames bring millions)
-PATCH_CORESET_POOL = 50000    # k-center greedy runs on a random pool of at most this many patch rows
+# ------------------------------------------------------------------------------------ 6. manifest
+def manifest_body(cfg: FitConfig, data: FitData, rows: Rows, info: dict, selection: dict, exp: Export, bank: Bank,
+                  threshold: dict, val_auroc: float, projection_frag: dict | None, fit_seconds: float) -> dict:
+    """The manifest (without schema, files) that :func:`device.bundle.write_bundle` validates and writes."""
+    n_tiles = data.n_tiles
+    scoring = {"method": cfg.scoring, "k": cfg.k, "metric": "mahalanobis" if cfg.scoring == "gauss" else "euclidean",
+               "features": "raw patch descriptors" if rows.patches else "l2-normalised",
+               "image_score": {(False, False): "single tile", (False, True): "max over tiles",
+                               (True, False): "max over patches",
+                               (True, True): "max over patches and tiles"}[(bool(rows.patches), n_tiles > 1)],
+               "bank_mode": bank.mode, "bank_mode_measurement": bank.report or None,
+               "bank_size": int(bank.rows.shape[0]), "bank_source_images": int(len(data.x_train)),
+               "bank_subsample": cfg.bank_subsample if bank.subsampled else "none"}
+    if projection_frag:
+        scoring["projection"] = projection_frag
+    return {
+        "input": data.spec.to_dict(),
+        "extractor": {"file": "extractor.tflite", "quantization": exp.quant, "feature_normalize": rows.norm,
+                      "runtime_checked": exp.ext.runtime, **exp.ext.describe(),
+                      **({"patches": rows.patches} if rows.patches else {})},
+        "backbone": {**info, "fine_tuned": selection["chosen"] == "doc", "selection": selection},
+        "quantization": {"mode": exp.quant, "requested": cfg.quant,
+                         "representative_images": int(min(len(data.x_train), 200)), "val_auroc": val_auroc,
+                         **exp.report},
+        "scoring": scoring,
+        "threshold": threshold,
+        "training": {"n_train": int(len(data.x_train)), "n_calibration": int(len(data.x_cal)),
+                     "n_synthetic_defects": int(len(data.x_syn)),
+                     "n_real_defects": int(len(data.x_real)) if data.x_real is not None else 0, "seed": cfg.seed,
+                     "fit_seconds": fit_seconds},
+    }
 
 
-def _bank_rows(feats: np.ndarray, max_size: int | None, method: str, scoring: str, p: int, seed: int) -> np.ndarray:
-    """Indices of the bank rows kept. Patch rows: random for ``gauss`` scoring (the Gaussian
-    must see the real distribution; a coreset over-weights the rare rows), else k-center
-    greedy on a random pool (a coreset of millions of rows is out of reach)."""
-    if p == 1:
-        return subsample_bank(feats, max_size, method, seed)
-    m = max_size or PATCH_BANK_DEFAULT
-    if len(feats) <= m:
-        return np.arange(len(feats))
-    rng = np.random.default_rng(seed)
-    if scoring == "gauss" or method == "random":
-        return np.sort(rng.choice(len(feats), m, replace=False))
-    pool = np.sort(rng.choice(len(feats), min(len(feats), max(m, PATCH_CORESET_POOL)), replace=False))
-    return pool[subsample_bank(feats[pool], m, method, seed)]
+def _bundle_files(exp: Export, bank: Bank, cal_scores: np.ndarray, proj_files: dict) -> dict[str, bytes]:
+    files = {"extractor.tflite": exp.blob, "bank.npy": npy_bytes(bank.rows),
+             "calibration_scores.npy": npy_bytes(cal_scores), **proj_files}
+    if bank.tile_index is not None:
+        files["bank_tile_index.npy"] = npy_bytes(bank.tile_index)
+    if exp.feats["cal"].nbytes <= CALIBRATION_FEATURES_MAX_BYTES:   # lets the device re-derive the threshold
+        files["calibration_features.npy"] = npy_bytes(np.ascontiguousarray(exp.feats["cal"], np.float32))
+    return files
 
 
 def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
-        progress: bool = True, extra_manifest: dict | None = None) -> FitResult:
+        progress: bool = True) -> FitResult:
     """Train and write a verified bundle.
 
     Args:
@@ -171,213 +411,40 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         calib: held-out normal images; default: ``cfg.calib_fraction`` of ``train``, seeded.
         real_defects: optional defective images used in model selection beside the synthetic ones.
     """
-    from models.backbone import build_backbone, build_extractor
-    from trainer.convert import convert
-    from trainer.doc import train_doc
-    from trainer.synth import synthetic_defects
-
     import keras
 
     keras.utils.set_random_seed(cfg.seed)   # random-init layers and heads are reproducible
     t_start = time.time()
-    spec = cfg.input_spec()
-    x_all = _as_batch(train, spec)
-    if calib is None:
-        idx = np.random.default_rng(cfg.seed).permutation(len(x_all))
-        n_cal = max(1, int(round(len(x_all) * cfg.calib_fraction)))
-        if n_cal >= len(x_all) - 1:
-            raise ValueError(f"{len(x_all)} normal images are too few to hold out {n_cal} for calibration")
-        x_train, x_cal = x_all[np.sort(idx[n_cal:])], x_all[np.sort(idx[:n_cal])]
-        cal_how = f"seeded {cfg.calib_fraction:.0%} split of the training images (seed {cfg.seed})"
-    else:
-        x_train, x_cal = x_all, _as_batch(calib, spec)
-        cal_how = "separate held-out normal images"
-    # tiled: defects sized to a tile, not the frame (what the grid is there to find)
-    syn_scale = 1.0
-    if spec.tiled:
-        _, _, tw, th = spec.tile_boxes()[0]
-        syn_scale = min(th / spec.working_size[0], tw / spec.working_size[1])
-    syn, _, syn_kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1, scale=syn_scale)
-    x_syn = np.stack(syn)
-    x_real = _as_batch(real_defects, spec) if real_defects is not None and len(real_defects) else None
-    log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
-             f", {len(x_real)} real defects" if x_real is not None else "")
-
-    n_tiles = len(spec.tile_boxes())
-    t_train, t_cal, t_syn = _tiles(x_train, spec), _tiles(x_cal, spec), _tiles(x_syn, spec)
-    t_real = _tiles(x_real, spec) if x_real is not None else None
-    # 1. untouched backbone
-    base_model, backbone_info = build_extractor(cfg.alpha, cfg.size, cfg.weights, cfg.taps, cfg.pooling)
-    patches = backbone_info.get("patches")
-    p = patches["grid"][0] * patches["grid"][1] if patches else 1
-    norm = "none" if patches else "l2"    # patch descriptors stay raw (Mahalanobis / PatchCore distances)
-    if patches:
-        log.info("patch features: %dx%d patches of %d dims per tile, scored with %s", *patches["grid"],
-                 patches["dim"], cfg.scoring)
-
-    def val_bank(f: np.ndarray) -> np.ndarray:
-        """Bank for validation scores: all training rows, or a seeded random sample of patch rows."""
-        return f[_bank_rows(f, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)] if p > 1 else f
-
-    def validate(model) -> dict:
-        f_tr = _keras_features(model, t_train, p, norm)
-        bank = val_bank(f_tr)
-        fc = _keras_features(model, t_cal, p, norm)
-        r = {"synthetic_auroc": _image_auroc(bank, fc, _keras_features(model, t_syn, p, norm), n_tiles, cfg.k,
-                                             cfg.scoring, p=p)}
-        if t_real is not None:
-            r["real_auroc"] = _image_auroc(bank, fc, _keras_features(model, t_real, p, norm), n_tiles, cfg.k,
-                                           cfg.scoring, p=p)
-        return r
-
-    candidates = {"untouched": (base_model, validate(base_model), None)}
-    log.info("untouched backbone (%s weights): %s", backbone_info["weights"], candidates["untouched"][1])
-    # 2. DOC fine-tuning
-    doc_info = None
-    if cfg.doc:
-        from trainer.data import load_reference
-
-        backbone, _ = build_backbone(cfg.alpha, cfg.size, cfg.weights)
-        # patch extractors: DOC's compactness and reference head work on the taps' average pooling
-        dc = dataclasses.replace(cfg.doc_cfg, taps=cfg.taps, pooling="avg" if patches else cfg.pooling, seed=cfg.seed)
-        ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
-        backbone, hist = train_doc(backbone, t_train, ref_x, ref_y, dc, progress=progress)
-        doc_model, _ = build_extractor(cfg.alpha, cfg.size, taps=cfg.taps, pooling=cfg.pooling, backbone=backbone)
-        doc_val = validate(doc_model)
-        doc_info = {**dataclasses.asdict(dc), "reference": ref_desc, "seconds": round(hist["seconds"], 1),
-                    "final_l_d": float(np.mean(hist["l_d"][-10:])), "final_l_c": float(np.mean(hist["l_c"][-10:]))}
-        candidates["doc"] = (doc_model, doc_val, doc_info)
-        log.info("DOC fine-tuned: %s", doc_val)
-    key = "real_auroc" if x_real is not None else "synthetic_auroc"
-    chosen = max(candidates, key=lambda n: (candidates[n][1][key], n == "untouched"))
-    reason = (f"{chosen} has the higher validation {key.replace('_', ' ')} "
-              + ", ".join(f"{n}={c[1][key]:.4f}" for n, c in candidates.items()))
-    if len(candidates) == 1:
-        reason = "DOC fine-tuning disabled"
+    data = prepare(train, cfg, calib, real_defects)
+    cands, info, rows = extractor_candidates(data, cfg, progress)
+    metric = "real_auroc" if data.x_real is not None else "synthetic_auroc"
+    chosen, reason = select(cands, metric)
     log.info("selected extractor: %s (%s)", chosen, reason)
-    model = candidates[chosen][0]
+    selection = {"chosen": chosen, "reason": reason, "metric": metric,
+                 "candidates": {n: c[1] for n, c in cands.items()}, "doc": (cands.get("doc") or (None,) * 3)[2],
+                 "synthetic_defects": sorted(set(data.syn_kinds)), "synthetic_defect_scale": round(data.syn_scale, 4)}
+    exp = export(cands[chosen][0], data, rows, cfg)
+    bank = choose_bank(exp, data, rows, cfg)
+    frag, proj_files, proj = None, {}, None
+    if cfg.projection:
+        from device.projection import projection_entries
+        from device.scoring import fit_pca
 
-    # 3. conversion, with float comparison
-    quant = "int8" if cfg.quant == "auto" else cfg.quant
-    rep = t_train[np.random.default_rng(cfg.seed).permutation(len(t_train))[:200]]
-    blob = convert(model, rep, quant)
-    ext = TFLiteExtractor(blob, num_threads=1)
-    quant_report = {}
-    if quant == "int8":
-        raw = ext(t_cal[:64])
-        if not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or (np.abs(raw).sum(axis=1) == 0).any():
-            log.warning("!" * 72)
-            log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
-                        "weights); falling back to dynamic-range quantisation")
-            log.warning("!" * 72)
-            quant_report["int8_fallback"] = "int8 features constant or zero on calibration images"
-            quant = "dynamic"
-            blob = convert(model, rep, quant)
-            ext = TFLiteExtractor(blob, num_threads=1)
-    t_lat = time.perf_counter()
-    f_train, f_cal, f_syn = (_device_features(ext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
-    ms_per_image = (time.perf_counter() - t_lat) * 1e3 / (len(t_train) + len(t_cal) + len(t_syn)) * n_tiles
-    val_labels = np.r_[np.zeros(len(x_cal)), np.ones(len(x_syn))]
-    if quant != "float" and (cfg.compare_float or cfg.quant == "auto"):
-        fblob = convert(model, None, "float")
-        fext = TFLiteExtractor(fblob, num_threads=1)
-        ff_train, ff_cal, ff_syn = (_device_features(fext, t, n_tiles, p, norm) for t in (t_train, t_cal, t_syn))
-        cos = np.sum(normalize_features(np.concatenate([f_cal, f_syn]), "l2")
-                     * normalize_features(np.concatenate([ff_cal, ff_syn]), "l2"), axis=1)
-        fb = val_bank(ff_train)
-        quant_report.update({"float_val_auroc": _image_auroc(fb, ff_cal, ff_syn, n_tiles, cfg.k, cfg.scoring, p=p),
-                             "feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())})
-        if cfg.quant == "auto":   # measure the quantised extractor the same way, and choose
-            q_auc = _image_auroc(val_bank(f_train), f_cal, f_syn, n_tiles, cfg.k, cfg.scoring, p=p)
-            loss = quant_report["float_val_auroc"] - q_auc
-            quant_report[f"{quant}_measured_val_auroc"] = q_auc
-            if loss > AUTO_QUANT_TOLERANCE:
-                quant_report["auto_choice"] = (f"float: {quant} lost {loss:.4f} validation AUROC "
-                                               f"(> {AUTO_QUANT_TOLERANCE}) against float")
-                log.warning("quant auto: %s", quant_report["auto_choice"])
-                quant, blob, ext = "float", fblob, fext
-                f_train, f_cal, f_syn = ff_train, ff_cal, ff_syn
-            else:
-                quant_report["auto_choice"] = (f"{quant}: within {AUTO_QUANT_TOLERANCE} validation AUROC of float "
-                                               f"(loss {loss:.4f})")
-            log.info("quant auto: %s", quant_report["auto_choice"])
-
-    # 4. bank (from the .tflite the device runs): shared or per tile position, measured; calibration
-    pos_train = _row_positions(len(x_train), n_tiles, p)
-    bank_mode, bank_report = "shared", {}
-    if n_tiles > 1:
-        for mode in ("shared", "per_position"):
-            sel = None   # pooled features: measure on every training tile; patch rows: a seeded sample
-            if p > 1 and mode == "shared":
-                sel = _bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, p, cfg.seed)
-            elif p > 1:
-                sel = np.concatenate([np.flatnonzero(pos_train == i)[_bank_rows(
-                    f_train[pos_train == i], None if not cfg.bank_max else cfg.bank_max // n_tiles, "random",
-                    cfg.scoring, p, cfg.seed)] for i in range(n_tiles)])
-            fb = f_train[sel] if sel is not None else f_train
-            bank_report[f"{mode}_synthetic_auroc"] = _image_auroc(
-                fb, f_cal, f_syn, n_tiles, cfg.k, cfg.scoring,
-                (pos_train[sel] if sel is not None else pos_train) if mode == "per_position" else None, p)
-        if cfg.bank_mode == "auto":
-            bank_mode = max(("shared", "per_position"), key=lambda m: (bank_report[f"{m}_synthetic_auroc"], m == "shared"))
-            bank_report["reason"] = ("higher synthetic-defect validation AUROC: shared "
-                                     f"{bank_report['shared_synthetic_auroc']:.4f}, per-position "
-                                     f"{bank_report['per_position_synthetic_auroc']:.4f}")
-        else:
-            bank_mode = cfg.bank_mode
-            bank_report["reason"] = "configured"
-    if bank_mode == "per_position":
-        per = None if not cfg.bank_max else max(cfg.k + 1, cfg.bank_max // n_tiles)
-        keep = np.concatenate([np.flatnonzero(pos_train == i)[_bank_rows(f_train[pos_train == i], per,
-                                                                          cfg.bank_subsample, cfg.scoring, p, cfg.seed)]
-                               for i in range(n_tiles)])
-    else:
-        keep = _bank_rows(f_train, cfg.bank_max, cfg.bank_subsample, cfg.scoring, p, cfg.seed)
-    bank = np.ascontiguousarray(f_train[keep], np.float32)
-    bank_pos = pos_train[keep].astype(np.int32) if bank_mode == "per_position" else None
-    cal_scores = _tile_scores(bank, f_cal, n_tiles, cfg.k, cfg.scoring, bank_pos, p).max(1).astype(np.float32)
-    syn_scores = _tile_scores(bank, f_syn, n_tiles, cfg.k, cfg.scoring, bank_pos, p).max(1)
-    threshold = describe_calibration(cal_scores, cfg.target_frr, "held-out normal quantile: " + cal_how
-                                     + (f", image score = max over {n_tiles} tiles" if n_tiles > 1 else ""))
+        frag, proj_files = projection_entries(bank.rows, cfg.projection)
+        mean, comps, _ = fit_pca(bank.rows, cfg.projection)
+        proj = (mean, comps, frag["rerank"], frag["shortlist"], False)
+    threshold, cal_scores, syn_scores = calibrate(bank, exp, data, rows, cfg, proj)
+    val_labels = np.r_[np.zeros(len(data.x_cal)), np.ones(len(data.x_syn))]
     val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
-
-    summary = {"weights": backbone_info["weights"], "selected": chosen, "selection_reason": reason,
-               "candidates": {n: c[1] for n, c in candidates.items()}, "quant": quant,
-               f"{quant}_val_auroc": val_auroc, **quant_report, "threshold": threshold["value"],
-               "bank_size": int(bank.shape[0]), "bank_mode": bank_mode, "n_tiles": n_tiles,
-               "patches_per_tile": p,
-               "n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
-               "tflite_ms_per_image": ms_per_image, "fit_seconds": round(time.time() - t_start, 1)}
-    manifest = {
-        "input": spec.to_dict(),
-        "extractor": {"file": "extractor.tflite", "quantization": quant, "feature_normalize": norm,
-                      "runtime_checked": ext.runtime, **ext.describe(), **({"patches": patches} if patches else {})},
-        "backbone": {**backbone_info, "fine_tuned": chosen == "doc", "selection": {
-            "chosen": chosen, "reason": reason, "metric": key,
-            "candidates": {n: c[1] for n, c in candidates.items()}, "doc": doc_info,
-            "synthetic_defects": sorted(set(syn_kinds)), "synthetic_defect_scale": round(syn_scale, 4)}},
-        "quantization": {"mode": quant, "requested": cfg.quant, "representative_images": int(min(len(x_train), 200)),
-                         "val_auroc": val_auroc, **quant_report},
-        "scoring": {"method": cfg.scoring, "k": cfg.k,
-                    "metric": "mahalanobis" if cfg.scoring == "gauss" else "euclidean",
-                    "features": "raw patch descriptors" if patches else "l2-normalised",
-                    "image_score": {(False, False): "single tile", (False, True): "max over tiles",
-                                    (True, False): "max over patches",
-                                    (True, True): "max over patches and tiles"}[(bool(patches), n_tiles > 1)],
-                    "bank_mode": bank_mode, "bank_mode_measurement": bank_report or None,
-                    "bank_size": int(bank.shape[0]), "bank_source_images": int(len(x_train)),
-                    "bank_subsample": cfg.bank_subsample if len(keep) < len(f_train) else "none"},
-        "threshold": threshold,
-        "training": {"n_train": int(len(x_train)), "n_calibration": int(len(x_cal)),
-                     "n_synthetic_defects": int(len(x_syn)),
-                     "n_real_defects": int(len(x_real)) if x_real is not None else 0, "seed": cfg.seed,
-                     "fit_seconds": summary["fit_seconds"]},
-        **(extra_manifest or {}),
-    }
-    files = {"extractor.tflite": blob, "bank.npy": npy_bytes(bank), "calibration_scores.npy": npy_bytes(cal_scores)}
-    if bank_pos is not None:
-        files["bank_tile_index.npy"] = npy_bytes(bank_pos)
-    path = write_bundle(out, manifest, files)
+    fit_s = round(time.time() - t_start, 1)
+    body = manifest_body(cfg, data, rows, info, selection, exp, bank, threshold, val_auroc, frag, fit_s)
+    path = write_bundle(out, body, _bundle_files(exp, bank, cal_scores, proj_files))
+    summary = {"weights": info["weights"], "selected": chosen, "selection_reason": reason,
+               "candidates": selection["candidates"], "quant": exp.quant, f"{exp.quant}_val_auroc": val_auroc,
+               **exp.report, "threshold": threshold["value"], "bank_size": int(bank.rows.shape[0]),
+               "bank_mode": bank.mode, "n_tiles": data.n_tiles, "patches_per_tile": rows.p,
+               "n_train": int(len(data.x_train)), "n_calibration": int(len(data.x_cal)),
+               "tflite_ms_per_image": exp.ms_per_image, "fit_seconds": fit_s}
     return FitResult(bundle=path, summary=summary,
                      val_scores={"validation (held-out normal vs synthetic defects)":
                                  (val_labels, np.r_[cal_scores, syn_scores])})

@@ -13,19 +13,9 @@ import argparse
 import logging
 import sys
 
+from device.cli import count, finite, size
+
 log = logging.getLogger(__name__)
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().replace("x", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, found {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 8:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW with sides >= 8, found {text!r}")
-    return parts[0], parts[1]
 
 
 def _common(p: argparse.ArgumentParser, model: bool) -> None:
@@ -38,15 +28,15 @@ def _common(p: argparse.ArgumentParser, model: bool) -> None:
     else:
         p.add_argument("--normal", nargs="+", metavar="DIR",
                        help="optional normal images, scored to calibrate a threshold")
-    p.add_argument("--size", type=_size, help="resize every image to N or HxW (default: no resizing; all "
+    p.add_argument("--size", type=size, help="resize every image to N or HxW (default: no resizing; all "
                                               "images must have the model's size)")
     p.add_argument("--glob", dest="pattern", help="only images whose file name matches, e.g. '*.jpg'")
     p.add_argument("--labels", help="CSV of image,label (1/anomalous or 0/normal) for image AUROC")
     p.add_argument("--masks", help="folder of same-named PNG ground-truth masks (binarised at 128)")
     t = p.add_mutually_exclusive_group()
-    t.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate for the threshold")
-    t.add_argument("--threshold", type=float, help="fixed threshold for PASS/REJECT")
-    p.add_argument("--chunk", type=int, help="images scored per batch (saved after each)")
+    t.add_argument("--target-frr", type=finite, default=0.01, help="false-reject rate for the threshold")
+    t.add_argument("--threshold", type=finite, help="fixed threshold for PASS/REJECT")
+    p.add_argument("--chunk", type=count(1), help="images scored per batch (saved after each)")
     p.add_argument("--fresh", action="store_true", help="discard results of an earlier run in --out")
     p.add_argument("--no-panels", dest="panels", action="store_false", help="skip the PNG panels")
     p.add_argument("--seed", type=int, default=0)
