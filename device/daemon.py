@@ -10,6 +10,11 @@ Order per part (the journal row is committed *before* any output acts on it)::
 
 Signals: ``SIGTERM``/``SIGINT`` finish the current frame, let queued reject pulses
 fire (up to ``delay + width + 0.5 s``), set the outputs to the safe level, exit 0.
+A reject pulse that cannot be fired is journaled (``pulse_dropped``, naming the decision rows).
+
+Journal faults (disk full, read-only file or mount, I/O error): nothing is acted on without its
+row; the reject line goes to its safe level, the alarm is raised, one line names the journal and
+the cause, and the service exits with :data:`EXIT_JOURNAL_FAULT` so systemd restarts it.
 ``SIGHUP`` reloads config and bundle between frames; if either is bad the old ones keep
 running and the reason is logged and journaled. ``SIGUSR1`` fires the software trigger.
 
@@ -20,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import signal
@@ -34,10 +40,12 @@ from device.camera import CameraError, EndOfStream, FrameSource, make_source
 from device.config import DeviceConfig, load_config
 from core.decision import Decision
 from device.errors import BundleError
-from device.journal import Journal
+from device.journal import Journal, JournalError
 from device.notify import Notifier
 
 log = logging.getLogger(__name__)
+
+EXIT_JOURNAL_FAULT = 3   # the journal cannot be written: exit non-zero so systemd restarts the service
 
 
 def build_detector(cfg: DeviceConfig):
@@ -120,6 +128,8 @@ class Daemon:
         self.t_start = time.monotonic()
         self._backoff = cfg.camera.retry_initial_s
         self._last_status = time.monotonic()
+        self._dropped: collections.deque = collections.deque()   # (tags, reason) from the pulse thread
+        self.journal_fault: JournalError | None = None
 
     # ----------------------------------------------------------------- control
     def request_stop(self, *_):
@@ -150,7 +160,19 @@ class Daemon:
             self._pin_factory = make_pin_factory(cfg.outputs.pin_factory)
         o = cfg.outputs
         return Outputs(o.reject_pin, o.reject_active_high, o.alarm_pin, o.alarm_active_high,
-                       o.safe_level, pin_factory=self._pin_factory)
+                       o.safe_level, pin_factory=self._pin_factory, on_dropped=self._pulses_dropped)
+
+    def _pulses_dropped(self, rows: list, reason: str) -> None:
+        """Reject pulses that could not be fired (any thread): journaled by :meth:`_journal_dropped`."""
+        self._dropped.append((list(rows), reason))
+
+    def _journal_dropped(self) -> None:
+        """Journal ``pulse_dropped`` events (main thread) for pulses reported by the outputs."""
+        while self._dropped:
+            rows, reason = self._dropped.popleft()
+            msg = f"{len(rows)} reject pulse(s) {reason}: decision row(s) {', '.join(map(str, rows))}"
+            log.error("%s", msg)
+            self.journal.event("pulse_dropped", msg)
 
     def _make_trigger(self, cfg: DeviceConfig):
         t = cfg.trigger
@@ -176,8 +198,12 @@ class Daemon:
         Raises:
             BundleError: the bundle fails verification (the service exits non-zero).
         """
+        from device import preprocess
+
+        preprocess.MAX_PIXELS = self.cfg.camera.max_pixels          # arrays too: one limit per service
         if self.journal is None:
-            self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
+            j = self.cfg.journal
+            self.journal = Journal(j.path, j.synchronous, keep_days=j.keep_days, max_mb=j.max_mb)
         self.journal.event("start", f"config {self.cfg.source_file}, bundle {self.cfg.bundle.path}")
         self.notifier.status("loading bundle")
         try:
@@ -262,6 +288,8 @@ class Daemon:
     # ----------------------------------------------------------------- the loop
     def step(self) -> bool:
         """Handle one trigger; returns False when the source is exhausted."""
+        if self._dropped:
+            self._journal_dropped()
         if not self.camera_up:
             end = time.monotonic() + self._next_backoff()
             while not self._stop.is_set() and time.monotonic() < end:
@@ -348,7 +376,7 @@ class Daemon:
         if late > 0.002 and self.cfg.outputs.reject_delay_ms > 0:   # with no delay every pulse is "late"
             log.warning("frame %d: reject pulse %.1f ms late (processing slower than the delay)",
                         frame.index, late * 1e3)
-        self.outputs.reject.pulse(reject_at, self.cfg.outputs.reject_width_ms / 1e3)
+        self.outputs.pulse(reject_at, self.cfg.outputs.reject_width_ms / 1e3, tag=row)
 
     def _archive(self, frame, result, row: int) -> None:
         """Every reject and one pass in ``archive_pass_every`` (the first one included); tiled
@@ -425,6 +453,7 @@ class Daemon:
         # The pulse thread must get the GIL within ~1 ms of its deadline, not Python's default 5 ms.
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, 0.0005))
+        code = 0
         try:
             self.start()
             while not self._stop.is_set():
@@ -436,15 +465,29 @@ class Daemon:
                 if self.max_frames is not None and self.frames >= self.max_frames:
                     break
                 self._status()
-            return 0
+        except JournalError as exc:
+            code = self._on_journal_fault(exc)
         finally:
             self.shutdown()
             sys.setswitchinterval(switch)
             for s, h in old.items():
                 signal.signal(s, h)
+        return EXIT_JOURNAL_FAULT if self.journal_fault is not None else code
+
+    def _on_journal_fault(self, exc: JournalError) -> int:
+        """Safe level, alarm, one line naming the journal and the cause; the exit code for systemd."""
+        self.journal_fault = exc
+        if self.outputs is not None:
+            self.outputs.fault(True)            # queued pulses of journaled rejects still fire
+            self.outputs.set_alarm(True)
+        log.critical("%s; reject line held at its safe level, alarm raised, exiting (status %d) for a restart",
+                     exc, EXIT_JOURNAL_FAULT)
+        self.notifier.status(f"journal fault: {exc}"[:200])
+        return EXIT_JOURNAL_FAULT
 
     def shutdown(self) -> None:
-        """Queued pulses fire, outputs go to the safe level, journal flushed. Idempotent."""
+        """Queued pulses fire, outputs go to the safe level, journal flushed. Idempotent. After a
+        journal fault nothing more is written to the journal and the alarm stays raised."""
         self.notifier.stopping()
         if self.source is not None:
             self.source.close()
@@ -453,14 +496,20 @@ class Daemon:
             self.trigger = None
         if self.outputs is not None:
             o = self.cfg.outputs
-            self.outputs.set_alarm(False)
+            if self.journal_fault is None:
+                self.outputs.set_alarm(False)
             self.outputs.close(drain_s=(o.reject_delay_ms + o.reject_width_ms) / 1e3 + 0.5)
             self.outputs = None
         if self.archive is not None:
             self.archive.close()
             self.archive = None
         if self.journal is not None:
-            self.journal.event("stop", f"{self.frames} parts")
+            if self.journal_fault is None:
+                try:
+                    self._journal_dropped()
+                    self.journal.event("stop", f"{self.frames} parts")
+                except JournalError as exc:     # the fault showed only now: still one clear line
+                    self._on_journal_fault(exc)
             if self._own_journal:
                 self.journal.close()
                 self.journal = None

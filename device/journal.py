@@ -148,6 +148,7 @@ class Journal(Closing):
         self._db: sqlite3.Connection | None = None
         self._retention: _Retention | None = None
         self._rows = 0
+        self.faulted = False                       # a write failed: closing stays quiet about it
         self._prune_every = max(1, int(prune_every_rows))
         try:
             self._db = self._connect_ro() if readonly else self._connect_rw(synchronous, max_mb)
@@ -231,6 +232,7 @@ class Journal(Closing):
         try:
             return db.execute(sql, params)
         except sqlite3.Error as exc:
+            self.faulted = True
             raise JournalError(f"journal {self.path}: {describe_sqlite_error(exc, self.path)}; "
                                f"cannot write {what}") from None
 
@@ -335,7 +337,8 @@ class Journal(Closing):
                 try:
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as exc:
-                    log.warning("journal %s: checkpoint at close failed: %s", self.path, describe_sqlite_error(exc))
+                    (log.debug if self.faulted else log.warning)(
+                        "journal %s: checkpoint at close failed: %s", self.path, describe_sqlite_error(exc))
             self._abandon()
 
 

@@ -133,3 +133,31 @@ def env_no_notify() -> dict:
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     return env
+
+
+def wait_rows(journal: Path, n: int, timeout: float, alive=lambda: True) -> int:
+    """Wait until the journal at ``journal`` holds ``n`` decision rows (read-only, so it never
+    competes with the writer); returns the count. Raises TimeoutError (or RuntimeError when
+    ``alive()`` turns false, e.g. the service process exited) instead of waiting forever."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    got = 0
+    while True:
+        if journal.exists():
+            try:
+                db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1.0)
+                try:
+                    got = db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                got = 0                       # not created yet
+        if got >= n:
+            return got
+        if not alive():
+            raise RuntimeError(f"{journal}: the writer stopped at {got} of {n} rows")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{journal}: {got} of {n} rows after {timeout:g} s")
+        time.sleep(0.01)                      # poll interval of the wait, not a synchronisation

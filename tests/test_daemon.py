@@ -1,4 +1,7 @@
-"""Replayed frames -> daemon -> gpiozero MockFactory: pulses against the journal, signals, faults."""
+"""Replayed frames -> daemon -> gpiozero MockFactory: pulses against the journal, signals, faults.
+
+Every wait synchronises on the daemon's own progress (frames read by the source, journal rows,
+notifier messages) and has a timeout; no sleep or timer stands in for synchronisation."""
 from __future__ import annotations
 
 import os
@@ -18,7 +21,7 @@ pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra
 pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
 
 from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_image, pin_edges,  # noqa: F401,E402
-                            pulses, write_config, write_frames)
+                            pulses, wait_rows, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
 from device.camera import CameraError, FolderSource  # noqa: E402
@@ -79,7 +82,8 @@ def test_folder_replay_pulses_match_journal(bundle_dir, tmp_path):
     check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
     assert pin.state == 0  # safe level "inactive" after the stop
     for r in rows:
-        assert r["threshold"] == pytest.approx(d.detector.threshold)
+        assert r["threshold"] == pytest.approx(d.detector.threshold.value)
+        assert r["bundle_digest"] == d.detector.bundle.digest
         assert r["preprocess_ms"] > 0 and r["inference_ms"] > 0 and r["knn_ms"] > 0
 
 
@@ -127,19 +131,39 @@ def test_overlapping_pulses_merge_and_fast_parts(bundle_dir, tmp_path):
         assert a - 0.001 <= start <= a + TOL and b - 0.001 <= start + width <= b + TOL
 
 
+class Scripted:
+    """A looping folder source that runs ``actions[n]()`` when it is asked for frame ``n`` (1-based):
+    the test's operator acts at known points of the run instead of after guessed delays."""
+
+    def __init__(self, path, actions: dict):
+        self.inner, self.actions, self.name, self.reads = FolderSource(path, loop=True), actions, "scripted", 0
+
+    def open(self):
+        self.inner.open()
+
+    def read(self):
+        self.reads += 1
+        if self.reads in self.actions:
+            self.actions[self.reads]()
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
+
+
 def test_sigterm_mid_run_consistent_journal_and_safe_outputs(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", PATTERN)
     cfg = write_config(tmp_path / "d.toml", bundle_dir,
                        f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
                        tmp_path / "j.sqlite", outputs(delay_ms=80, width_ms=5, rate=12.5,
                                                       extra='safe_level = "active"\n'))
-    d, pin, t0 = run_daemon(cfg)
-    threading.Timer(1.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    src = Scripted(tmp_path / "frames", {15: lambda: os.kill(os.getpid(), signal.SIGTERM)})
+    d, pin, t0 = run_daemon(cfg, source=src)
     assert d.run(signals=True) == 0
     j = Journal(tmp_path / "j.sqlite")
     assert j.integrity_ok()
     rows = j.decisions()
-    assert len(rows) >= 10
+    assert len(rows) == 15 and src.reads == 15          # the frame in hand when SIGTERM came was finished
     assert [e["kind"] for e in j.events()][-1] == "stop"
     edges = pin_edges(pin, t0)
     # safe level "active": held high until ready, high again at stop; queued pulses fired before that.
@@ -154,23 +178,16 @@ def t_ready_ok(t_release, rows):
     return t_release <= rows[0]["t_trigger"]
 
 
-def _subprocess_run(cfg, sig, after_s, journal):
-    """Start ``anomaly-device run``, wait until it is ready plus ``after_s``, send ``sig``."""
+def _subprocess_run(cfg, sig, rows, journal):
+    """Start ``anomaly-device run``, wait until it has journaled ``rows`` decisions, send ``sig``."""
     env = env_no_notify()
     p = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and p.poll() is None:
-        try:
-            if journal.exists() and sqlite3.connect(journal).execute(
-                    "SELECT COUNT(*) FROM events WHERE kind = 'ready'").fetchone()[0]:
-                break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.1)
-    time.sleep(after_s)
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=30)
+    try:
+        wait_rows(journal, rows, timeout=90, alive=lambda: p.poll() is None)
+    finally:
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
     return p.returncode, err
 
 
@@ -180,7 +197,7 @@ def test_service_process_signals(bundle_dir, tmp_path, sig, code):
     cfg = write_config(tmp_path / "d.toml", bundle_dir,
                        f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
                        tmp_path / "j.sqlite", outputs(rate=100.0, extra='pin_factory = "mock"\n'))
-    rc, err = _subprocess_run(cfg, sig, 1.0, tmp_path / "j.sqlite")
+    rc, err = _subprocess_run(cfg, sig, 30, tmp_path / "j.sqlite")
     assert rc == code, err[-2000:]
     db = sqlite3.connect(tmp_path / "j.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -250,31 +267,29 @@ def test_sighup_reload_keeps_old_bundle_when_new_is_bad(bundle_dir, tmp_path):
         f.write(b"\x01\x02")
     cam = f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true'
     cfg = write_config(tmp_path / "d.toml", bundle_dir, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
-    d, pin, t0 = run_daemon(cfg)
-    def operator():
-        time.sleep(0.5)
+
+    def bad_bundle():
         write_config(cfg, bad, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
         os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.5)
+
+    def good_bundle_new_threshold():
         write_config(cfg, bundle_dir, cam, tmp_path / "j.sqlite", outputs(rate=100.0))
         cfg.write_text(cfg.read_text().replace(f'path = "{bundle_dir}"', f'path = "{bundle_dir}"\nthreshold = 0.75', 1))
         os.kill(os.getpid(), signal.SIGHUP)
-        time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
 
-    op = threading.Thread(target=operator)
-    op.start()
+    src = Scripted(tmp_path / "frames", {5: bad_bundle, 10: good_bundle_new_threshold,
+                                         15: lambda: os.kill(os.getpid(), signal.SIGTERM)})
+    d, pin, t0 = run_daemon(cfg, source=src)
     assert d.run() == 0
-    op.join()
     j = Journal(tmp_path / "j.sqlite")
     ev = j.events()
     failed = [e for e in ev if e["kind"] == "reload_failed"]
-    assert failed and "bank.npy" in failed[0]["message"] and "sha256" in failed[0]["message"]
+    assert len(failed) == 1 and "bank.npy" in failed[0]["message"] and "sha256" in failed[0]["message"]
     assert [e["kind"] for e in ev].count("reload") == 1
     thr = [r["threshold"] for r in j.decisions()]
-    assert thr[0] != 0.75 and thr[-1] == pytest.approx(0.75)
-    t_fail = failed[0]["ts"]
-    assert any(r["ts"] > t_fail and r["threshold"] == thr[0] for r in j.decisions())  # old kept running
+    assert len(thr) == 15
+    assert thr[:10] == [thr[0]] * 10 and thr[0] != 0.75     # the old bundle kept deciding after the failure
+    assert thr[10:] == [pytest.approx(0.75)] * 5            # the good reload took effect at the next frame
 
 
 def test_sd_notify_ready_after_bundle_and_camera_then_watchdog(bundle_dir, tmp_path):
@@ -378,7 +393,8 @@ def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
                            tmp_path / f"{name}.sqlite", outputs(rate=0.0, delay_ms=0, width_ms=1))
         d, pin, t0 = run_daemon(cfg)
         assert d.run(signals=False) == 0
-        assert isinstance(d.detector.scorer, ShortlistKNNScorer) == (name == "pca")
+        scorer = getattr(d.detector.scorer, "scorer", d.detector.scorer)   # TileScorer wraps the bank's scorer
+        assert isinstance(scorer, ShortlistKNNScorer) == (name == "pca")
         rows = Journal(tmp_path / f"{name}.sqlite").decisions()
         assert [r["decision"] for r in rows] == expected
         scores[name] = [r["score"] for r in rows]
@@ -398,9 +414,13 @@ class DeadAfter:
     def __init__(self, path, n):
         self.inner, self.n, self.name, self.reads, self.opens = FolderSource(path, loop=True), n, "dying", 0, 0
 
+    on_open_failure = None
+
     def open(self):
         self.opens += 1
         if self.opens > 1:
+            if self.on_open_failure:
+                self.on_open_failure()
             raise CameraError("dying: device gone")
         self.inner.open()
 
@@ -436,8 +456,9 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
                        'retry_initial_s = 0.05\nretry_max_s = 0.1', tmp_path / "j.sqlite",
                        outputs(rate=50.0) + "\n[service]\ncamera_fault_grace_s = 0.4\n")
     n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
-    d, pin, t0 = run_daemon(cfg, source=DeadAfter(tmp_path / "frames", 5), notifier=n)
-    threading.Timer(1.5, d.request_stop).start()
+    src = DeadAfter(tmp_path / "frames", 5)
+    d, pin, t0 = run_daemon(cfg, source=src, notifier=n)
+    src.on_open_failure = lambda: src.opens >= 12 and d.request_stop()   # ~1 s of retries at <= 0.1 s
     assert d.run(signals=False) == 0
     done.set()
     rd.join()
@@ -453,61 +474,60 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     assert any(0.2 < x for x in during)            # ...for most of it, then no more (systemd restarts us)
 
 
+class ReadyNotifier(Notifier):
+    """A notifier without a socket that tells the test when the daemon is ready."""
+
+    def __init__(self):
+        super().__init__(env={})
+        self.is_ready = threading.Event()
+
+    def ready(self, status: str = "") -> bool:
+        self.is_ready.set()
+        return super().ready(status)
+
+
 def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
     """Photo-eye edges on a mock input pin trigger frames; the delay counts from the edge; rejects archived."""
     write_frames(tmp_path / "frames", "NDND")
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                        tmp_path / "j.sqlite",
                        '[trigger]\nmode = "gpio"\npin = 4\nbounce_ms = 0\ntimeout_s = 0.05\n\n'
-                       '[outputs]\nreject_pin = 17\nreject_delay_ms = 30\nreject_width_ms = 10\n\n'
-                       f'[journal]\narchive_dir = "{tmp_path / "archive"}"\narchive_pass_every = 2\n')
-    cfg.write_text(cfg.read_text().replace("[journal]\n", "", 1).replace(
-        f'path = "{tmp_path / "j.sqlite"}"\n', "", 1).replace(
-        "[journal]\narchive", f'[journal]\npath = "{tmp_path / "j.sqlite"}"\narchive'))
+                       '[outputs]\nreject_pin = 17\nreject_delay_ms = 30\nreject_width_ms = 10\n')
+    cfg.write_text(cfg.read_text().replace(f'path = "{tmp_path / "j.sqlite"}"\n',
+                                           f'path = "{tmp_path / "j.sqlite"}"\narchive_dir = "{tmp_path / "archive"}"\n'
+                                           'archive_pass_every = 2\n', 1))
     factory = MockFactory()
-    d, pin, t0 = run_daemon(cfg, factory, max_frames=4)
+    notifier = ReadyNotifier()
+    d, pin, t0 = run_daemon(cfg, factory, max_frames=4, notifier=notifier)
     eye = factory.pin(4)
-    presses = []
+    presses, problems = [], []
 
     def photo_eye():
-        time.sleep(0.5)
-        for _ in range(4):
-            presses.append(time.monotonic())
-            eye.drive_low()           # pull-up input: low = beam broken = part present
-            time.sleep(0.01)
-            eye.drive_high()
-            time.sleep(0.12)
+        try:
+            assert notifier.is_ready.wait(60), "daemon never became ready"
+            for i in range(4):
+                presses.append(time.monotonic())
+                eye.drive_low()           # pull-up input: low = beam broken = part present
+                eye.drive_high()
+                wait_rows(tmp_path / "j.sqlite", i + 1, timeout=30)   # the part is decided before the next
+        except BaseException as exc:      # noqa: BLE001 - reported below, never a hang
+            problems.append(exc)
+            d.request_stop()
 
     th = threading.Thread(target=photo_eye)
     th.start()
     assert d.run(signals=False) == 0
-    th.join()
+    th.join(60)
+    assert not problems, problems
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == ["PASS", "REJECT", "PASS", "REJECT"]
     for r, t in zip(rows, presses):
         assert t <= r["t_trigger"] <= t + TOL    # reference = the photo-eye edge
     check_pulses_match_journal(rows, pin_edges(pin, t0), 0.010)
     saved = sorted(p.name for p in (tmp_path / "archive").rglob("*.png"))
-    assert saved == ["000000000_pass.png", "000000001_reject.png", "000000003_reject.png"]  # 1 in 2 passes
+    runs = {n.split("_")[0] for n in saved}
+    assert len(runs) == 1                      # one start of the service, one run id
+    assert [n.split("_", 1)[1] for n in saved] == ["000000000_pass.png", "000000001_reject.png",
+                                                   "000000003_reject.png"]   # 1 in 2 passes
     assert [bool(r["image"]) for r in rows] == [True, True, False, True]
-
-
-def test_archive_prunes_by_size_and_age(tmp_path):
-    import numpy as np
-
-    from device.archive import ImageArchive
-
-    a = ImageArchive(tmp_path / "a", max_mb=0.02, max_age_days=1.0, prune_every=1000)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        assert a.submit(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT")
-    a.close()
-    files = sorted((tmp_path / "a").rglob("*.png"))
-    assert len(files) == 6
-    old = files[0]
-    os.utime(old, (time.time() - 3 * 86400,) * 2)
-    removed = a.prune()
-    kept = sorted(p.name for p in (tmp_path / "a").rglob("*.png"))
-    assert removed >= 1 and old.name not in kept
-    assert sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.png")) <= 0.02e6
-    assert kept == sorted(kept)[-len(kept):] and "000000005_reject.png" in kept   # newest kept
+    assert all(os.path.isfile(r["image"]) for r in rows if r["image"])
