@@ -173,13 +173,10 @@ def _status(args) -> int:
         from device.config import load_config
 
         path = load_config(args.config).journal.path
-    j = open_readonly(path)
-    try:
+    with open_readonly(path) as j:    # never writes: another user, a running daemon, a full disk
         s = j.summary(window_s=args.window)
         last = j.decisions(limit=args.last)
         events = j.events(limit=5)
-    finally:
-        j.close()
     if args.json:
         print(json.dumps({"summary": s, "last": last, "events": events}, indent=2))
         return 0

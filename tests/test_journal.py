@@ -268,3 +268,18 @@ def test_max_mb_keeps_the_journal_under_its_cap(tmp_path):
     assert size <= cap_mb * 1e6, f"journal files {size} bytes over the {cap_mb} MB cap"
     assert rows[-1]["frame"] == 29_999 and len(rows) < 30_000                 # the newest kept
     assert [r["frame"] for r in rows] == list(range(rows[0]["frame"], 30_000))  # oldest first, no holes
+
+
+def test_status_command_names_a_non_database_file(tmp_path, capsys):
+    from device.cli import main
+
+    bad = tmp_path / "journal.sqlite"
+    bad.write_bytes(b"\x00garbage" * 100)
+    assert main(["status", "--journal", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "journal.sqlite" in err and "not a journal" in err and "Traceback" not in err
+    _make_journal(tmp_path / "ok.sqlite")
+    os.chmod(tmp_path / "ok.sqlite", 0o444)
+    assert main(["status", "--journal", str(tmp_path / "ok.sqlite"), "--last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "decisions 3" in out and "stop: 3 parts" in out
