@@ -195,11 +195,12 @@ def write_bundle(dest: str | Path, manifest: Mapping[str, Any] | Manifest, files
     full = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **body,
             "files": {n: {"sha256": sha256_bytes(d), "bytes": len(d)} for n, d in blobs.items()}}
-    try:
-        text = json.dumps(full, indent=2, default=_json_default, allow_nan=False) + "\n"
-    except ValueError as exc:     # NaN or infinity somewhere: the device would refuse the bundle
-        raise BundleError(f"cannot write bundle {dest}: {exc} (find the non-finite value in the manifest)") from None
-    Manifest.from_json(text, f"{dest / MANIFEST} (to be written)")    # never write a bundle the device refuses
+    where = f"{dest / MANIFEST} (to be written)"
+    Manifest.from_dict(json.loads(json.dumps(full, default=_json_default)), where)   # never write what the device refuses
+    bad = _non_finite(full)
+    if bad:
+        raise BundleError(f"{where}: {bad}: expected a finite number (NaN and infinities cannot be written)")
+    text = json.dumps(full, indent=2, default=_json_default, allow_nan=False) + "\n"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
@@ -247,6 +248,20 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _non_finite(obj: Any, path: str = "") -> str | None:
+    """Key path of the first NaN or infinity in a JSON-like object (None: there is none)."""
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return path or "(value)"
+    if isinstance(obj, np.ndarray):
+        return path if obj.dtype.kind == "f" and not np.isfinite(obj).all() else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if found:
+            return found
+    return None
 
 
 def _json_default(o):

@@ -42,7 +42,7 @@ def test_good_config_and_relative_paths(tmp_path):
     assert cfg.bundle.path == str(tmp_path / "bundle") and cfg.camera.path == str(tmp_path / "frames")
     assert cfg.camera.roi == (10, 20, 300, 200) and cfg.trigger.pin == 4
     assert cfg.outputs.reject_delay_ms == 350.0 and cfg.outputs.safe_level == "active"
-    assert cfg.journal.path == str(tmp_path / "journal.sqlite")
+    assert cfg.journal.path == "/var/lib/anomaly-device/journal.sqlite"   # the state directory, not /etc
 
 
 def test_every_unknown_key_and_bad_value_is_named(tmp_path):
@@ -70,13 +70,13 @@ x = 1
         load_config(p)
     msg = str(e.value)
     assert str(p) in msg and "8 problem(s)" in msg
-    for needle in ("[bundle].threads: expected an integer, found string 'two'",
-                   "[bundle].treshold: unknown key; expected one of path, target_frr, threads, threshold",
-                   "[camera].source: expected one of 'folder', 'video', 'opencv', 'picamera2', found 'webcam'",
-                   "[camera].awb_gains: expected [red_gain, blue_gain]",
-                   "[outputs].reject_pin: expected 0..53, found 60",
-                   "[outputs].reject_width_ms: expected 0.1..60000.0, found -5",
-                   "[outputs].safe_level: expected one of 'inactive', 'active', found 'maybe'",
+    for needle in ("[bundle].threads: expected a valid integer, found string 'two'",
+                   "[bundle].treshold: unknown key; expected one of path, threads, threshold, target_frr",
+                   "[camera].source: expected 'folder', 'video', 'opencv' or 'picamera2', found string 'webcam'",
+                   "[camera].awb_gains: expected 2 numbers, found [1.5]",
+                   "[outputs].reject_pin: expected <= 53, found integer 60",
+                   "[outputs].reject_width_ms: expected >= 0.1, found integer -5",
+                   "[outputs].safe_level: expected 'inactive' or 'active', found string 'maybe'",
                    "[extras]: unknown section"):
         assert needle in msg, (needle, msg)
 
@@ -89,7 +89,17 @@ x = 1
     ({"bundle": {"path": "b"}, "outputs": {"reject_pin": 17, "alarm_pin": 17}},
      "[outputs].alarm_pin: GPIO17 is already used by [outputs].reject_pin"),
     ({"bundle": {"path": "b"}, "camera": {"retry_initial_s": 5.0, "retry_max_s": 1.0}}, "[camera].retry_max_s"),
-    ({"bundle": {"path": "b"}, "outputs": {"reject_active_high": 1}}, "expected true or false, found integer 1"),
+    ({"bundle": {"path": "b"}, "outputs": {"reject_active_high": 1}}, "expected a valid boolean, found integer 1"),
+    ({"bundle": {"path": "b"}, "outputs": {"reject_pin": 17, "ready_pin": 17}},
+     "[outputs].ready_pin: GPIO17 is already used by [outputs].reject_pin"),
+    ({"bundle": {"path": "b", "threshold": float("nan")}}, "[bundle].threshold: expected a finite number"),
+    ({"bundle": {"path": "b", "threshold": float("inf")}}, "[bundle].threshold: expected a finite number"),
+    ({"bundle": {"path": "b", "threshold": -0.5}}, "[bundle].threshold: expected >= 0"),
+    ({"bundle": {"path": "b", "target_frr": 1.0}}, "[bundle].target_frr: expected < 1"),
+    ({"bundle": {"path": "b"}, "journal": {"path": ""}}, "[journal].path: expected a non-empty string"),
+    ({"bundle": {"path": "b"}, "camera": {"source": "folder", "path": ""}}, "[camera].path: required when source"),
+    ({"bundle": {"path": "b"}, "camera": {"roi": [0, 0, 10]}}, "[camera].roi: expected 4 integers"),
+    ({"bundle": {"path": "b"}, "trigger": {"pin": [4]}}, "[trigger].pin: expected a valid integer, found array"),
     ({"bundle": "b"}, "bundle: expected a table [bundle], found string"),
 ])
 def test_cross_field_problems(doc, needle):
@@ -113,8 +123,8 @@ def test_check_config_cli_exit_codes(tmp_path, capsys):
     p = tmp_path / "d.toml"
     p.write_text(GOOD.replace("threads = 1", "threads = 0"))
     assert main(["check-config", "--config", str(p), "--no-bundle"]) == 2
-    assert "[bundle].threads: expected 1..64, found 0" in capsys.readouterr().err
-    p.write_text(GOOD)
+    assert "[bundle].threads: expected >= 1, found integer 0" in capsys.readouterr().err
+    p.write_text(GOOD + f'\n[journal]\npath = "{tmp_path / "j.sqlite"}"\n')
     assert main(["check-config", "--config", str(p), "--no-bundle"]) == 0
     assert "config OK" in capsys.readouterr().out
     assert main(["check-config", "--config", str(p)]) == 2   # bundle folder does not exist
@@ -191,9 +201,13 @@ def test_projected_knn_full_rank_equals_knn_and_low_rank_keeps_ranking():
 def test_shipped_example_config_is_valid():
     from pathlib import Path
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "systemd" / "device.example.toml")
-    assert cfg.camera.source == "picamera2" and cfg.outputs.reject_pin == 17
-    assert cfg.journal.archive_dir == "/var/lib/anomaly-device/archive"
+    from device.config import BundleConfig, OutputsConfig, example_config
+
+    path = Path(__file__).resolve().parents[1] / "systemd" / "device.example.toml"
+    assert path.read_text() == example_config(), "regenerate: anomaly-device config-example > " + str(path)
+    cfg = load_config(path)
+    assert cfg.camera.source == "picamera2" and cfg.outputs == OutputsConfig()     # defaults, one source of truth
+    assert cfg.bundle == BundleConfig(path="/var/lib/anomaly-device/bundle")
 
 
 def test_install_script_syntax():
