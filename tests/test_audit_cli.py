@@ -100,7 +100,8 @@ def test_bundle_round_trip_and_missing_model(dataset, capsys):
     from device.preprocess import InputSpec
 
     b = write_bundle(dataset / "bundle", {"input": InputSpec(size=(16, 16)).to_dict(),
-                                          "extractor": {"output_dim": 2, "input_shape": [16, 16, 3]},
+                                          "extractor": {"output_dim": 2, "input_shape": [16, 16, 3],
+                                                        "quantization": "int8", "feature_normalize": "l2"},
                                           "backbone": {}, "scoring": {"k": 1}, "threshold": {"value": 1.0}},
                      {"extractor.tflite": b"x", "bank.npy": npy_bytes(np.zeros((1, 2), np.float32))})
     rc, _, err = _run(["audit", "anogan", "--bundle", str(b), "--images", str(dataset / "test"),
@@ -184,7 +185,8 @@ def test_train_audit_models_then_audit_from_bundle(dataset, capsys):
     from trainer.cli import main as train_main
 
     b = write_bundle(dataset / "bundle", {"input": InputSpec(size=(16, 16)).to_dict(),
-                                          "extractor": {"output_dim": 2, "input_shape": [16, 16, 3]},
+                                          "extractor": {"output_dim": 2, "input_shape": [16, 16, 3],
+                                                        "quantization": "int8", "feature_normalize": "l2"},
                                           "backbone": {}, "scoring": {"k": 1}, "threshold": {"value": 1.0}},
                      {"extractor.tflite": b"x", "bank.npy": npy_bytes(np.zeros((1, 2), np.float32))})
     rc = train_main(["audit-models", "--bundle", str(b), "--normal", str(dataset / "normal"),

@@ -24,6 +24,7 @@ import numpy as np
 from device.audit import data
 from device.audit.errors import AuditModelError
 from device.audit.methods import TRAINABLE, fit_and_calibrate, make_detector, model_size, prefix
+from core.decision import Threshold, decide
 from core.metrics import auroc, pixel_auroc
 from device.audit.report import write_html, write_panel, write_scores_csv
 from device.audit.store import ResultStore, fingerprint
@@ -160,7 +161,7 @@ def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, nor
     msize = model_size(det)
     work_size = tuple(size) if size is not None else None
     expect = msize
-    thr_value = float(threshold) if threshold is not None else (thr_entry or {}).get("value")
+    thr_value = _threshold(threshold, thr_entry)
     settings = {"model": model_id, "options": options if not bundle else {}, "size": work_size,
                 "expect": expect, "params": det.params() if hasattr(det, "params") else {}}
     store = ResultStore(out, method, settings, fresh=fresh)
@@ -202,6 +203,18 @@ def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, nor
                    computed=len(todo), reused=reused)
 
 
+def _threshold(threshold, thr_entry) -> Threshold | None:
+    """The audit's threshold: ``--threshold``, else the calibrated one; validated (finite, >= 0)."""
+    try:
+        if threshold is not None:
+            return Threshold(threshold, "--threshold")
+        if thr_entry and thr_entry.get("value") is not None:
+            return Threshold(thr_entry["value"], thr_entry.get("method", "calibrated"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return None
+
+
 def _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_entry, panels, computed, reused):
     rows, maps_by_key, gts = [], {}, []
     pixel_items = []
@@ -215,7 +228,7 @@ def _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_en
         if label_map is not None:
             row["label"] = "" if lab is None else lab
         if thr_value is not None:
-            row["decision"] = "REJECT" if row["score"] > thr_value else "PASS"
+            row["decision"] = str(decide(row["score"], thr_value).decision)
         row["seconds"] = float(rec["seconds"])
         mask = None
         if masks is not None:
@@ -240,9 +253,9 @@ def _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_en
     summary = {"method": method, "images": len(rows), "computed_now": computed, "reused": reused,
                "seconds_per_image": float(np.mean([r["seconds"] for r in rows])) if rows else math.nan}
     if thr_value is not None:
-        summary["threshold"] = thr_value
-        summary["threshold_source"] = (thr_entry or {}).get("method", "--threshold")
-        summary["rejected"] = sum(r.get("decision") == "REJECT" for r in rows)
+        summary["threshold"] = thr_value.value
+        summary["threshold_source"] = thr_value.source
+        summary["rejected"] = sum(r.get("decision") in ("REJECT", "ERROR") for r in rows)
     if label_map is not None:
         lab_rows = [r for r in rows if r.get("label") in (0, 1)]
         summary["labelled"] = len(lab_rows)
