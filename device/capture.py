@@ -232,9 +232,9 @@ def _fmt(key: str, v) -> str:
     return str(list(v) if isinstance(v, tuple) else v)
 
 
-def capture_mismatches(camera, manifest: dict) -> list[str]:
+def capture_mismatches(camera, manifest) -> list[str]:
     """Where the running camera config differs from the bundle's ``capture`` record (empty when the
-    bundle has none). One readable line per difference, for a log warning or a journal event.
+    bundle has none); ``manifest`` is the typed manifest or its dict. One readable line per difference, for a log warning or a journal event.
 
     Example:
         >>> from device.config import CameraConfig
@@ -242,7 +242,9 @@ def capture_mismatches(camera, manifest: dict) -> list[str]:
         ...                    {"capture": {"source": "picamera2", "exposure_us": 8000, "resolution": [640, 480]}})
         ['[camera].exposure_us is 0 (auto); the training images were captured with 8000']
     """
-    rec = (manifest or {}).get("capture")
+    if manifest is None:
+        return []
+    rec = manifest.get("capture") if isinstance(manifest, dict) else getattr(manifest, "capture", None)
     if not isinstance(rec, dict):
         return []
     out = []

@@ -6,7 +6,8 @@ Two cheap signals, combined into one state ``ok`` / ``warning`` / ``drift`` with
    of passed parts is compared with the bundle's held-out normal scores *truncated at the
    running threshold* (a PASS score is by definition <= threshold, so both sides are the
    same conditional distribution when nothing has changed) by a two-sample
-   Kolmogorov-Smirnov test. ``p < warn_p`` is a warning, ``p < drift_p`` drift.
+   Kolmogorov-Smirnov test. ``p < warn_p`` is a warning, ``p < drift_p`` drift (left again
+   once ``p`` is :data:`EXIT_FACTOR` times above the limit).
    Limits: the p-value uses the asymptotic Kolmogorov distribution (accurate for a window
    and calibration set of a few dozen scores or more; the test is skipped below
    ``min_scores``); it assumes independent parts — a run of near-identical parts makes it
@@ -19,7 +20,8 @@ Two cheap signals, combined into one state ``ok`` / ``warning`` / ``drift`` with
    median of the training images, which the bundle records (``image_stats``, see
    :func:`image_stats`). Brightness: drift when ``|median - reference| / max(reference, 16)``
    exceeds ``brightness_tolerance`` (warning at half of it). Sharpness: drift when the ratio
-   leaves ``[1 / (1 + t), 1 + t]`` for ``t = sharpness_tolerance`` (warning at half of ``t``).
+   leaves ``[1 / (1 + t), 1 + t]`` for ``t = sharpness_tolerance`` (warning at half of ``t``;
+   a level is left below :data:`EXIT_RATIO` of its limit).
    A bundle without ``image_stats`` falls back to the first ``reference_frames`` frames of
    the run as reference, and every state says so.
 
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 LEVELS = ("ok", "warning", "drift")
 STATS_WIDTH = 160          # frames are downscaled to this width for the statistics
 BRIGHTNESS_FLOOR = 16.0    # relative brightness change is taken against max(reference, this)
+EXIT_FACTOR = 10.0         # a score-test level is left once p exceeds EXIT_FACTOR x its limit
+EXIT_RATIO = 0.8           # an image-statistics level is left below EXIT_RATIO x its limit
 
 
 # ---------------------------------------------------------------- image statistics
@@ -168,7 +172,7 @@ class DriftMonitor:
     """
 
     def __init__(self, calibration_scores=None, threshold: float | None = None, reference: dict | None = None,
-                 window: int = 500, warn_p: float = 1e-3, drift_p: float = 1e-6,
+                 window: int = 500, warn_p: float = 1e-4, drift_p: float = 1e-7,
                  brightness_tolerance: float = 0.15, sharpness_tolerance: float = 0.5, stats_window: int = 25,
                  reference_frames: int = 100, persist: int = 3, min_scores: int | None = None):
         if not 0 < drift_p <= warn_p < 1:
@@ -248,7 +252,10 @@ class DriftMonitor:
         d, p = ks_2samp(np.asarray(self._sorted), self.calibration)
         med, ref = self._sorted[len(self._sorted) // 2], float(np.median(self.calibration))
         fig = {"ks_d": round(d, 4), "p": p, "n": len(self._sorted), "median": med, "calibration_median": ref}
-        level = "drift" if p < self.drift_p else "warning" if p < self.warn_p else "ok"
+        prev = LEVELS.index(self.signals["scores"].level)
+        # hysteresis: a level is left only once p is EXIT_FACTOR times above its limit
+        lim = [1.0, self.warn_p * (EXIT_FACTOR if prev >= 1 else 1), self.drift_p * (EXIT_FACTOR if prev >= 2 else 1)]
+        level = "drift" if p < lim[2] else "warning" if p < lim[1] else "ok"
         why = (f"PASS scores differ from calibration (KS p={p:.1e} over the last {len(self._sorted)}, "
                f"median {med:.4g} vs {ref:.4g})")
         return _Signal(level, why if level != "ok" else "", fig)
@@ -272,9 +279,11 @@ class DriftMonitor:
         fig = {"brightness": round(b, 2), "brightness_ref": round(rb, 2), "sharpness": round(s, 2),
                "sharpness_ref": round(rs, 2), "reference": self.reference_source}
         parts, level = [], "ok"
+        prev = LEVELS.index(self.signals["image"].level)
         for name, dev, tol, txt in (("brightness", rel_b, self.tol_b, f"brightness {b:.0f} vs {rb:.0f}"),
                                     ("sharpness", dev_s, self.tol_s, f"sharpness {s:.0f} vs {rs:.0f}")):
-            lv = "drift" if dev > tol else "warning" if dev > tol / 2 else "ok"
+            k = EXIT_RATIO if prev else 1.0      # hysteresis: leave a level below EXIT_RATIO of its limit
+            lv = "drift" if dev > tol * (k if prev >= 2 else 1.0) else "warning" if dev > tol / 2 * k else "ok"
             if lv != "ok":
                 parts.append(f"{txt} ({100 * dev:+.0f} %, limit {100 * tol:.0f} %)")
                 level = max(level, lv, key=LEVELS.index)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import fcntl
 import getpass
@@ -63,7 +64,8 @@ DEFAULT_UNIT = "anomaly-device"
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC time with microseconds: the index orders versions by it (several deploys a second)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -389,11 +391,14 @@ def journal_marks(journal_path: str) -> tuple[int, int]:
 
 
 def _check_journal(j, digest: str, marks: tuple[int, int]) -> tuple[str, str] | None:
-    ev = _query(j, "SELECT kind, message FROM events WHERE id > ? AND kind IN ('reload', 'reload_failed') "
+    ev = _query(j, "SELECT kind, message FROM events WHERE id > ? AND kind IN ('reload', 'reload_failed', 'stop') "
                    "ORDER BY id", (marks[1],))
     for kind, msg in ev:
         if kind == "reload_failed":
             return "reload_failed", msg or ""
+        if kind == "stop":
+            return "reload_failed", f"the service stopped while reloading ({msg or 'no message'})"
+    ev = [e for e in ev if e[0] == "reload"]
     cols = {r[1] for r in _query(j, "PRAGMA table_info(decisions)")}
     if "bundle_digest" in cols:
         rows = _query(j, "SELECT bundle_digest FROM decisions WHERE id > ? AND bundle_digest IS NOT NULL",

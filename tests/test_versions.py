@@ -1,0 +1,200 @@
+"""Versioned bundles: first deploy, adoption of a plain directory, bad bundles, rollback, pruning,
+the listing, and deploy/rollback against a running service confirmed from its journal."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gpiozero", reason="the service needs gpiozero (device extra)")
+pytest.importorskip("cv2", reason="the service needs OpenCV (device extra)")
+
+from daemon_helpers import bundle_dir, env_no_notify, write_config, write_frames  # noqa: F401,E402
+from lifecycle_helpers import wait_until  # noqa: E402
+
+from device.bundle import bundle_digest, load_bundle, write_bundle  # noqa: E402
+from device.config import load_config  # noqa: E402
+from device.errors import BundleError  # noqa: E402
+from device.servicelock import ServiceBusyError, ServiceLock, holder  # noqa: E402
+from device.versions import Store, deploy, list_versions, rollback  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def variant(src: Path, dest: Path, threshold: float) -> Path:
+    """A copy of ``src`` with another threshold (another digest)."""
+    b = load_bundle(src)
+    body = b.manifest.body()
+    body["threshold"] = {**body["threshold"], "value": threshold}
+    return Path(write_bundle(dest, body, dict(b.files)))
+
+
+@pytest.fixture
+def device_cfg(bundle_dir, tmp_path):  # noqa: F811
+    write_frames(tmp_path / "frames", "NNNN")
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "d.toml", state / "bundle", f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
+                       "loop = true", state / "journal.sqlite",
+                       '[trigger]\nrate_hz = 40.0\n\n[outputs]\npin_factory = "mock"\n')
+    return cfg
+
+
+def test_first_deploy_onto_a_fresh_device(bundle_dir, device_cfg):  # noqa: F811
+    cfg = load_config(device_cfg)
+    active = Path(cfg.bundle.path)
+    assert not active.exists()
+    out = deploy(cfg, bundle_dir, unit=None)
+    assert out["status"] == "switched" and out["from"] is None
+    assert active.is_symlink() and os.readlink(active) == f"bundle.versions/{out['version']}"
+    assert bundle_digest(active) == bundle_digest(bundle_dir) == out["digest"]
+    vdir = Store(active).version_dir(out["version"])
+    assert stat.S_IMODE(vdir.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in vdir.iterdir()} == {0o644}
+    load_bundle(active)                                          # the service can load it through the link
+    (v,) = list_versions(cfg)
+    assert v["active"] and v["digest"] == out["digest"] and v["bank_size"] == load_bundle(active).bank.shape[0]
+    assert v["threshold"] == pytest.approx(load_bundle(active).threshold.value) and v["parent"] is None
+
+
+def test_plain_directory_adopted_then_rollback(bundle_dir, device_cfg, tmp_path):  # noqa: F811
+    cfg = load_config(device_cfg)
+    shutil.copytree(bundle_dir, cfg.bundle.path)                 # installed by hand, as docs/DEVICE.md said
+    b2 = variant(bundle_dir, tmp_path / "b2", 0.5)
+    out = deploy(cfg, b2, unit=None)
+    old = bundle_digest(bundle_dir)[:16]
+    assert out["from"] == old and out["version"] == bundle_digest(b2)[:16]
+    vs = {v["version"]: v for v in list_versions(cfg)}
+    assert vs[out["version"]]["active"] and vs[old]["previous"] and vs[old]["source"].startswith("adopted")
+    back = rollback(cfg, unit=None)
+    assert back["version"] == old and bundle_digest(cfg.bundle.path)[:16] == old
+    with pytest.raises(BundleError, match="no previous version"):
+        rollback(cfg, unit=None)
+    hist = json.loads((Store(Path(cfg.bundle.path)).root / "versions.json").read_text())["history"]
+    assert [h["action"] for h in hist] == ["adopt", "deploy", "rollback"]
+
+
+def test_bad_bundle_leaves_the_old_one_active(bundle_dir, device_cfg, tmp_path, capsys):  # noqa: F811
+    from device.cli import main
+
+    cfg = load_config(device_cfg)
+    deploy(cfg, bundle_dir, unit=None)
+    bad = tmp_path / "bad"
+    shutil.copytree(variant(bundle_dir, tmp_path / "b2", 0.5), bad)
+    with open(bad / "bank.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x01\x02")
+    with pytest.raises(BundleError, match="bank.npy"):
+        deploy(cfg, bad, unit=None)
+    assert bundle_digest(cfg.bundle.path) == bundle_digest(bundle_dir)
+    assert [v["version"] for v in list_versions(cfg)] == [bundle_digest(bundle_dir)[:16]]
+    assert main(["deploy", str(bad), "--config", str(device_cfg), "--unit", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bank.npy" in err[0] and err[0].startswith("anomaly-device: error:")
+    assert main(["deploy", str(tmp_path / "nowhere"), "--config", str(device_cfg), "--unit", ""]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_keep_versions_never_drops_active_or_previous(bundle_dir, device_cfg, tmp_path, capsys):  # noqa: F811
+    from device.cli import main
+
+    cfg = load_config(device_cfg)
+    names = []
+    for i in range(7):
+        b = variant(bundle_dir, tmp_path / f"v{i}", 0.1 + i / 100)
+        names.append(deploy(cfg, b, unit=None)["version"])
+    kept = [v["version"] for v in list_versions(cfg)]
+    assert len(kept) == 5 and set(kept) == set(names[2:])        # default keep_versions = 5, newest first
+    assert rollback(cfg, unit=None)["version"] == names[5]
+    # re-deploy an old one by digest prefix; the version rolled back from stays as "previous"
+    out = deploy(cfg, names[3][:8], unit=None)
+    assert out["version"] == names[3] and deploy(cfg, names[3], unit=None)["status"] == "unchanged"
+    assert main(["bundles", "--config", str(device_cfg), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {v["version"] for v in listed if v["active"]} == {names[3]}
+    assert {v["version"] for v in listed if v["previous"]} == {names[5]}
+    assert all(set(v) >= {"digest", "created", "source", "bank_size", "threshold", "parent"} for v in listed)
+    assert main(["bundles", "--config", str(device_cfg), "--history", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "* " + names[3] in text and "- " + names[5] in text
+
+
+def test_service_lock_and_holder(tmp_path):
+    pid = tmp_path / "anomaly-device.pid"
+    assert holder(pid) is None
+    with ServiceLock(pid, "run"):
+        assert holder(pid) == {"pid": os.getpid(), "command": "run"}
+        with pytest.raises(ServiceBusyError, match=r"held by `anomaly-device run` \(pid"):
+            ServiceLock(pid, "capture").acquire()
+    assert pid.exists() and holder(pid) is None                 # a stale file is not a running service
+
+
+SERVICE = ("import sys\n"
+           "from device.config import load_config\n"
+           "from device.daemon import Daemon\n"
+           "from device.servicelock import hold_service_lock\n"
+           "cfg = load_config(sys.argv[1])\n"
+           "lock = hold_service_lock(cfg)   # phase 2: the daemon takes it itself\n"
+           "sys.exit(Daemon(cfg, config_path=sys.argv[1]).run())\n")
+
+
+def _digests_since(journal: Path, row: int) -> set[str]:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return {d for d, in db.execute("SELECT bundle_digest FROM decisions WHERE id > ?", (row,))}
+    finally:
+        db.close()
+
+
+def _last_row(journal: Path) -> int:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_path):  # noqa: F811
+    cfg = load_config(device_cfg)
+    journal = Path(cfg.journal.path)
+    b1 = bundle_digest(bundle_dir)
+    deploy(cfg, bundle_dir, unit=None)
+    p = subprocess.Popen([sys.executable, "-c", SERVICE, str(device_cfg)], cwd=ROOT, env=env_no_notify(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: journal.exists() and b1 in _digests_since(journal, 0) or p.poll() is not None,
+                   60, "the service's first decisions")
+        assert p.poll() is None, p.stderr.read()[-2000:]
+        b2 = variant(bundle_dir, tmp_path / "b2", 0.5)
+        mark = _last_row(journal)
+        out = deploy(cfg, b2, unit=None, wait_s=30)
+        assert out["status"] == "confirmed" and out["reload"] == f"SIGHUP pid {p.pid}"
+        assert bundle_digest(b2) in _digests_since(journal, mark)
+        mark = _last_row(journal)
+        back = rollback(cfg, unit=None, wait_s=30)
+        assert back["status"] == "confirmed" and back["digest"] == b1
+        wait_until(lambda: _last_row(journal) > mark + 3, 30, "decisions after the rollback")
+        assert b1 in _digests_since(journal, mark)
+        # a reload that fails in the service (its config file broke meanwhile) switches the link back
+        device_cfg.write_text(device_cfg.read_text() + "\n[bundle2]\n")
+        b3 = variant(bundle_dir, tmp_path / "b3", 0.6)
+        with pytest.raises(BundleError, match=f"reload failed.*switched back to {b1[:16]}"):
+            deploy(cfg, b3, unit=None, wait_s=30)
+        assert bundle_digest(cfg.bundle.path) == b1 and p.poll() is None
+        hist = Store(Path(cfg.bundle.path)).read_index()["history"]
+        assert hist[-1]["result"] == "reload_failed" and hist[-1]["reverted_to"] == b1[:16]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    assert p.returncode == 0, p.stderr.read()[-2000:]
