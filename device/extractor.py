@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from device.errors import BundleError, RuntimeMissingError
+from device.quiet import quiet_native
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class TFLiteExtractor:
         self._content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
         self._name = name or ("<bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
         try:
-            self._interp = Interpreter(model_content=self._content, num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with quiet_native():    # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate": -v only
+                self._interp = Interpreter(model_content=self._content, num_threads=num_threads)
+                self._interp.allocate_tensors()
         except Exception as exc:  # noqa: BLE001 - runtimes raise ValueError, RuntimeError or their own
             raise BundleError(f"{self._name}: not a loadable TFLite model ({type(exc).__name__}: "
                               f"{str(exc).strip()[:300]})") from None

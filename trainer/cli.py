@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from trainer.options import add_fit_options, fit_config
 log = logging.getLogger(__name__)
 
 COMMAND_MODULES = ("trainer.audit_cli",)
+TF_COMMANDS = ("fit", "demo", "audit-models")   # commands that import TensorFlow
 
 
 def _fit(args) -> int:
@@ -95,7 +95,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command in TF_COMMANDS and not args.verbose:   # TensorFlow's own notices only with -v
+        from device.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
     from device.errors import AnomalyError
     from models.backbone import WeightsError
 

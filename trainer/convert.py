@@ -6,8 +6,11 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
+
+from device.quiet import quiet_native, verbose
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ def convert(model, representative: np.ndarray | None = None, mode: str = "int8",
         conv.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    blob = conv.convert()
+    with warnings.catch_warnings(), quiet_native(keep_errors_only=True):   # the converter's dumps: -v only
+        if not verbose():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
+        blob = conv.convert()
     log.info("converted extractor to TFLite (%s): %.1f KiB", mode, len(blob) / 1024)
     return blob

@@ -88,7 +88,8 @@ def train_doc(backbone, target_u8: np.ndarray, ref_u8: np.ndarray, ref_y: np.nda
     rng = np.random.default_rng(cfg.seed)
     bt = min(cfg.batch, len(target_u8))
     hist = {"l_d": [], "l_c": []}
-    bar = keras.utils.Progbar(cfg.steps, stateful_metrics=["l_D", "l_C"], verbose=1 if progress else 0)
+    live = progress and sys.stdout.isatty()     # Keras draws with \r, \b and colours even into a log file
+    bar = keras.utils.Progbar(cfg.steps, stateful_metrics=["l_D", "l_C"], verbose=(1 if live else 2) if progress else 0)
     t0 = time.time()
     for s in range(cfg.steps):
         it = rng.choice(len(target_u8), bt, replace=False)
