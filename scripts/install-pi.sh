@@ -4,7 +4,7 @@
 #   sudo scripts/install-pi.sh [--prefix /opt/anomaly-device] [--audit] [--start] [--force]
 #
 # What it does (docs/DEVICE.md explains why):
-#   1. apt: python3-picamera2, python3-opencv, python3-numpy, python3-gpiozero, python3-lgpio,
+#   1. apt: python3-picamera2, python3-opencv, python3-numpy, python3-gpiozero, python3-lgpio, python3-pil,
 #      python3-venv - Bookworm's picamera2/simplejpeg are built against numpy 1.x, so the
 #      system numpy 1.24 stays and nothing here may pull numpy 2.
 #   2. a venv with --system-site-packages at $PREFIX/venv; this package installed without
@@ -44,7 +44,7 @@ fi
 echo "== apt packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-PKGS="python3-venv python3-pip python3-numpy python3-opencv python3-gpiozero"
+PKGS="python3-venv python3-pip python3-numpy python3-opencv python3-gpiozero python3-pil"
 # Raspberry Pi OS only (plain Debian lacks them): the camera stack and the lgpio pin factory.
 for p in python3-picamera2 python3-lgpio; do
     if apt-cache show "$p" >/dev/null 2>&1; then
