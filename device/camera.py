@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from core.registry import Registry
 from device.errors import AnomalyError
 
 log = logging.getLogger(__name__)
@@ -354,19 +355,20 @@ class TimeoutSource(_Base):
         self.inner.close()
 
 
+SOURCES = Registry("camera source")
+"""Frame-source plug-ins by ``[camera] source``: each a function ``(camera config) -> FrameSource``."""
+SOURCES.register("folder", lambda cam: FolderSource(cam.path, loop=cam.loop, max_pixels=max_pixels(cam)))
+SOURCES.register("video", lambda cam: VideoSource(cam.path, loop=cam.loop))
+SOURCES.register("opencv", lambda cam: VideoSource(int(cam.index), width=cam.width, height=cam.height))
+SOURCES.register("picamera2", lambda cam: Picamera2Source(cam.stream, cam.width, cam.height, cam.exposure_us,
+                                                          cam.analogue_gain, cam.awb_gains))
+LIVE_SOURCES = ("opencv", "picamera2")      # reads that hang are faults (wrapped in a TimeoutSource)
+
+
 def make_source(cam) -> FrameSource:
-    """Source for a :class:`~device.config.CameraConfig`."""
-    if cam.source == "folder":
-        src: FrameSource = FolderSource(cam.path, loop=cam.loop, max_pixels=max_pixels(cam))
-    elif cam.source == "video":
-        src = VideoSource(cam.path, loop=cam.loop)
-    elif cam.source == "opencv":
-        src = VideoSource(int(cam.index), width=cam.width, height=cam.height)
-    elif cam.source == "picamera2":
-        src = Picamera2Source(cam.stream, cam.width, cam.height, cam.exposure_us, cam.analogue_gain, cam.awb_gains)
-    else:
-        raise ValueError(f"unknown camera source {cam.source!r}")
-    if cam.source in ("opencv", "picamera2") and cam.read_timeout_s > 0:
+    """Source for a :class:`~device.config.CameraConfig` (the :data:`SOURCES` plug-in it names)."""
+    src = SOURCES.get(cam.source)(cam)
+    if cam.source in LIVE_SOURCES and cam.read_timeout_s > 0:
         src = TimeoutSource(src, cam.read_timeout_s)
     return src
 
@@ -376,4 +378,4 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 def max_pixels(cam) -> int:
     """``[camera] max_pixels`` of a camera config (the preprocessing default where it has none)."""
-    return int(getattr(cam, "max_pixels", None) or DEFAULT_MAX_PIXELS)   # TODO(lead-api): cam.max_pixels
+    return int(getattr(cam, "max_pixels", None) or DEFAULT_MAX_PIXELS)

@@ -45,17 +45,16 @@ LIVE_SOURCES = ("picamera2", "opencv")
 
 def make_trigger(cfg, pin_factory=None, interval_ms: float | None = None):
     """The configured trigger (as ``run`` makes it); ``interval_ms`` sets a free-run rate."""
+    from device.trigger import make_trigger as build
+
     t = cfg.trigger
-    if t.mode == "gpio":
-        from device.gpio import GpioTrigger, make_pin_factory
+    if t.mode == "free-run" and interval_ms:
+        t = t.model_copy(update={"rate_hz": 1000.0 / interval_ms})
+    if t.mode == "gpio" and pin_factory is None:
+        from device.gpio import make_pin_factory
 
-        factory = pin_factory if pin_factory is not None else make_pin_factory(cfg.outputs.pin_factory)
-        return GpioTrigger(t.pin, t.bounce_ms, t.pull_up, pin_factory=factory)
-    from device.trigger import FreeRunTrigger, SoftwareTrigger
-
-    if t.mode == "software":
-        return SoftwareTrigger()
-    return FreeRunTrigger(1000.0 / interval_ms if interval_ms else t.rate_hz)
+        pin_factory = make_pin_factory(cfg.outputs.pin_factory)
+    return build(t, pin_factory)
 
 
 def _write_png(path: Path, image: np.ndarray) -> str:

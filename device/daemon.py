@@ -175,14 +175,9 @@ class Daemon:
             self.journal.event("pulse_dropped", msg)
 
     def _make_trigger(self, cfg: DeviceConfig):
-        t = cfg.trigger
-        if t.mode == "gpio":
-            from device.gpio import GpioTrigger
+        from device.trigger import make_trigger
 
-            return GpioTrigger(t.pin, t.bounce_ms, t.pull_up, pin_factory=self._pin_factory)
-        from device.trigger import FreeRunTrigger, SoftwareTrigger
-
-        return SoftwareTrigger() if t.mode == "software" else FreeRunTrigger(t.rate_hz)
+        return make_trigger(cfg.trigger, self._pin_factory)
 
     def _make_archive(self, cfg: DeviceConfig):
         j = cfg.journal

@@ -31,7 +31,7 @@ import time
 from typing import Callable
 
 from device.lifecycle import ClosedError, Closing
-from device.trigger import SoftwareTrigger
+from device.trigger import QueueTrigger
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def make_output(pin: int, active_high: bool = True, initial_value: bool = False,
     return DigitalOutputDevice(pin, active_high=active_high, initial_value=initial_value, pin_factory=pin_factory)
 
 
-class GpioTrigger(SoftwareTrigger):
+class GpioTrigger(QueueTrigger):
     """Photo-eye input (``gpiozero.Button`` with debounce): each press is one part.
 
     ``wait(timeout)`` returns the monotonic press time, or ``None`` on timeout.
@@ -325,6 +325,10 @@ class GpioTrigger(SoftwareTrigger):
         self._button = Button(pin, pull_up=pull_up, bounce_time=(bounce_ms / 1000.0) or None,
                               pin_factory=pin_factory)
         self._button.when_pressed = lambda *_: self.fire()
+
+    @classmethod
+    def from_config(cls, cfg, pin_factory=None) -> "GpioTrigger":
+        return cls(cfg.pin, cfg.bounce_ms, cfg.pull_up, pin_factory=pin_factory)
 
     def close(self) -> None:
         if self._button is not None:

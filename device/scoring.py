@@ -13,8 +13,11 @@ Example:
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import numpy as np
+
+from core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -147,28 +150,28 @@ class GaussianScorer:
         return self.score(self.bank)
 
 
-SCORERS: dict[str, type] = {"knn": KNNScorer, "lof": LOFScorer, "gauss": GaussianScorer}
-"""The scorer plug-ins by manifest name (``scoring.method``); each class takes ``(bank, k)``
-and offers ``score(feats) -> (M,)`` and ``leave_one_out() -> (N,)``. Register a new one with
-:func:`register_scorer`."""
-SCORING_METHODS = tuple(SCORERS)
+SCORERS = Registry("scoring method")
+"""The scorer plug-ins by manifest name (``scoring.method``): each class takes ``(bank, k)`` and
+offers ``score(feats) -> (M,)`` and ``leave_one_out() -> (N,)`` (:class:`Scorer`)."""
+SCORERS.register("knn", KNNScorer)
+SCORERS.register("lof", LOFScorer)
+SCORERS.register("gauss", GaussianScorer)
+SCORING_METHODS = SCORERS.names()
 
 
-def register_scorer(name: str):
-    """Class decorator adding a scorer plug-in under ``name`` (the manifest's ``scoring.method``)."""
-    def add(cls):
-        SCORERS[name] = cls
-        return cls
-    return add
+class Scorer(Protocol):
+    """What a scorer plug-in offers."""
+
+    k: int
+
+    def score(self, feats: np.ndarray) -> np.ndarray: ...
+
+    def leave_one_out(self) -> np.ndarray: ...
 
 
-def make_scorer(method: str, bank: np.ndarray, k: int):
+def make_scorer(method: str, bank: np.ndarray, k: int) -> Scorer:
     """Scorer named by the manifest's ``scoring.method``."""
-    try:
-        cls = SCORERS[method]
-    except KeyError:
-        raise ValueError(f"unknown scoring method {method!r}; expected one of {', '.join(SCORERS)}") from None
-    return cls(bank, k)
+    return SCORERS.get(method)(bank, k)
 
 
 def kcenter_greedy(feats: np.ndarray, m: int, seed: int = 0) -> np.ndarray:

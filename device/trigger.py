@@ -15,15 +15,42 @@ import logging
 import queue
 import time
 
+from core.registry import Registry
+
 log = logging.getLogger(__name__)
 
 
-class FreeRunTrigger:
+class Trigger:
+    """A trigger plug-in (registered in :data:`TRIGGERS` under ``[trigger] mode``): ``wait(timeout)``
+    returns the part's reference time or ``None``; a context manager with an idempotent ``close()``."""
+
+    @classmethod
+    def from_config(cls, cfg, pin_factory=None) -> "Trigger":   # pragma: no cover - each subclass
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> float | None:   # pragma: no cover - each subclass
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FreeRunTrigger(Trigger):
     """A trigger every ``1 / rate_hz`` seconds (``rate_hz = 0``: immediately, as fast as frames come)."""
 
     def __init__(self, rate_hz: float = 0.0):
         self.period = 1.0 / rate_hz if rate_hz > 0 else 0.0
         self._next = time.monotonic()
+
+    @classmethod
+    def from_config(cls, cfg, pin_factory=None) -> "FreeRunTrigger":
+        return cls(cfg.rate_hz)
 
     def wait(self, timeout: float) -> float | None:
         if self.period == 0:
@@ -38,12 +65,9 @@ class FreeRunTrigger:
         self._next = max(self._next + self.period, time.monotonic() - self.period)  # no catch-up burst
         return t
 
-    def close(self) -> None:
-        pass
 
-
-class SoftwareTrigger:
-    """Triggered by :meth:`fire` (another thread, ``SIGUSR1`` in the daemon)."""
+class QueueTrigger(Trigger):
+    """Triggers queued by :meth:`fire` from another thread (a signal handler, a GPIO callback)."""
 
     def __init__(self, maxsize: int = 1000):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -52,7 +76,7 @@ class SoftwareTrigger:
         try:
             self._q.put_nowait(time.monotonic() if t is None else t)
         except queue.Full:
-            log.warning("software trigger queue full: trigger dropped")
+            log.warning("%s queue full: trigger dropped", type(self).__name__)
 
     def wait(self, timeout: float) -> float | None:
         try:
@@ -60,5 +84,21 @@ class SoftwareTrigger:
         except queue.Empty:
             return None
 
-    def close(self) -> None:
-        pass
+
+class SoftwareTrigger(QueueTrigger):
+    """Triggered by :meth:`fire` (``SIGUSR1`` in the daemon)."""
+
+    @classmethod
+    def from_config(cls, cfg, pin_factory=None) -> "SoftwareTrigger":
+        return cls()
+
+
+TRIGGERS = Registry("trigger mode")
+TRIGGERS.register("free-run", FreeRunTrigger)
+TRIGGERS.register("software", SoftwareTrigger)
+TRIGGERS.register("gpio", "device.gpio:GpioTrigger")
+
+
+def make_trigger(cfg, pin_factory=None) -> Trigger:
+    """The trigger ``[trigger] mode`` names, built from its config section."""
+    return TRIGGERS.get(cfg.mode).from_config(cfg, pin_factory)

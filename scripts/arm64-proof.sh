@@ -31,20 +31,41 @@ T_ROOT=$(date +%s)
 
 echo "== test bundle and frames (host, TensorFlow)"
 mkdir -p "$ROOTFS/proof"
+WEIGHTS="${ANOMALY_SHARED:-$SRC/../shared}/weights/mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
 "$SRC/.venv/bin/python" - "$ROOTFS/proof" <<'PY'
+# Frames: smooth gradient "parts" (the normal product) and noise "parts" (far from every normal one).
 import sys
 from pathlib import Path
-sys.path.insert(0, "tests")
-from daemon_helpers import build_bundle, write_frames
+
+import cv2
+import numpy as np
+
 out = Path(sys.argv[1])
-if not (out / "bundle" / "manifest.json").exists():
-    build_bundle(out / "bundle")
-exp = write_frames(out / "frames", "NNDNDDNNNDDDN")
+for d in ("train", "frames"):
+    (out / d).mkdir(parents=True, exist_ok=True)
+y, x = np.mgrid[0:48, 0:64].astype(np.float32)
+
+
+def normal(i):
+    ph = i * 0.37
+    rgb = [128 + 100 * np.sin(x / 9 + ph), 128 + 100 * np.cos(y / 7 - ph), 128 + 60 * np.sin((x + y) / 11 + 2 * ph)]
+    return np.clip(np.stack(rgb, -1), 0, 255).astype(np.uint8)
+
+
+for i in range(24):
+    cv2.imwrite(str(out / "train" / f"{i:03d}.png"), normal(i))
+exp = []
+for i, c in enumerate("NNDNDDNNNDDDN"):
+    img = normal(i % 24) if c == "N" else np.random.default_rng(1000 + i).integers(0, 256, (48, 64, 3), np.uint8)
+    cv2.imwrite(str(out / "frames" / f"{i:04d}.png"), img)
+    exp.append("PASS" if c == "N" else "REJECT")
 (out / "expected.txt").write_text(" ".join(exp))
 (out / "device.toml").write_text(
     '[bundle]\npath = "/proof/bundle"\n[camera]\nsource = "folder"\npath = "/proof/frames"\nloop = true\n'
     '[outputs]\nreject_pin = 17\nreject_width_ms = 5\npin_factory = "mock"\n[journal]\npath = "/proof/journal.sqlite"\n')
 PY
+[ -f "$ROOTFS/proof/bundle/manifest.json" ] || "$SRC/.venv/bin/anomaly-train" fit --train "$ROOTFS/proof/train" \
+    --out "$ROOTFS/proof/bundle" --size 32 --no-doc --weights "$WEIGHTS" --quant int8
 
 echo "== install into the arm64 root with scripts/install-pi.sh"
 rm -rf "$ROOTFS/proof/src"

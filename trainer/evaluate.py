@@ -25,7 +25,8 @@ from device.heatmap import patch_heatmap, tile_heatmap
 from device.preprocess import decode_image
 from trainer.data import load_layout
 from trainer.heatmap import grid_pixel_auroc, overlay_png
-from trainer.report import histogram_png, html_report, roc_png
+from core.report import html_report
+from trainer.report import histogram_png, roc_png
 
 log = logging.getLogger(__name__)
 

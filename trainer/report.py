@@ -1,12 +1,10 @@
-"""Plots (PNG) and an offline HTML report for evaluation results.
+"""Plots (PNG) for evaluation results (the HTML page itself: :func:`core.report.html_report`).
 
 Example:
     >>> roc_png(labels, scores, "roc.png")            # doctest: +SKIP
 """
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -51,36 +49,3 @@ def histogram_png(scores, groups, threshold: float, path: str | Path, title: str
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
-
-
-def html_report(path: str | Path, title: str, metrics: dict, images: list[tuple[str, str]],
-                tables: list[tuple[str, list[dict]]] = ()) -> Path:
-    """Self-contained page: metrics, PNGs referenced relatively, and tables."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in metrics.items())
-    imgs = "".join(f'<figure><img src="{html.escape(src)}" alt="{html.escape(cap)}"><figcaption>'
-                   f"{html.escape(cap)}</figcaption></figure>" for cap, src in images)
-    tabs = ""
-    for name, recs in tables:
-        if not recs:
-            continue
-        cols = list(recs[0])
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-                       for r in recs)
-        tabs += f"<h2>{html.escape(name)}</h2><table><tr>{head}</tr>{body}</table>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}}figure{{display:inline-block;margin:0 1em 1em 0}}
-img{{max-width:520px}}</style></head><body><h1>{html.escape(title)}</h1>
-<table>{rows}</table>{imgs}{tabs}</body></html>"""
-    Path(path).write_text(page)
-    return Path(path)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, default=str)
-    return str(v)

@@ -9,23 +9,24 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 import logging
+
+from core.registry import Registry
 
 log = logging.getLogger(__name__)
 
-METHODS = {
-    "anogan": ("models.anogan", "AnoGANDetector"),
-    "projection": ("models.autoencoders", "ProjectionDetector"),
-    "nkn": ("models.nkn", "NKNDetector"),
-}
+METHODS = Registry("audit method")
+"""Audit plug-ins (detector classes following :mod:`core.contract`), imported on first use."""
+METHODS.register("anogan", "models.anogan:AnoGANDetector")
+METHODS.register("projection", "models.autoencoders:ProjectionDetector")
+METHODS.register("nkn", "models.nkn:NKNDetector")
 TRAINABLE = ("anogan", "projection")
 
 
 def detector_class(method: str):
     """The detector class of ``method`` (imports TensorFlow on first use)."""
     if method not in METHODS:
-        raise ValueError(f"unknown audit method {method!r}; expected one of {sorted(METHODS)}")
+        raise ValueError(f"unknown audit method {method!r}; expected one of {', '.join(METHODS.names())}")
     import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
@@ -33,8 +34,7 @@ def detector_class(method: str):
 
         raise RuntimeMissingError(f"audit {method} needs TensorFlow (only the audit commands do): "
                                   f"pip install 'tensorflow>=2.16' (or the [audit] extra)")
-    mod, name = METHODS[method]
-    return getattr(importlib.import_module(mod), name)
+    return METHODS.get(method)
 
 
 def make_detector(method: str, size: tuple[int, int] | None, options: dict):

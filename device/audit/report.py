@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import html
 import logging
 import math
 from pathlib import Path
@@ -96,25 +95,9 @@ def _fmt(v):
 
 
 def write_html(path: str | Path, title: str, summary: dict, rows: Sequence[dict], panel_key: str = "panel") -> Path:
-    """Self-contained HTML (no scripts, no network), panels linked relatively."""
-    path = Path(path)
-    cols = [k for k in (rows[0] if rows else {}) if k != panel_key]
-    h = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
-         "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
-         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{max-width:100%}"
-         ".card{margin:1em 0;border-top:1px solid #888}</style></head><body>",
-         f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2><table>"]
-    for k, v in summary.items():
-        h.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(_fmt(v)))}</td></tr>")
-    h.append("</table><h2>Scores</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
-    for r in rows:
-        h.append("<tr>" + "".join(f"<td>{html.escape(str(_fmt(r.get(c, ''))))}</td>" for c in cols) + "</tr>")
-    h.append("</table><h2>Images</h2>")
-    for r in rows:
-        if r.get(panel_key):
-            rel = html.escape(str(r[panel_key]))
-            h.append(f"<div class='card'><p>{html.escape(str(r.get('image', '')))}</p>"
-                     f"<a href='{rel}'><img src='{rel}' loading='lazy'></a></div>")
-    h.append("</body></html>\n")
-    path.write_text("\n".join(h))
-    return path
+    """The audit page (:func:`core.report.html_report`): summary, scores table, panels linked relatively."""
+    from core.report import html_report
+
+    images = [(str(r.get("image", "")), str(r[panel_key])) for r in rows if r.get(panel_key)]
+    return html_report(path, title, summary, images, [("Scores", [{k: v for k, v in r.items() if k != panel_key}
+                                                                  for r in rows])])
