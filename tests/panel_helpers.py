@@ -34,15 +34,16 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
 TIMING = {"capture_ms": 0.05, "preprocess_ms": 0.3, "inference_ms": 0.7, "knn_ms": 1.2, "decision_ms": 0.01}
 
 
-def wait_until(pred: Callable[[], object], timeout: float, what: str, every: float = 0.02):
-    """Poll ``pred`` until it returns a truthy value (returned); fail the test naming ``what``."""
+def wait_until(pred: Callable[[], object], timeout: float, what, every: float = 0.02):
+    """Poll ``pred`` until it returns a truthy value (returned); fail the test naming ``what`` (a
+    string, or a callable giving one, evaluated at the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         time.sleep(every)
 
 
@@ -158,7 +159,10 @@ class Broker:
         self.conf = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
         folder.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        import pwd
+
+        me = pwd.getpwuid(os.getuid()).pw_name     # as root, mosquitto would switch to its own user
+        self.conf.write_text(f"user {me}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                              f"persistence_location {folder}/\nautosave_interval 1\n"
                              f"log_dest file {self.log}\nlog_type error\nlog_type warning\n")
         self.proc: subprocess.Popen | None = None
@@ -209,13 +213,14 @@ class Subscriber:
         self.connected = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         c.reconnect_delay_set(1, 2)
-        c.on_connect = lambda cl, u, f, rc, p=None: (cl.subscribe(topic, qos=2), self.connected.set())
+        c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=2)
+        c.on_subscribe = lambda *a: self.connected.set()          # SUBACK: the broker routes to us now
         c.on_disconnect = lambda *a: self.connected.clear()
         c.on_message = self._on_message
         self.client = c
         c.connect("127.0.0.1", port, keepalive=10)
         c.loop_start()
-        wait_until(self.connected.is_set, 10, "the test subscriber to connect")
+        wait_until(self.connected.is_set, 10, "the test subscriber's subscription")
 
     def _on_message(self, client, userdata, msg):
         import json

@@ -31,6 +31,7 @@ from device.panel.reader import STAGES, JournalReader
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 0.25     # the daemon sets a row's archived image right after inserting it
 CURSOR_KEYS = {"decision": "mqtt.cursor.decisions", "event": "mqtt.cursor.events"}
 
 
@@ -259,6 +260,8 @@ class MqttPublisher:
                 return
         self._maybe_status()
         dec = self.reader.decisions_after(self.sent["decision"], room)
+        if dec and time.time() - dec[-1]["ts"] < SETTLE_S and dec[-1]["id"] >= self.reader.max_ids()[0]:
+            dec.pop()      # the newest row may still get its image name: wait for the next frame or SETTLE_S
         ev = self.reader.events_after(self.sent["event"], room)
         items = sorted([("decision", r) for r in dec] + [("event", r) for r in ev], key=lambda x: (x[1]["ts"],
                                                                                                   x[0] == "decision"))

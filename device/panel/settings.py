@@ -150,7 +150,10 @@ class MqttSettings(_Section):
     backfill: bool = Field(default=True,
                            description="first start (no stored cursor): publish rows already in the journal "
                                        "(true) or start after the last one (false)")
-    max_inflight: int = Field(default=100, ge=1, le=10000, description="messages awaiting the broker's ack")
+    max_inflight: int = Field(default=20, ge=1, le=65535,
+                              description="messages awaiting the broker's acknowledgement; keep it <= the broker's "
+                                          "own limit (Mosquitto max_inflight_messages, 20), which silently drops "
+                                          "QoS 2 messages beyond it after a broker restart")
     poll_s: float = Field(default=0.1, ge=0.01, le=10.0, description="the journal is polled this often for new rows")
 
     @field_validator("prefix", "line", "station")
