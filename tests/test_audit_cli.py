@@ -56,7 +56,7 @@ def test_nkn_report_and_resume(dataset, capsys):
 
 
 def test_interrupted_run_resumes_without_recomputing(dataset):
-    from device.audit.runner import run_audit
+    from device.audit.runner import AuditJob, run_audit
 
     out = dataset / "out"
     opts = {"mask": 4, "context": 4, "fit_steps": 2}
@@ -68,17 +68,17 @@ def test_interrupted_run_resumes_without_recomputing(dataset):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_audit("nkn", [dataset / "test"], out, options=opts, progress=stop_after_two)
+        run_audit(AuditJob("nkn", [dataset / "test"], out, options=opts), progress=stop_after_two)
     first = list(seen)
     seen.clear()
-    res = run_audit("nkn", [dataset / "test"], out, options=opts, progress=lambda *a: seen.append(a[2]))
+    res = run_audit(AuditJob("nkn", [dataset / "test"], out, options=opts), progress=lambda *a: seen.append(a[2]))
     assert res.reused == 2 and res.computed == 4
     assert not set(first) & set(seen) and len(seen) == 4
     # other settings in the same folder are refused instead of mixed in
     from device.errors import ConfigError
 
     with pytest.raises(ConfigError, match="another audit run"):
-        run_audit("nkn", [dataset / "test"], out, options={**opts, "mask": 2})
+        run_audit(AuditJob("nkn", [dataset / "test"], out, options={**opts, "mask": 2}))
 
 
 def test_projection_fits_on_normal_and_separates(dataset, capsys):

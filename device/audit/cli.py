@@ -50,12 +50,9 @@ def _run(args, method: str, options: dict) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from device.audit.runner import run_audit
+    from device.audit.runner import AuditJob, run_audit
 
-    res = run_audit(method, args.images, args.out, normal=args.normal, bundle=getattr(args, "bundle", None),
-                    size=args.size, pattern=args.pattern, labels=args.labels, masks=args.masks,
-                    options=options, target_frr=args.target_frr, threshold=args.threshold, chunk=args.chunk,
-                    fresh=args.fresh, panels=args.panels, seed=args.seed, progress=_progress)
+    res = run_audit(AuditJob.from_args(args, method, options), progress=_progress)
     for k, v in res.summary.items():
         print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")
     print(f"report\t{res.out / 'report.html'}")

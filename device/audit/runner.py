@@ -6,7 +6,7 @@ in ``OUT/model/`` so a resumed run neither refits nor changes its results. Image
 scored in chunks; every finished image is stored at once (:class:`ResultStore`).
 
 Example:
-    >>> res = run_audit("projection", ["rejects/"], "out/", normal=["good/"])   # doctest: +SKIP
+    >>> res = run_audit(AuditJob("projection", ["rejects/"], "out/", normal=["good/"]))   # doctest: +SKIP
     >>> res.summary["image_auroc"]                                              # doctest: +SKIP
 """
 from __future__ import annotations
@@ -104,102 +104,141 @@ def _record(scores, i: int) -> dict:
     return rec
 
 
-def run_audit(method: str, images: Sequence[str | Path], out: str | Path, *, normal=None, bundle=None,
-              size: tuple[int, int] | None = None, pattern: str | None = None, labels: str | Path | None = None,
-              masks: str | Path | None = None, options: dict | None = None, target_frr: float = 0.01,
-              threshold: float | None = None, chunk: int | None = None, fresh: bool = False,
-              panels: bool = True, seed: int = 0, progress: Callable | None = None) -> AuditResult:
-    """Score every image with ``method`` and write the report into ``out``.
+@dataclasses.dataclass
+class AuditJob:
+    """One audit run: what to score, against what, and how (the CLI's options, declared once).
 
-    Args:
+    Attributes:
         method: ``anogan``, ``projection`` or ``nkn``.
         images: folders or files to audit.
+        out: output folder (report.html, scores.csv, panels/, the resumable results).
         normal: folders of normal images to fit on (trainable methods; NKN: threshold only).
         bundle: a bundle carrying the method's audit model (instead of ``normal``).
         size: resize every image to (H, W); without it every image must have the model's size.
         pattern: glob on file names (e.g. ``"*.jpg"`` when masks share the folder).
         labels: CSV of ``image,label``; masks: folder of same-named PNG masks.
         options: detector keyword arguments.
-        progress: ``callback(done, total, name, score, seconds)`` after each image.
-
-    Raises:
-        ConfigError, ImageError, AuditModelError: bad arguments or inputs (message names the file).
+        target_frr, threshold: the threshold (calibrated at a rate, or fixed).
+        chunk: images scored per batch; fresh: discard earlier results; panels: draw PNG panels.
     """
-    options = dict(options or {})
-    out = Path(out)
-    paths = data.list_audit_images(images, pattern)
-    rels = [data.relative_name(p, images) for p in paths]
+
+    method: str
+    images: Sequence[str | Path]
+    out: str | Path
+    normal: Sequence[str | Path] | None = None
+    bundle: str | Path | None = None
+    size: tuple[int, int] | None = None
+    pattern: str | None = None
+    labels: str | Path | None = None
+    masks: str | Path | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+    target_frr: float = 0.01
+    threshold: float | None = None
+    chunk: int | None = None
+    fresh: bool = False
+    panels: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args, method: str, options: dict) -> "AuditJob":
+        """The job an ``anomaly-device audit`` command line describes."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"method", "options"}
+        return cls(method=method, options=options, **{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def _inputs(job: AuditJob):
+    """Image paths, their names relative to ``--images``, and the labels; refuses ambiguous names."""
+    paths = data.list_audit_images(job.images, job.pattern)
+    rels = [data.relative_name(p, job.images) for p in paths]
     seen: dict[str, Path] = {}
     for p, r in zip(paths, rels):
         if ResultStore.key(r) in seen:
             raise ConfigError(f"{p} and {seen[ResultStore.key(r)]} have the same name {r!r} relative to "
                               f"--images; pass their common parent folder instead")
         seen[ResultStore.key(r)] = p
-    label_map = data.read_labels(labels) if labels else None
-    if masks is not None and not Path(masks).is_dir():
-        raise ConfigError(f"{masks}: masks folder not found")
-    if normal and bundle:
+    if job.masks is not None and not Path(job.masks).is_dir():
+        raise ConfigError(f"{job.masks}: masks folder not found")
+    if job.normal and job.bundle:
         raise ConfigError("give either --normal or --bundle, not both")
-    out.mkdir(parents=True, exist_ok=True)
-    thr_entry, model_id = None, None
-    if bundle:
+    return paths, rels, data.read_labels(job.labels) if job.labels else None
+
+
+def _model(job: AuditJob):
+    """``(detector, threshold entry, model id)`` from the bundle, fitted on normals, or untrained (NKN)."""
+    if job.bundle:
         from device.audit.bundled import load_audit_model
 
-        det, entry = load_audit_model(bundle, method)
+        det, entry = load_audit_model(job.bundle, job.method)
         msize = model_size(det)
-        if size is not None and msize is not None and tuple(size) != msize:
-            raise AuditModelError(f"{bundle}: the {method} audit model expects {msize[1]}x{msize[0]} images, "
-                                  f"--size asks for {size[1]}x{size[0]}")
-        thr_entry, model_id = entry.get("threshold"), entry["model_sha256"]
-    elif normal:
-        det, thr_entry, model_id = _fit_or_load_model(method, normal, out, size, pattern, options, target_frr, seed)
-    elif method in TRAINABLE:
-        raise ConfigError(f"audit {method} needs normal images (--normal DIR) or a bundle with an "
+        if job.size is not None and msize is not None and tuple(job.size) != msize:
+            raise AuditModelError(f"{job.bundle}: the {job.method} audit model expects {msize[1]}x{msize[0]} images, "
+                                  f"--size asks for {job.size[1]}x{job.size[0]}")
+        return det, entry.get("threshold"), entry["model_sha256"]
+    if job.normal:
+        return _fit_or_load_model(job.method, job.normal, Path(job.out), job.size, job.pattern, job.options,
+                                  job.target_frr, job.seed)
+    if job.method in TRAINABLE:
+        raise ConfigError(f"audit {job.method} needs normal images (--normal DIR) or a bundle with an "
                           f"audit model (--bundle B)")
-    else:
-        det = make_detector(method, None, options)
-    msize = model_size(det)
-    work_size = tuple(size) if size is not None else None
-    expect = msize
-    thr_value = _threshold(threshold, thr_entry)
-    settings = {"model": model_id, "options": options if not bundle else {}, "size": work_size,
+    return make_detector(job.method, None, job.options), None, None
+
+
+def _score_chunk(job: AuditJob, det, store, paths, rels, idx, work_size, expect, progress, done: int) -> int:
+    """Score images ``idx``, store each result at once; returns the running count."""
+    imgs, origs = _load_batch([paths[i] for i in idx], work_size, expect)
+    if job.masks is not None:  # a mask that does not fit its image fails before the slow part
+        for i, im, orig in zip(idx, imgs, origs):
+            mp = data.mask_path_for(paths[i], job.masks, rels[i])
+            if mp is not None:
+                data.load_mask(mp, paths[i], orig, im.shape[:2])
+    t0 = time.perf_counter()
+    try:
+        if getattr(det, "any_size", False):
+            results = [det.anomaly_score(im[None]) for im in imgs]
+        else:
+            results = [det.anomaly_score(np.stack(imgs))]
+    except ValueError as exc:
+        names = ", ".join(str(paths[i]) for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
+        raise ImageError(f"{names}: {job.method} cannot score this image: {exc}") from exc
+    dt = (time.perf_counter() - t0) / len(idx)
+    flat = [_record(r, j) for r in results for j in range(len(r))]
+    for j, i in enumerate(idx):
+        rec = flat[j]
+        rec.update(input=imgs[j], orig_shape=np.asarray(origs[j]), seconds=dt)
+        store.save(rels[i], rec)
+        done += 1
+        if progress:
+            progress(done, len(rels), rels[i], rec["score"], dt)
+    return done
+
+
+def run_audit(job: AuditJob, progress: Callable | None = None) -> AuditResult:
+    """Score every image of ``job`` and write the report into ``job.out``.
+
+    Args:
+        progress: ``callback(done, total, name, score, seconds)`` after each image.
+
+    Raises:
+        ConfigError, ImageError, AuditModelError: bad arguments or inputs (message names the file).
+    """
+    out = Path(job.out)
+    paths, rels, label_map = _inputs(job)
+    out.mkdir(parents=True, exist_ok=True)
+    det, thr_entry, model_id = _model(job)
+    expect = model_size(det)
+    work_size = tuple(job.size) if job.size is not None else None
+    thr_value = _threshold(job.threshold, thr_entry)
+    settings = {"model": model_id, "options": job.options if not job.bundle else {}, "size": work_size,
                 "expect": expect, "params": det.params() if hasattr(det, "params") else {}}
-    store = ResultStore(out, method, settings, fresh=fresh)
+    store = ResultStore(out, job.method, settings, fresh=job.fresh)
     todo = [i for i, r in enumerate(rels) if not store.has(r)]
     reused = len(rels) - len(todo)
     if reused:
         log.info("%d of %d images already scored in %s; resuming", reused, len(rels), out)
-    step = chunk or DEFAULT_CHUNK.get(method, 8)
-    done = reused
+    step, done = job.chunk or DEFAULT_CHUNK.get(job.method, 8), reused
     for s in range(0, len(todo), step):
-        idx = todo[s:s + step]
-        imgs, origs = _load_batch([paths[i] for i in idx], work_size, expect)
-        if masks is not None:  # a mask that does not fit its image fails before the slow part
-            for i, im, orig in zip(idx, imgs, origs):
-                mp = data.mask_path_for(paths[i], masks, rels[i])
-                if mp is not None:
-                    data.load_mask(mp, paths[i], orig, im.shape[:2])
-        t0 = time.perf_counter()
-        try:
-            if getattr(det, "any_size", False):
-                results = [det.anomaly_score(im[None]) for im in imgs]
-            else:
-                results = [det.anomaly_score(np.stack(imgs))]
-        except ValueError as exc:
-            names = ", ".join(str(paths[i]) for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
-            raise ImageError(f"{names}: {method} cannot score this image: {exc}") from exc
-        dt = (time.perf_counter() - t0) / len(idx)
-        flat = []
-        for r in results:
-            flat += [_record(r, j) for j in range(len(r))]
-        for j, i in enumerate(idx):
-            rec = flat[j]
-            rec.update(input=imgs[j], orig_shape=np.asarray(origs[j]), seconds=dt)
-            store.save(rels[i], rec)
-            done += 1
-            if progress:
-                progress(done, len(rels), rels[i], rec["score"], dt)
-    return _report(method, out, paths, rels, store, label_map, masks, thr_value, thr_entry, panels,
+        done = _score_chunk(job, det, store, paths, rels, todo[s:s + step], work_size, expect, progress, done)
+    return _report(job.method, out, paths, rels, store, label_map, job.masks, thr_value, thr_entry, job.panels,
                    computed=len(todo), reused=reused)
 
 
