@@ -382,6 +382,7 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
 
     pdig = bundle_digest_of(parent)
     feats, before = [], []
+    t0 = time.perf_counter()
     with Detector(parent) as det:
         for i, im in enumerate(images):
             rows = det.features(preprocess(im.image, parent.input_spec))
@@ -390,10 +391,13 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
             if progress:
                 progress(i + 1, len(images))
     new_rows = np.concatenate(feats)
+    t1 = time.perf_counter()
     bank, idx, keep_parent, bank_info = grow_bank(parent, new_rows, len(images))
+    t2 = time.perf_counter()
     scorer = tile_scorer(parent, bank, idx)
     thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
     after = scorer.frame_scores(new_rows)
+    t3 = time.perf_counter()
     body = {k: v for k, v in _manifest_dict(parent).items() if k not in DROP_KEYS}
     sc = dict(body["scoring"])
     sc["bank_size"] = int(len(bank))
@@ -407,7 +411,8 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
     if idx is not None:
         files["bank_tile_index.npy"] = npy_bytes(idx)
     figures = {"scores_before": before, "scores_after": [float(s) for s in after], "bank": bank_info,
-               "threshold": thr}
+               "threshold": thr, "timing": {"features_s": round(t1 - t0, 3), "bank_s": round(t2 - t1, 3),
+                                            "threshold_s": round(t3 - t2, 3)}}
     return body, files, figures
 
 
@@ -431,23 +436,28 @@ def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: 
     from device.bundle import load_bundle
     from device.detector import Detector
 
+    t0 = time.perf_counter()
     parent = load_bundle(cfg.bundle.path)
     images = collect_images(cfg, good, rows, parent.input_spec.tiled)
     stage = (lambda name: (lambda i, n: progress(name, i, n))) if progress else (lambda name: None)
     body, files, fig = build_child(parent, images, stage("features"))
+    t1 = time.perf_counter()
     path, name = _write_child(cfg, body, files, out, bundle_digest_of(parent), len(images))
     child = load_bundle(path)
+    t2 = time.perf_counter()
     running = child.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
     with Detector(child, threshold=running) as det:
         pre = preview(cfg, det, days, preview_max, [im.row for im in images if im.row], parent.input_spec.tiled,
                       stage("preview"))
+    t3 = time.perf_counter()
+    fig["timing"].update(write_verify_s=round(t2 - t1, 3), preview_s=round(t3 - t2, 3), total_s=round(t3 - t0, 3))
     thr = fig["threshold"]
     res = {"parent": bundle_digest_of(parent), "version": name, "digest": bundle_digest_of(child), "path": str(path),
            "images": len(images), "scores_before": fig["scores_before"], "scores_after": fig["scores_after"],
            "bank": fig["bank"], "threshold": {"old": thr["previous"]["value"], "new": thr["value"],
                                               "running": running.value, "running_source": running.source,
                                               "target_frr": thr["target_frr"], "estimator": thr["estimator"]},
-           "preview": pre, "deploy": None}
+           "preview": pre, "timing": fig["timing"], "deploy": None}
     if deploy:
         from device.versions import deploy as do_deploy
 
