@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import signal
 import sys
@@ -72,6 +71,23 @@ def build_detector(cfg: DeviceConfig):
         det.close()
         raise BundleError(f"{cfg.bundle.path}: test inference gave a non-finite score")
     return det
+
+
+#: sections whose keys need a restart, but for these, which a reload applies
+RELOADABLE = {"outputs": ("reject_delay_ms", "reject_width_ms", "alarm_after_rejects", "alarm_on_camera_fault",
+                          "alarm_on_model_error"),
+              "journal": ()}
+
+
+def _restart_only_kept(old: DeviceConfig, new: DeviceConfig) -> DeviceConfig:
+    """``new`` with the running values of keys that only a restart can change (pins, journal path)."""
+    for sec, reloadable in RELOADABLE.items():
+        a, b = getattr(old, sec).model_dump(), getattr(new, sec).model_dump()
+        changed = sorted(k for k in a if a[k] != b[k] and k not in reloadable)
+        if changed:
+            log.warning("reload: [%s] %s need a restart; keeping the running values", sec, ", ".join(changed))
+            new = new.replace(**{sec: {k: a[k] for k in changed}})
+    return new
 
 
 def crop(image: np.ndarray, roi) -> np.ndarray:
@@ -415,15 +431,7 @@ class Daemon:
             self.journal.event("reload_failed", str(exc))
             self.notifier.ready(f"reload failed: {str(exc)[:200]}")
             return False
-        for sec in ("outputs", "journal"):
-            keep = ("reject_delay_ms", "reject_width_ms", "alarm_after_rejects", "alarm_on_camera_fault",
-                    "alarm_on_model_error") if sec == "outputs" else ()
-            a, b = dataclasses.asdict(getattr(old, sec)), dataclasses.asdict(getattr(new, sec))
-            changed = sorted(k for k in a if a[k] != b[k] and k not in keep)
-            if changed:
-                log.warning("reload: [%s] %s need a restart; keeping the running values", sec, ", ".join(changed))
-                new = dataclasses.replace(new, **{sec: dataclasses.replace(
-                    getattr(new, sec), **{k: a[k] for k in changed})})
+        new = _restart_only_kept(old, new)
         old_det, self.detector, self.cfg = self.detector, det, new
         old_det.close()
         if new.trigger != old.trigger:
