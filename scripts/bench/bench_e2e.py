@@ -10,7 +10,7 @@ configuration (``CONFIGS``): the untouched backbone and the DOC fine-tuned one a
 validated on held-out normal images vs *synthetic* defects only (no real defects are
 shown to model selection), the better one is converted to full-int8 TFLite and banked.
 The test split is then scored through the device path: on seed 0 every test image goes
-through ``device.detector.Detector.score_one`` (1 thread; per-image latency is the sum
+through ``device.detector.Detector.inspect`` (1 thread; per-image latency is the sum
 of preprocess, inference and k-NN); other seeds score the same preprocessed batch with
 the same bundle. Float AUROC uses the float TFLite of the selected extractor with a bank
 built from the same training images. For both candidates the real test AUROC (float
@@ -226,9 +226,10 @@ def run_one(name: str, conf: dict, seed: int, tmp: Path, per_image: bool, quick:
     if per_image:
         scores, lat, stages = [], [], {}
         for im in ds.images("test"):
-            scores.append(det.score_one(im))
-            lat.append(sum(det.last_timing.values()))
-            for k, v in det.last_timing.items():
+            r = det.inspect(im)
+            scores.append(r.score)
+            lat.append(sum(r.timing.values()))
+            for k, v in r.timing.items():
                 stages.setdefault(k, []).append(v)
         scores = np.array(scores)
         out.update({"latency_ms_median": float(np.median(lat)), "latency_ms_mean": float(np.mean(lat)),
@@ -250,9 +251,10 @@ def run_one(name: str, conf: dict, seed: int, tmp: Path, per_image: bool, quick:
     # synthetic validation vs real test, per candidate (float Keras features)
     cands = list(s["candidates"])
     for cname, model in zip(cands, cap["models"]):
-        from trainer.pipeline import _keras_features
+        from trainer.pipeline import Rows, keras_rows
 
-        sc = KNNScorer(_keras_features(model, x_train), fc.k).score(_keras_features(model, x_test))
+        rows = Rows(1, "l2", None)
+        sc = KNNScorer(keras_rows(model, x_train, rows), fc.k).score(keras_rows(model, x_test, rows))
         out[f"cand_{cname}_synthetic_auroc"] = s["candidates"][cname]["synthetic_auroc"]
         out[f"cand_{cname}_real_auroc"] = auroc(labels, sc)
     out["selected_name"] = s["selected"]

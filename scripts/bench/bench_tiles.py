@@ -3,7 +3,7 @@
 Benchmark of issue 5 (small defects on large frames: tiled inspection with a per-tile score grid).
 Every figure goes through the product path: :func:`trainer.pipeline.fit` (DOC off, untouched
 alpha-0.35 ImageNet backbone, full-int8 TFLite, k-NN bank, threshold) writes a bundle, and
-:func:`trainer.evaluate.evaluate` scores an MVTec-style folder with ``Detector.score_one``
+:func:`trainer.evaluate.evaluate` scores an MVTec-style folder with ``Detector.inspect``
 (image score = max over tiles; per-tile grid -> pixel AUROC).
 
 Parts:
@@ -22,7 +22,7 @@ Parts:
    (60 % train, 10 % val, 30 % test/good), defects subsampled with the same seed, masks
    symlinked (binarised at 128 by the evaluation). Whole frame vs a 2x2 grid, overlap 0.25,
    at the same network input size.
-3. ``latency``: ``Detector.score_one`` on an in-memory 1024x1024 frame, 1, 4, 9, 16 and 27 tiles
+3. ``latency``: ``Detector.inspect`` on an in-memory 1024x1024 frame, 1, 4, 9, 16 and 27 tiles
    (no grid, 2x2, 3x3, 4x4, 3x9; overlap 0.25), 1 and 2 threads, int8, alpha 0.35, 96-px tiles,
    shared bank of exactly 1000 features (the bundle's bank, padded with jittered copies when the
    fit yields fewer, so every row times a 1k lookup); 16 tiles also against a 10k bank.
@@ -271,7 +271,7 @@ def run_config(layout: Path, work: Path, name: str, fit_kw: dict, weights: str, 
         out[f"auroc_{g['defect']}"] = g["auroc_vs_good"]
     from device.bundle import load_bundle
 
-    meas = load_bundle(res.bundle).manifest["scoring"].get("bank_mode_measurement") or {}
+    meas = load_bundle(res.bundle).manifest.scoring.bank_mode_measurement or {}
     for mode in ("shared", "per_position"):   # fit's own synthetic-defect measurement (large defects)
         if f"{mode}_synthetic_auroc" in meas:
             out[f"fit_{mode}_synthetic_auroc"] = meas[f"{mode}_synthetic_auroc"]
@@ -355,7 +355,7 @@ def _pad_bank(bank: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def _stages_alone(det, frames: list[np.ndarray], n: int, key: str) -> dict:
-    """Each stage of ``score_one`` repeated on its own (caches warm for that stage only): the floor
+    """Each stage of ``Detector.inspect`` repeated on its own (caches warm for that stage only): the floor
     of each figure, next to the in-pipeline medians where every stage evicts the others' data."""
     from device.preprocess import preprocess
 
@@ -365,7 +365,7 @@ def _stages_alone(det, frames: list[np.ndarray], n: int, key: str) -> dict:
             "to_input": (lambda i: det.extractor._set_input(batch)) if hasattr(det.extractor, "_set_input")
             else (lambda i: det.extractor._to_input(batch)),
             "inference": lambda i: det.features(batch),
-            "knn": lambda i: det.scorer.score(feats)}
+            "knn": lambda i: det.scorer.row_scores(feats)}
     out = {}
     for name, fn in runs.items():
         for i in range(10):
@@ -384,7 +384,7 @@ def _stages_alone(det, frames: list[np.ndarray], n: int, key: str) -> dict:
 def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames: list[np.ndarray], work: Path,
                 weights: str, n_timed: int, seed: int) -> dict:
     from device.detector import Detector
-    from device.scoring import make_scorer
+    from device.scoring import TileScorer
     from trainer.pipeline import FitConfig, fit
 
     out = {}
@@ -409,26 +409,28 @@ def run_latency(train_frames: list[np.ndarray], calib: list[np.ndarray], frames:
                 out["latency_feature_dim"] = float(det.extractor.output_dim)
             for bsize in banks:
                 if cfg.scoring == "knn":   # every k-NN row times a lookup against exactly bsize features
-                    det.scorer = make_scorer("knn", _pad_bank(det.bundle.bank, bsize, seed), 1)
+                    det.scorer = TileScorer(_pad_bank(det.bundle.bank, bsize, seed), 1, "knn",
+                                            n_tiles=n_tiles, patches=det.patches)
                 if name.endswith("_pca64"):
-                    from device.scoring import ProjectedKNNScorer, fit_pca
+                    from device.scoring import fit_pca
 
                     padded = _pad_bank(det.bundle.bank, bsize, seed)
                     mean, comps, ev = fit_pca(padded, 64)
-                    det.scorer = ProjectedKNNScorer(padded, 1, mean, comps)
+                    det.scorer = TileScorer(padded, 1, "knn", n_tiles=n_tiles, patches=det.patches,
+                                            projection=(mean, comps, False, 64, False))
                     out[f"latency_{name}_explained_variance"] = ev
                 for f in frames[:20]:
-                    det.score_one(f)
+                    det.inspect(f)
                 lat, cpu, stages = [], [], {"preprocess_ms": [], "inference_ms": [], "knn_ms": []}
                 load0 = os.getloadavg()[0]
                 for i in range(n_timed):
                     f = frames[i % len(frames)]
                     c0, t0 = time.process_time(), time.perf_counter()
-                    det.score_one(f)
+                    r = det.inspect(f)
                     lat.append((time.perf_counter() - t0) * 1e3)
                     cpu.append((time.process_time() - c0) * 1e3)
                     for k in stages:
-                        stages[k].append(det.last_timing[k])
+                        stages[k].append(r.timing[k])
                 key = f"latency_{name}_th{threads}" + ("" if bsize == 1000 else f"_bank{bsize // 1000}k")
                 out[f"{key}_median_ms"] = float(np.median(lat))
                 out[f"{key}_p99_ms"] = float(np.percentile(lat, 99))
@@ -468,7 +470,7 @@ def render(flat: dict, meta: dict) -> str:
     L = [MARK_START, "", "### Tiled inspection (issue 5): small defects on large frames", "",
          f"`{flat['command']}` — {flat['date']}. α0.35 ImageNet backbone untouched (DOC off), taps `{SMALL_TAPS}` (generated set, latency) / `{MT_TAPS}` (magnetic tile), "
          f"{POOLING} pooling + L2, full-int8 TFLite, 1-NN, k-NN bank from the device's .tflite; image score = max "
-         "over tiles; every AUROC through `trainer.evaluate.evaluate` (device path, `Detector.score_one`). "
+         "over tiles; every AUROC through `trainer.evaluate.evaluate` (device path, `Detector.inspect`). "
          "Bank: all training tiles; mode `shared` on the generated set (its frames are not aligned), `auto` on "
          "magnetic tile (chosen by `fit` on its synthetic-defect validation). **Patch** rows: tap `b6` "
          "without global pooling (3×3-averaged positions, tile score = worst patch), Gaussian (Mahalanobis) "
@@ -533,7 +535,7 @@ def render(flat: dict, meta: dict) -> str:
                      f"{_f(flat[p + 'eval_latency_ms_median'], 1)} |")
         L.append("")
     if "latency_t1_th1_median_ms" in flat:
-        L += ["**Device-path latency per frame** (`Detector.score_one` on an in-memory 1024×1024 grey frame: "
+        L += ["**Device-path latency per frame** (`Detector.inspect` on an in-memory 1024×1024 grey frame: "
               "preprocess + batched int8 inference + 1-NN against a 1000-feature shared bank, 1 BLAS thread; "
               f"{flat['latency_frames_timed']:.0f} frames after 20 warm-up). Wall clock on a 2-core machine shared "
               "with other jobs (load average "
