@@ -145,7 +145,7 @@ class ImageArchive(Closing):
             except OSError as exc:
                 log.warning("archive: cannot delete %s: %s", p, exc)
         if removed:
-            log.info("archive: pruned %d file(s), %.1f MB kept", removed, total / 1e6)
+            log.debug("archive: pruned %d file(s), %.1f MB kept", removed, total / 1e6)
         return removed
 
     def close(self, timeout: float = 5.0) -> None:

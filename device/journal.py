@@ -71,6 +71,8 @@ CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
 """
 ADDED_COLUMNS = ("threshold_source", "tile_grid", "worst_tile", "bundle_digest", "reason")
 STAGES = ("capture_ms", "preprocess_ms", "inference_ms", "knn_ms", "decision_ms")
+ROW_BYTES = 200            # a decision row with its index entry, on disk (measured: 144-200 B)
+CACHE_KIB = 512            # SQLite page cache per connection: appends need little, and RSS stays flat
 _CAUSES = (("FULL", "disk full"), ("READONLY", "read-only (file, folder or filesystem not writable)"),
            ("IOERR", "I/O error"), ("CORRUPT", "database corrupt"), ("NOTADB", "not a journal (not an SQLite file)"),
            ("CANTOPEN", "cannot open the file"), ("BUSY", "locked by another process"),
@@ -133,7 +135,8 @@ class Journal(Closing):
         synchronous: ``"normal"`` (WAL: crash-safe) or ``"full"`` (power-loss-safe).
         keep_days: delete decisions and events older than this (0: keep forever).
         max_mb: keep the journal's files under this size, deleting the oldest rows (0: no cap).
-        prune_interval_s, prune_every_rows: retention runs this often, and after this many decisions.
+        prune_interval_s, prune_every_rows: retention runs this often, and after this many decisions
+            (default: about 5 % of ``max_mb`` in rows, 100 to 2000, so the files stay under the cap).
         on_prune: ``callback(stats)`` after each retention pass (in the retention thread).
 
     Raises:
@@ -141,7 +144,7 @@ class Journal(Closing):
     """
 
     def __init__(self, path: str | Path, synchronous: str = "normal", keep_days: float = 0.0, max_mb: float = 0.0,
-                 prune_interval_s: float = 30.0, prune_every_rows: int = 2000,
+                 prune_interval_s: float = 30.0, prune_every_rows: int | None = None,
                  on_prune: Callable[[dict], None] | None = None, *, readonly: bool = False):
         self.path = str(path)
         self.readonly = readonly
@@ -149,6 +152,8 @@ class Journal(Closing):
         self._retention: _Retention | None = None
         self._rows = 0
         self.faulted = False                       # a write failed: closing stays quiet about it
+        if prune_every_rows is None:
+            prune_every_rows = int(min(2000, max(100, max_mb * 1e6 * 0.05 / ROW_BYTES))) if max_mb > 0 else 2000
         self._prune_every = max(1, int(prune_every_rows))
         try:
             self._db = self._connect_ro() if readonly else self._connect_rw(synchronous, max_mb)
@@ -176,6 +181,7 @@ class Journal(Closing):
         if not db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")     # retention can give freed pages back
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         if max_mb > 0:                                         # a small WAL under a small cap
             pages = int(min(1000, max(16, _wal_allowance(max_mb * 1e6) // 4096)))
@@ -392,6 +398,7 @@ class _Retention:
         db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             while not self._stop.is_set():
                 self._wake.clear()
                 with self._done:
@@ -443,7 +450,7 @@ class _Retention:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         stats["bytes"] = self._used(db)
         if stats["rows"]:
-            log.info("journal %s: retention deleted %d row(s), %d image(s)", self.path, stats["rows"], stats["images"])
+            log.debug("journal %s: retention deleted %d row(s), %d image(s)", self.path, stats["rows"], stats["images"])
         return stats
 
     @staticmethod
