@@ -290,10 +290,10 @@ def test_action_runs_the_command_and_is_audited(station):
         done = wait_until(lambda: c.get(f"/api/actions/{aid}").json()["status"] != "running", 60, "the rollback")
         a = c.get(f"/api/actions/{aid}").json()
         assert done and a["user"] == user and a["action"] == "rollback"
-        assert a["argv"][-4:] == ["device.cli", "rollback", "--config", str(cfg)]
-        # Nothing was deployed on this station: rollback fails with a clear one-line reason.
-        assert a["status"] == "failed" and a["rc"] == 2 and "anomaly-device: error:" in a["output"]
-        assert "Traceback" not in a["output"]
+        assert a["argv"][-4:] == ["device.cli", "rollback", "--config", svc.runner.config_path]
+        # Nothing was deployed on this station: rollback fails with its clear one-line reason.
+        assert a["status"] == "failed" and a["rc"] == 2
+        assert "no previous version to roll back to" in a["output"] and "Traceback" not in a["output"]
         assert f"exit code <span id=\"run-rc\">2</span>" in c.get(f"/actions/run/{aid}").text
 
 

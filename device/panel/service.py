@@ -19,7 +19,7 @@ from typing import Any
 from device.panel.actions import ActionRunner
 from device.panel.auth import RateLimiter
 from device.panel.reader import JournalMissing, JournalReader
-from device.panel.settings import PanelConfig, is_loopback, split_bind
+from device.panel.settings import PanelConfig, actions_config_path, is_loopback, split_bind
 from device.panel.store import PanelStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class PanelService:
         stale = self.store.fail_running()
         if stale:
             log.warning("%d action(s) were still running when the panel stopped; marked failed", stale)
-        self.runner = ActionRunner(self.store, cfg.source_file, cfg.panel.command or None, cfg.panel.action_timeout_s)
+        self.runner = ActionRunner(self.store, actions_config_path(cfg), cfg.panel.command or None,
+                                   cfg.panel.action_timeout_s)
         self.limiter = RateLimiter(cfg.panel.login_attempts, cfg.panel.login_window_s)
         self.publisher = None
         if publish and cfg.mqtt.enabled:

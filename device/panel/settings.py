@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import sys
 from pathlib import Path
@@ -274,3 +275,42 @@ def load_panel_config(path: str | Path) -> PanelConfig:
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return PanelConfig(device=device, panel=panel, mqtt=mqtt, source_file=str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)          # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def actions_config_path(cfg: PanelConfig) -> str:
+    """The config file the life-cycle commands (learn, deploy, rollback) are given.
+
+    The config file itself once the device's config knows ``[panel]`` and ``[mqtt]``; until then
+    a copy of its device sections (paths absolute) written beside the panel store.
+    """
+    # TODO(lead-api): remove once device.config.DeviceConfig carries [panel] and [mqtt].
+    from device.config import SECTIONS, parse_config
+
+    try:
+        parse_config({"bundle": {"path": "b"}, "camera": {"path": "f"}, "panel": {}, "mqtt": {}})
+        return cfg.source_file
+    except ConfigError as exc:
+        if "[panel]" not in str(exc) and "[mqtt]" not in str(exc):
+            return cfg.source_file
+    out = Path(cfg.panel.store).parent / "device-for-actions.toml"
+    lines = [f"# The device sections of {cfg.source_file}, written by the panel for the commands it runs.",
+             "# (Its [panel] and [mqtt] sections are left out: this device's config does not know them yet.)"]
+    for sec in SECTIONS:
+        lines.append(f"\n[{sec}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(cfg.device, sec).model_dump(mode="json").items()
+                  if v is not None]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
+    return str(out)

@@ -328,20 +328,20 @@ def create_app(svc) -> Starlette:
         ids = sorted(svc.store.marks("good"))
         if not ids:
             raise ValueError("no decision is marked as a good part yet")
-        return learn_argv(cfg.source_file, ids), {"rows": ids}
+        return learn_argv(svc.runner.config_path, ids), {"rows": ids}
 
     def build_deploy(form):
         bundle = str(form.get("bundle", "")).strip()
         if not bundle or bundle.startswith("-"):
             raise ValueError("give the bundle (version) folder to deploy")
-        return deploy_argv(cfg.source_file, bundle), {"bundle": bundle}
+        return deploy_argv(svc.runner.config_path, bundle), {"bundle": bundle}
 
     def build_rollback(form):
-        return rollback_argv(cfg.source_file), {}
+        return rollback_argv(svc.runner.config_path), {}
 
     def build_threshold(form):
         frr = _frr(form.get("target_frr"))
-        return threshold_argv(cfg.source_file, frr), {"target_frr": frr}
+        return threshold_argv(svc.runner.config_path, frr), {"target_frr": frr}
 
     async def preview(request: Request) -> Response:
         s, form, refused = await authorized_form(request)
