@@ -46,6 +46,7 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import field_validator, model_validator
 
 from device.errors import ConfigError
+from device.panel.settings import MqttSettings, PanelSettings
 from device.schema import Field, FloatPair, IntQuad, Spec, ValidationError, problems, type_name
 
 log = logging.getLogger(__name__)
@@ -206,9 +207,9 @@ class DriftConfig(Spec):
         return self
 
 
-SECTIONS: dict[str, type[Spec]] = {"bundle": BundleConfig, "camera": CameraConfig, "trigger": TriggerConfig,
-                                   "outputs": OutputsConfig, "journal": JournalConfig, "service": ServiceConfig,
-                                   "drift": DriftConfig}
+SECTIONS: dict[str, type] = {"bundle": BundleConfig, "camera": CameraConfig, "trigger": TriggerConfig,
+                             "outputs": OutputsConfig, "journal": JournalConfig, "service": ServiceConfig,
+                             "drift": DriftConfig, "panel": PanelSettings, "mqtt": MqttSettings}
 
 
 class DeviceConfig(Spec):
@@ -219,6 +220,8 @@ class DeviceConfig(Spec):
     journal: JournalConfig = JournalConfig()
     service: ServiceConfig = ServiceConfig()
     drift: DriftConfig = DriftConfig()
+    panel: PanelSettings = PanelSettings()      # the operator station (a second service reads these two)
+    mqtt: MqttSettings = MqttSettings()
     source_file: str = "<dict>"
 
     @model_validator(mode="after")
@@ -299,7 +302,10 @@ def _resolve_paths(cfg: DeviceConfig, source_file: str) -> DeviceConfig:
         "bundle": cfg.bundle.model_copy(update={"path": r(cfg.bundle.path)}),
         "camera": cfg.camera.model_copy(update={"path": r(cfg.camera.path)}),
         "journal": cfg.journal.model_copy(update={"path": r(cfg.journal.path),
-                                                  "archive_dir": r(cfg.journal.archive_dir)})})
+                                                  "archive_dir": r(cfg.journal.archive_dir)}),
+        "panel": cfg.panel.model_copy(update={"store": r(cfg.panel.store)}),
+        "mqtt": cfg.mqtt.model_copy(update={k: r(getattr(cfg.mqtt, k)) for k in
+                                            ("ca_file", "cert_file", "key_file", "password_file")})})
 
 
 def read_config_text(path: str | Path) -> str:
