@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from device.panel.reader import STAGES, JournalReader
+from device.panel.reader import STAGES, JournalMissing, JournalReader
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +113,19 @@ class MqttPublisher:
         self._client = None
         self._last_status: tuple | None = None
         self._status_at = 0.0
-        self._saved = dict(self.cursor)
+        self._saved: dict | None = None      # cursors as last stored (None: not loaded yet)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "MqttPublisher":
-        """Load the cursors, connect (in the background) and start publishing."""
-        self._load_cursors()
+        """Connect (in the background) and start publishing (the cursors are loaded once the
+        journal exists: the panel may start before the inspection service ever ran)."""
         self._client = self._make_client()
         self._client.connect_async(self.s.host, self.s.port, self.s.keepalive)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._loop, name="mqtt-publisher", daemon=True)
         self._thread.start()
-        log.info("mqtt: publishing to %s:%d as %s under %s (QoS %d), from decision %d / event %d",
-                 self.s.host, self.s.port, self.s.effective_client_id, self.s.topic("#")[:-2], self.s.qos,
-                 self.cursor["decision"], self.cursor["event"])
+        log.info("mqtt: publishing to %s:%d as %s under %s (QoS %d)", self.s.host, self.s.port,
+                 self.s.effective_client_id, self.s.topic("#")[:-2], self.s.qos)
         return self
 
     def __enter__(self) -> "MqttPublisher":
@@ -158,7 +157,8 @@ class MqttPublisher:
         except Exception as exc:  # pragma: no cover - broker vanished while closing
             log.warning("mqtt: closing: %s", exc)
         client.loop_stop()
-        self._save_cursors(force=True)
+        if self._saved is not None:
+            self._save_cursors(force=True)
 
     # ------------------------------------------------------------------ paho
     def _make_client(self):
@@ -245,10 +245,17 @@ class MqttPublisher:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
+        loaded = False
         while not self._stop.is_set():
             try:
+                if not loaded:
+                    self._load_cursors()
+                    loaded = True
+                    log.info("mqtt: from decision %d / event %d", self.cursor["decision"], self.cursor["event"])
                 self._step()
-            except Exception as exc:   # the journal may be missing or busy: retry, never die
+            except JournalMissing:       # no journal yet: the service has not run
+                self._stop.wait(1.0)
+            except Exception as exc:     # the journal busy, the broker gone mid-call: retry, never die
                 log.warning("mqtt: %s: %s", type(exc).__name__, exc)
                 self._stop.wait(1.0)
 

@@ -19,7 +19,7 @@ from typing import Any
 from device.panel.actions import ActionRunner
 from device.panel.auth import RateLimiter
 from device.panel.reader import JournalMissing, JournalReader
-from device.panel.settings import PanelConfig, actions_config_path, is_loopback, split_bind
+from device.panel.settings import PanelConfig, is_loopback, split_bind
 from device.panel.store import PanelStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class PanelService:
         stale = self.store.fail_running()
         if stale:
             log.warning("%d action(s) were still running when the panel stopped; marked failed", stale)
-        self.runner = ActionRunner(self.store, actions_config_path(cfg), cfg.panel.command or None,
+        self.runner = ActionRunner(self.store, cfg.source_file, cfg.panel.command or None,
                                    cfg.panel.action_timeout_s)
         self.limiter = RateLimiter(cfg.panel.login_attempts, cfg.panel.login_window_s)
         self.publisher = None
@@ -202,7 +202,8 @@ class PanelService:
             try:
                 fields = self._status_now()
             except JournalMissing as exc:
-                fields = {"service": "unknown", "camera": "unknown", "alarm": False, "drift": "unknown",
+                fields = {"service": "unknown", "camera": "unknown", "alarm": False, "alarm_reasons": [],
+                          "drift": "unknown", "drift_message": None,
                           "journal": str(exc), "counters": {}, "bundle": {"digest": self.bundle_digest(),
                                                                        "path": self.cfg.device.bundle.path}}
             self._status_cache = (time.monotonic(), fields)
@@ -229,9 +230,12 @@ class PanelService:
         """Everything the live page shows (its JSON API)."""
         now = time.time()
         st = self.status_fields()
-        if "journal" in st:
-            return {"now": now, "journal": st["journal"], "state": st}
-        out: dict[str, Any] = {"now": now, "state": st}
+        if "journal" in st:        # no journal yet: the same page, empty, saying so
+            zero = {"parts": 0, "rejects": 0, "errors": 0, "passes": 0, "reject_rate": 0.0}
+            return {"now": now, "journal": st["journal"], "state": {**st, "fps": 0.0},
+                    "counts": {"total": zero, "hour": zero, "shift": zero}, "last": None, "last_image": None,
+                    "latency_ms": {}, "events": [], "mqtt": self.publisher.info() if self.publisher else None}
+        out: dict[str, Any] = {"now": now, "journal": None, "state": st}
         tot = self.reader.counts()
         out["counts"] = {"total": _rates(tot)}
         for name, since in (("hour", hour_start(now)), ("shift", shift_start(self.cfg.panel.shifts, now))):

@@ -1,39 +1,33 @@
 """The operator panel's config sections, ``[panel]`` and ``[mqtt]``, as typed frozen specs.
 
-Both sections live in the device's TOML file beside ``[bundle]``, ``[journal]`` … Every key is
-declared once here with its type, default and help text (the field description); unknown keys,
-wrong types (a TOML ``true`` is not a port), NaN and infinities are refused with the key, what was
-expected and what was found.
+Both sections live in the device's TOML file beside ``[bundle]``, ``[journal]`` …, and are part
+of :class:`device.config.DeviceConfig`. Every key is declared once here with its type, default and
+help text (the field description); unknown keys, wrong types (a TOML ``true`` is not a port), NaN
+and infinities are refused with the key, what was expected and what was found.
 
 Example:
     >>> PanelSettings().bind
     '127.0.0.1:8080'
     >>> MqttSettings.model_validate({"enabled": True, "line": "L1", "station": "S2"}).topic("decision")
     'anomaly/L1/S2/decision'
+    >>> from device.schema import problems
     >>> try:
     ...     MqttSettings.model_validate({"qos": 3})
     ... except ValidationError as exc:
-    ...     print(section_problems(exc, MqttSettings, "mqtt")[0])
-    [mqtt].qos: expected less than or equal to 2, found integer 3
+    ...     print(problems(exc, MqttSettings, "[mqtt].")[0])
+    [mqtt].qos: expected <= 2, found integer 3
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import re
-import sys
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from device.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _TOPIC_PART = re.compile(r"^[^/+#\s]+$")
 _SHIFT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -196,121 +190,29 @@ class MqttSettings(_Section):
         return self.password or None
 
 
-def section_problems(exc: ValidationError, model: type[BaseModel], section: str) -> list[str]:
-    """One line per problem, ``[section].key: expected …, found …`` (the device config's wording)."""
-    try:
-        from device.schema import problems   # the lead's one wording of validation errors
-    except ImportError:  # pragma: no cover - older tree
-        return [f"[{section}].{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-    out = problems(exc, model, f"[{section}].")
-    return [p.replace(f"[{section}].: ", f"[{section}]: ").replace(f"[{section}].(document)", f"[{section}]")
-            for p in out]
-
-
 @dataclasses.dataclass(frozen=True)
 class PanelConfig:
-    """Everything the panel reads from the device's config file."""
+    """What the panel reads from the device's config file: the whole validated config (its
+    ``[panel]`` and ``[mqtt]`` sections included) and the file it came from."""
 
     device: Any                    # device.config.DeviceConfig
-    panel: PanelSettings
-    mqtt: MqttSettings
     source_file: str
 
+    @property
+    def panel(self) -> PanelSettings:
+        return self.device.panel
 
-_PATH_KEYS = {"panel": ("store",), "mqtt": ("ca_file", "cert_file", "key_file", "password_file")}
-
-
-def parse_panel_sections(data: Mapping[str, Any], source_file: str = "<dict>") -> tuple[PanelSettings,
-                                                                                       MqttSettings, list[str]]:
-    """Validate ``[panel]`` and ``[mqtt]`` of a parsed TOML document (paths resolved from the
-    config file's folder); returns the two sections and the problems found (empty when valid)."""
-    out, problems = {}, []
-    base = None if source_file.startswith("<") else Path(source_file).resolve().parent
-    for name, model in (("panel", PanelSettings), ("mqtt", MqttSettings)):
-        body = data.get(name, {})
-        if not isinstance(body, dict):
-            problems.append(f"{name}: expected a table [{name}], found {type(body).__name__}")
-            out[name] = model()
-            continue
-        body = dict(body)
-        for key in _PATH_KEYS[name]:
-            v = body.get(key)
-            if base is not None and isinstance(v, str) and v and not Path(v).is_absolute():
-                body[key] = str(base / v)
-        try:
-            out[name] = model.model_validate(body)
-        except ValidationError as exc:
-            problems += section_problems(exc, model, name)
-            out[name] = model()
-    return out["panel"], out["mqtt"], problems
+    @property
+    def mqtt(self) -> MqttSettings:
+        return self.device.mqtt
 
 
 def load_panel_config(path: str | Path) -> PanelConfig:
-    """Read the device config file with its ``[panel]`` and ``[mqtt]`` sections.
+    """Read and validate the device config file, ``[panel]`` and ``[mqtt]`` included.
 
     Raises:
         ConfigError: unreadable file, TOML syntax error, or every problem of every section.
     """
-    # TODO(lead-api): device.config.DeviceConfig will carry [panel] and [mqtt] itself; then this
-    # becomes `cfg = load_config(path); PanelConfig(cfg, cfg.panel, cfg.mqtt, str(path))`.
-    from device.config import parse_config
+    from device.config import load_config
 
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
-    panel, mqtt, problems = parse_panel_sections(data, str(path))
-    rest = {k: v for k, v in data.items() if k not in ("panel", "mqtt")}
-    device = None
-    try:
-        device = parse_config(rest, str(path))
-    except ConfigError as exc:
-        lines = str(exc).splitlines()
-        problems = [ln.strip() for ln in lines[1:]] + problems if len(lines) > 1 else [str(exc)] + problems
-    if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return PanelConfig(device=device, panel=panel, mqtt=mqtt, source_file=str(path))
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)          # a JSON string is a TOML basic string
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def actions_config_path(cfg: PanelConfig) -> str:
-    """The config file the life-cycle commands (learn, deploy, rollback) are given.
-
-    The config file itself once the device's config knows ``[panel]`` and ``[mqtt]``; until then
-    a copy of its device sections (paths absolute) written beside the panel store.
-    """
-    # TODO(lead-api): remove once device.config.DeviceConfig carries [panel] and [mqtt].
-    from device.config import SECTIONS, parse_config
-
-    try:
-        parse_config({"bundle": {"path": "b"}, "camera": {"path": "f"}, "panel": {}, "mqtt": {}})
-        return cfg.source_file
-    except ConfigError as exc:
-        if "[panel]" not in str(exc) and "[mqtt]" not in str(exc):
-            return cfg.source_file
-    out = Path(cfg.panel.store).parent / "device-for-actions.toml"
-    lines = [f"# The device sections of {cfg.source_file}, written by the panel for the commands it runs.",
-             "# (Its [panel] and [mqtt] sections are left out: this device's config does not know them yet.)"]
-    for sec in SECTIONS:
-        lines.append(f"\n[{sec}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(cfg.device, sec).model_dump(mode="json").items()
-                  if v is not None]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out)
-    return str(out)
+    return PanelConfig(device=load_config(path), source_file=str(path))

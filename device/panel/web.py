@@ -146,7 +146,7 @@ def create_app(svc) -> Starlette:
     def live(request: Request) -> Response:
         try:
             data = svc.live()
-        except JournalMissing as exc:
+        except JournalMissing as exc:       # the journal vanished between two queries
             return journal_missing(request, exc)
         return page(request, "live.html", live=data)
 

@@ -90,6 +90,8 @@
         ev.appendChild(li);
       });
     }
+    var missing = document.getElementById("journal-missing");
+    if (missing) { missing.hidden = !data.journal; }
     document.body.setAttribute("data-last-id", last ? String(last.id) : "0");
     document.body.setAttribute("data-polls", String(Number(document.body.getAttribute("data-polls") || 0) + 1));
   }
@@ -97,7 +99,7 @@
   function pollLive(every) {
     fetch("/api/live", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (data) { if (data && !data.journal) { applyLive(data); } })
+      .then(function (data) { if (data && data.counts) { applyLive(data); } })
       .catch(function () { /* the panel restarts: keep polling */ })
       .then(function () { setTimeout(function () { pollLive(every); }, every); });
   }
@@ -126,7 +128,7 @@
       if (data.last_image) {
         drawOverlay(document.getElementById("last-overlay"), data.last_image.tile_grid, data.last_image.threshold);
       }
-      if (!data.journal) { applyLive(data); }
+      if (data.counts) { applyLive(data); }
       setTimeout(function () { pollLive(every); }, every);
     }
     var run = document.getElementById("run");
