@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[device,trainer,lof,dev]'
+	$(PY) -m pip install --quiet -e '.[device,trainer,lof,panel,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
