@@ -161,8 +161,7 @@ def capture(cfg, out: str | Path, count: int, interval_ms: float | None = None, 
         finally:
             src.close()
             trig.close()
-        rec = _record(cfg, src, first_shape, images, count, interval_ms, skipped, t0, out)
-    return rec
+        return _record(cfg, src, first_shape, images, count, interval_ms, skipped, t0, out)
 
 
 def _record(cfg, src, first_shape, images, count, interval_ms, skipped, t0, out: Path) -> dict[str, Any]:

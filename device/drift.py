@@ -47,7 +47,6 @@ import collections
 import dataclasses
 import logging
 import math
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np

@@ -10,7 +10,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +149,8 @@ def _digests_since(journal: Path, row: int) -> set[str]:
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
     try:
         return {d for d, in db.execute("SELECT bundle_digest FROM decisions WHERE id > ?", (row,))}
+    except sqlite3.OperationalError:      # the service is still creating its tables
+        return set()
     finally:
         db.close()
 
@@ -198,3 +199,14 @@ def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_
         except subprocess.TimeoutExpired:
             p.kill()
     assert p.returncode == 0, p.stderr.read()[-2000:]
+
+
+def test_deploy_warns_when_the_camera_differs_from_the_capture_record(bundle_dir, device_cfg, tmp_path):  # noqa: F811
+    b = load_bundle(bundle_dir)
+    body = b.manifest.body()
+    body["capture"] = {"source": "picamera2", "resolution": [640, 480], "stream": "lores", "exposure_us": 8000,
+                       "analogue_gain": 2.0, "awb_gains": [1.6, 1.4], "roi": None, "count": 200}
+    captured = Path(write_bundle(tmp_path / "captured", body, dict(b.files)))
+    out = deploy(load_config(device_cfg), captured, unit=None)
+    assert out["status"] == "switched"
+    assert any("[camera].source is 'folder'" in w and "'picamera2'" in w for w in out["warnings"])
