@@ -235,6 +235,12 @@ class Store:
         """Turn a plain directory at the active path into a version + link; returns its name."""
         if self.active.is_symlink() or not self.active.is_dir():
             return None
+        if not (self.active / MANIFEST).exists():
+            if any(self.active.iterdir()):
+                raise BundleError(f"{self.active}: a directory that is not a bundle (no {MANIFEST}); move it away "
+                                  f"so deploy can put the active-version link there")
+            self.active.rmdir()          # an empty placeholder (e.g. made by an installer)
+            return None
         name = bundle_digest(self.active)[:DIGEST_CHARS]
         self.root.mkdir(parents=True, exist_ok=True)
         dest = self.version_dir(name)

@@ -50,7 +50,11 @@ def device_cfg(bundle_dir, tmp_path):  # noqa: F811
 def test_first_deploy_onto_a_fresh_device(bundle_dir, device_cfg):  # noqa: F811
     cfg = load_config(device_cfg)
     active = Path(cfg.bundle.path)
-    assert not active.exists()
+    active.mkdir(parents=True)                                   # an installer's empty placeholder
+    (active / "notes.txt").write_text("x")
+    with pytest.raises(BundleError, match="not a bundle"):
+        deploy(cfg, bundle_dir, unit=None)
+    (active / "notes.txt").unlink()
     out = deploy(cfg, bundle_dir, unit=None)
     assert out["status"] == "switched" and out["from"] is None
     assert active.is_symlink() and os.readlink(active) == f"bundle.versions/{out['version']}"
