@@ -413,3 +413,33 @@ def test_reader_as_an_unprivileged_group_member(tmp_path):
         assert sql(d / "journal.sqlite", "SELECT COUNT(*) FROM decisions") == [(17,)]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_reader_series_cache_equals_sql(station):
+    """Trend buckets are cached and extended with new rows and older ranges: always what SQL says."""
+    from device.panel.reader import JournalReader
+
+    tmp, cfg = station
+    jpath = tmp / "journal.sqlite"
+    db = sqlite3.connect(jpath)
+    now = time.time()
+    db.execute("UPDATE decisions SET ts = ? - (SELECT MAX(id) FROM decisions) * 100 + id * 100", (now,))
+    db.commit()
+    db.close()
+
+    def sql_series(since, b):
+        return [(k * b, n, rj, er, mx) for k, n, rj, er, mx in sql(
+            jpath, "SELECT CAST(ts / ? AS INTEGER) k, COUNT(*), SUM(decision = 'REJECT'), SUM(decision = 'ERROR'), "
+                   "MAX(score) FROM decisions WHERE ts >= ? GROUP BY k ORDER BY k", (b, since))]
+
+    with JournalReader(jpath) as r:
+        got = lambda since, b: [(x["t"], x["n"], x["rejects"], x["errors"], x["max"])  # noqa: E731
+                                for x in r.series(since, b)]
+        recent, older = now - 1200, now - 3600
+        assert got(recent, 300.0) == sql_series(recent, 300.0)
+        j = Journal(jpath)
+        write_rows(j, None, "RPE")                                 # new rows, newest bucket
+        j.close()
+        assert got(recent, 300.0) == sql_series(recent, 300.0)
+        # an older range than cached: the boundary bucket holds rows read in two queries
+        assert got(older - older % 300, 300.0) == sql_series(older - older % 300, 300.0)

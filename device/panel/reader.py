@@ -92,6 +92,7 @@ class JournalReader:
         self._counts_mark = (-1, -1)     # (first decision id, first event id) when last counted
         self._windows: dict[str, tuple[float, int, Counts]] = {}
         self._image_scan = (0, None)     # (last id scanned, last row with an image)
+        self._series: dict[float, dict] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ connections
@@ -174,10 +175,10 @@ class JournalReader:
 
     def bounds(self) -> tuple[int, int, int, int]:
         """(first, last decision id, first, last event id); 0 for an empty table."""
-        db = self.db()
-        d = db.execute("SELECT MIN(id), MAX(id) FROM decisions").fetchone()
-        e = db.execute("SELECT MIN(id), MAX(id) FROM events").fetchone()
-        return d[0] or 0, d[1] or 0, e[0] or 0, e[1] or 0
+        db = self.db()         # one aggregate per statement: SQLite reads MIN/MAX(id) from the b-tree's ends
+        q = [db.execute(f"SELECT {f}(id) FROM {t}").fetchone()[0] or 0
+             for t in ("decisions", "events") for f in ("MIN", "MAX")]
+        return q[0], q[1], q[2], q[3]
 
     def counts(self) -> Counts:
         """The rows the journal holds, by kind. Incremental: only rows after the last call are read;
@@ -324,16 +325,42 @@ class JournalReader:
         return (n - 1) / (t1 - t0) if n and n > 1 and t1 > t0 else 0.0
 
     def series(self, since: float, bucket_s: float) -> list[dict[str, Any]]:
-        """Per time bucket: count, rejects, errors, mean and max score, max threshold."""
-        first = self.first_id_at(since)
-        if first is None:
-            return []
+        """Per time bucket since ``since``: count, rejects, errors, mean and max score, max threshold.
+
+        Buckets are cached per ``bucket_s`` (the journal is append-only): a call reads only the rows
+        added since the last one, plus any older range not read before.
+        """
+        with self._lock:
+            first = self.first_id_at(since)
+            if first is None:
+                return []
+            lo, top, _, _ = self.bounds()
+            c = self._series.get(bucket_s)
+            if c is None or top < c["to"] or lo != c["lo"]:
+                c = self._series[bucket_s] = {"from": first, "to": first - 1, "lo": lo, "b": {}}
+            if first < c["from"]:
+                self._merge_buckets(c["b"], bucket_s, first, c["from"] - 1)
+                c["from"] = first
+            if top > c["to"]:
+                self._merge_buckets(c["b"], bucket_s, c["to"] + 1, top)
+                c["to"] = top
+            k0 = int(since // bucket_s)
+            return [{"t": k * bucket_s, "n": b[0], "rejects": b[1], "errors": b[2],
+                     "mean": b[3] / b[4] if b[4] else None, "max": b[5], "threshold": b[6], "first_ts": b[7]}
+                    for k, b in sorted(c["b"].items()) if k >= k0]
+
+    def _merge_buckets(self, buckets: dict, bucket_s: float, id_lo: int, id_hi: int) -> None:
         rows = self.db().execute(
             "SELECT CAST(ts / ? AS INTEGER) AS b, COUNT(*), SUM(decision = 'REJECT'), SUM(decision = 'ERROR'), "
-            "AVG(score), MAX(score), MAX(threshold), MIN(ts) FROM decisions WHERE id >= ? GROUP BY b ORDER BY b",
-            (bucket_s, first))
-        return [{"t": b * bucket_s, "n": n, "rejects": rj, "errors": er, "mean": mean, "max": mx, "threshold": thr,
-                 "first_ts": t0} for b, n, rj, er, mean, mx, thr, t0 in rows]
+            "TOTAL(score), COUNT(score), MAX(score), MAX(threshold), MIN(ts) FROM decisions "
+            "WHERE id >= ? AND id <= ? GROUP BY b", (bucket_s, id_lo, id_hi))
+        for k, n, rj, er, ssum, sn, mx, thr, t0 in rows:
+            old = buckets.get(k)
+            if old is None:
+                buckets[k] = [n, rj or 0, er or 0, ssum, sn, mx, thr, t0]
+                continue
+            buckets[k] = [old[0] + n, old[1] + (rj or 0), old[2] + (er or 0), old[3] + ssum, old[4] + sn,
+                          _max(old[5], mx), _max(old[6], thr), min(old[7], t0)]
 
     def points(self, since: float, limit: int) -> list[tuple[float, float | None, float, str]]:
         """Raw ``(ts, score, threshold, decision)`` since ``since`` (at most ``limit``, newest kept)."""
@@ -398,6 +425,10 @@ class JournalReader:
                 "model_error": model_error, "drift": drift,
                 "drift_message": drift_ev["message"] if drift_ev else None,
                 "alarm": alarm, "alarm_reasons": reasons}
+
+
+def _max(a, b):
+    return b if a is None else a if b is None else max(a, b)
 
 
 def drift_state(kind: str, message: str | None) -> str:

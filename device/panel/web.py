@@ -162,7 +162,7 @@ def create_app(svc) -> Starlette:
         since = now - hours * 3600
         try:
             pts = svc.reader.points(since, 1500)
-            buckets = [] if len(pts) < 1500 else svc.reader.series(since, max(60.0, hours * 3600 / 300))
+            buckets = [] if len(pts) < 1500 else svc.reader.series(since, trend_bucket(hours))
             if buckets:
                 pts = []
             hourly = svc.reader.series(since, 3600.0)
@@ -389,6 +389,21 @@ def create_app(svc) -> Starlette:
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+BUCKETS_S = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def trend_bucket(hours: int, points: int = 300) -> float:
+    """Bucket of the score chart: the smallest of a fixed ladder giving at most ``points`` buckets
+    (fixed sizes, so the reader's bucket cache serves every request).
+
+    Example:
+        >>> trend_bucket(24), trend_bucket(168)
+        (300.0, 3600.0)
+    """
+    want = hours * 3600 / points
+    return float(next((b for b in BUCKETS_S if b >= want), BUCKETS_S[-1]))
 
 
 def _frr(value) -> float:
