@@ -131,3 +131,21 @@ def test_rejects_in_a_row_raise_the_alarm_gauge(station):
         write_rows(j, None, "P", start_frame=3100)
         scrape_when(c, "anomaly_alarm", 0, "the alarm to clear after a pass")
     j.close()
+
+
+def test_grafana_dashboard_uses_exported_metrics(station):
+    """Every metric the shipped dashboard queries is one /metrics exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    tmp, j, cfg = station
+    dash = json.loads((Path(__file__).resolve().parents[1] / "docs/grafana/anomaly-station.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in dash["annotations"]["list"]] + \
+        [v["definition"] for v in dash["templating"]["list"] if v.get("definition")]
+    used = set(re.findall(r"\banomaly_[a-z_]+", " ".join(exprs)))
+    cfg.write_text(cfg.read_text() + "\n[mqtt]\nenabled = true\nport = 1\n")      # the publisher's metrics too
+    with running_panel(cfg) as (svc, url), httpx.Client(base_url=url) as c:
+        exported = set(scrape(c))
+    assert used and used <= exported, used - exported
