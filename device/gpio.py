@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import itertools
 import logging
@@ -44,7 +45,7 @@ def make_pin_factory(name: str | None):
     if name.lower() == "mock":
         from gpiozero.pins.mock import MockFactory
 
-        return MockFactory()
+        return MockFactory(pin_class=_bounded_mock_pin())
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="gpiozero_pin_factories"):
@@ -54,6 +55,27 @@ def make_pin_factory(name: str | None):
 
     raise ConfigError(f"[outputs].pin_factory: unknown gpiozero pin factory {name!r} "
                       f"(e.g. 'lgpio' on a Pi 5, 'mock' for dry runs)")
+
+
+#: State changes a dry-run ("mock") pin remembers: gpiozero's MockPin keeps every one, which a
+#: service dry-running for days (or the soak benchmark) must not accumulate.
+MOCK_PIN_HISTORY = 10_000
+
+
+@functools.lru_cache(maxsize=1)
+def _bounded_mock_pin():
+    from gpiozero.pins.mock import MockPin
+
+    class BoundedMockPin(MockPin):
+        """A ``MockPin`` whose ``states`` keep the last :data:`MOCK_PIN_HISTORY` changes."""
+
+        def _change_state(self, value):
+            changed = super()._change_state(value)
+            if len(self.states) > 2 * MOCK_PIN_HISTORY:
+                del self.states[:-MOCK_PIN_HISTORY]
+            return changed
+
+    return BoundedMockPin
 
 
 class PulseScheduler:
@@ -86,7 +108,7 @@ class PulseScheduler:
     """
 
     def __init__(self, device, name: str = "reject", clock: Callable[[], float] = time.monotonic,
-                 keep_edges: int = 10000, on_dropped: Callable[[list, str], None] | None = None):
+                 keep_edges: int = 4096, on_dropped: Callable[[list, str], None] | None = None):
         self.device, self.name, self.clock = device, name, clock
         self.on_dropped = on_dropped
         self._heap: list[tuple[float, int, float, object]] = []   # (time, seq, width >= 0: on / -1: off, tag)

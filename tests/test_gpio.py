@@ -174,3 +174,16 @@ def test_outputs_report_dropped_pulses_at_close():
     out.pulse(time.monotonic() + 60.0, 0.01, tag=11)
     out.close(drain_s=0.0)
     assert got.wait(5) and dropped == [[11]]
+
+
+def test_dry_run_mock_pins_keep_a_bounded_history():
+    """``pin_factory = "mock"`` (dry runs, selftest, the soak benchmark) must not grow for ever."""
+    from device.gpio import MOCK_PIN_HISTORY, make_pin_factory
+
+    f = make_pin_factory("mock")
+    out = Outputs(reject_pin=17, pin_factory=f)
+    for i in range(3 * MOCK_PIN_HISTORY):
+        out.reject_device.on() if i % 2 else out.reject_device.off()
+    assert MOCK_PIN_HISTORY <= len(f.pin(17).states) <= 2 * MOCK_PIN_HISTORY + 1
+    assert [s.state for s in f.pin(17).states[-2:]] == [False, True]
+    out.close()
