@@ -286,6 +286,7 @@ class ScoringSpec(Spec):
     bank_mode: Literal["shared", "per_position"] = "shared"
     bank_mode_measurement: Optional[Record] = None
     bank_size: Optional[int] = Field(None, ge=1)
+    bank_max: Optional[int] = Field(None, ge=1, description="the bank cap fit applied (learn keeps to it)")
     bank_source_images: Optional[int] = Field(None, ge=0)
     bank_subsample: Optional[str] = None
     projection: Optional[ProjectionSpec] = None

@@ -22,24 +22,54 @@ COMMAND_MODULES = ("trainer.audit_cli",)
 TF_COMMANDS = ("fit", "demo", "audit-models")   # commands that import TensorFlow
 
 
-def _fit(args) -> int:
+def _fit_inputs(args):
+    """``(train, calib, real defects, capture record)`` from ``--data`` or ``--train``/``--calib``."""
     from device.preprocess import list_images
     from trainer.data import load_layout
-    from trainer.pipeline import fit
 
-    cfg = fit_config(args)
+    capture = None
     if args.data:
         layout = load_layout(args.data)
         train = layout.train
         if layout.val_good and not args.calib:
             args.calib = [str(layout.root / "val" / "good")]
         real = [p for ps in layout.test_defects.values() for p in ps] if args.select_on_real else None
+        if (layout.root / "capture.json").is_file():
+            from device.capture import capture_record
+
+            capture = capture_record(layout.root)
     else:
         train, real = list_images(args.train), None
-    calib = list_images(args.calib) if args.calib else None
-    res = fit(train, args.out, cfg, calib=calib, real_defects=real)
-    print(json.dumps(res.summary, indent=2, default=str))
-    print(f"bundle written: {res.bundle}")
+    return train, list_images(args.calib) if args.calib else None, real, capture
+
+
+def _check_out(out: Path, force: bool) -> None:
+    from device.errors import ConfigError
+
+    if out.exists() and not force:
+        what = "a bundle" if (out / "manifest.json").exists() else "a file" if out.is_file() else "a folder"
+        raise ConfigError(f"--out {out}: {what} is already there; pass --force to replace it")
+
+
+def _fit(args) -> int:
+    from trainer.pipeline import fit
+
+    cfg = fit_config(args)
+    _check_out(Path(args.out), args.force)
+    train, calib, real, capture = _fit_inputs(args)
+    res = fit(train, args.out, cfg, calib=calib, real_defects=real, capture=capture)
+    s = res.summary
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    from device.bundle import bundle_digest
+
+    print(f"bundle written: {res.bundle} (digest {bundle_digest(res.bundle)[:16]})")
+    print(f"  extractor {s['selected']} ({s['selection_reason']}), {s['quant']}, "
+          f"{s['tflite_ms_per_image']:.2f} ms/image on this machine")
+    print(f"  validation AUROC {s[s['quant'] + '_val_auroc']:.4f} (held-out normals vs synthetic defects); "
+          f"threshold {s['threshold']:.6f}; bank {s['bank_size']} rows ({s['bank_mode']}); "
+          f"{s['n_train']} train + {s['n_calibration']} calibration images; {s['fit_seconds']:.0f} s")
     return 0
 
 
@@ -71,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--select-on-real", action="store_true",
                    help="with --data: also use test/<defect> images in model selection")
     f.add_argument("--out", required=True, help="bundle directory")
+    f.add_argument("--force", action="store_true", help="replace an existing --out")
+    f.add_argument("--json", action="store_true", help="print the fit summary as JSON")
     add_fit_options(f)
     f.set_defaults(func=_fit)
 

@@ -37,7 +37,7 @@ from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
 from device.manifest import InputSpec
 from device.preprocess import cut_tiles, prepare_frame
-from device.scoring import TileScorer, bank_rows
+from device.scoring import PATCH_BANK_DEFAULT, TileScorer, bank_rows
 from trainer.options import FitConfig
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,7 @@ def manifest_body(cfg: FitConfig, data: FitData, rows: Rows, info: dict, selecti
                                (True, True): "max over patches and tiles"}[(bool(rows.patches), n_tiles > 1)],
                "bank_mode": bank.mode, "bank_mode_measurement": bank.report or None,
                "bank_size": int(bank.rows.shape[0]), "bank_source_images": int(len(data.x_train)),
+               "bank_max": cfg.bank_max or (PATCH_BANK_DEFAULT if rows.p > 1 else None),
                "bank_subsample": cfg.bank_subsample if bank.subsampled else "none"}
     if projection_frag:
         scoring["projection"] = projection_frag
@@ -401,8 +402,20 @@ def _bundle_files(exp: Export, bank: Bank, cal_scores: np.ndarray, proj_files: d
     return files
 
 
+def _records(train, capture: dict | None) -> dict:
+    """Manifest records the device watches with: the training images' brightness and sharpness
+    (drift), and the capture conditions when the images came from ``anomaly-device capture``."""
+    from device.drift import image_stats
+
+    frames = list(train) if isinstance(train, np.ndarray) else train
+    out = {"image_stats": image_stats(frames)}
+    if capture:
+        out["capture"] = capture
+    return out
+
+
 def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, capture: dict | None = None) -> FitResult:
     """Train and write a verified bundle.
 
     Args:
@@ -410,6 +423,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
         out: bundle directory (written atomically).
         calib: held-out normal images; default: ``cfg.calib_fraction`` of ``train``, seeded.
         real_defects: optional defective images used in model selection beside the synthetic ones.
+        capture: the ``capture`` record of the images (:func:`device.capture.capture_record`).
     """
     import keras
 
@@ -438,6 +452,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
     fit_s = round(time.time() - t_start, 1)
     body = manifest_body(cfg, data, rows, info, selection, exp, bank, threshold, val_auroc, frag, fit_s)
+    body.update(_records(train, capture))
     path = write_bundle(out, body, _bundle_files(exp, bank, cal_scores, proj_files))
     summary = {"weights": info["weights"], "selected": chosen, "selection_reason": reason,
                "candidates": selection["candidates"], "quant": exp.quant, f"{exp.quant}_val_auroc": val_auroc,
