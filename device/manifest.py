@@ -18,12 +18,10 @@ Example:
     [(0, 0, 96, 96)]
     >>> InputSpec.from_dict({"size": [32, 32], "color": "grey"}).color
     'grey'
-    >>> ThresholdSpec(value=float("nan"), target_frr=0.01)
+    >>> InputSpec.from_dict({"size": [32, True]})
     Traceback (most recent call last):
     ...
-    pydantic_core._pydantic_core.ValidationError: 1 validation error for ThresholdSpec
-    value
-      Input should be a finite number [type=finite_number, input_value=nan, input_type=float]
+    ValueError: size.1: expected a valid integer, found boolean True
 """
 from __future__ import annotations
 

@@ -328,7 +328,7 @@ class ShortlistKNNScorer:
     Example:
         >>> rng = np.random.default_rng(0)
         >>> bank = rng.normal(size=(300, 32)).astype(np.float32)
-        >>> s = ShortlistKNNScorer(bank, 1, *fit_pca(bank, 8)[:2], shortlist=16)
+        >>> s = ShortlistKNNScorer(bank, 1, *fit_pca(bank, 8)[:2], shortlist=16, certify=True)
         >>> q = rng.normal(size=(5, 32)).astype(np.float32)
         >>> bool(np.allclose(s.score(q), KNNScorer(bank, 1).score(q), atol=1e-4))
         True

@@ -81,6 +81,7 @@ def test_interrupted_run_resumes_without_recomputing(dataset):
         run_audit(AuditJob("nkn", [dataset / "test"], out, options={**opts, "mask": 2}))
 
 
+@pytest.mark.slow
 def test_projection_fits_on_normal_and_separates(dataset, capsys):
     out = dataset / "proj"
     rc, stdout, stderr = _run(["audit", "projection", "--images", str(dataset / "test"), "--normal",
@@ -92,6 +93,7 @@ def test_projection_fits_on_normal_and_separates(dataset, capsys):
     assert "threshold" in summary and (out / "model" / "projection.json").is_file()
 
 
+@pytest.mark.slow
 def test_bundle_round_trip_and_missing_model(dataset, capsys):
     from device.audit.bundled import add_audit_models, load_audit_model
     from device.audit.methods import fit_and_calibrate, prefix
@@ -179,6 +181,7 @@ def test_auroc_matches_pairwise_definition():
     assert pixel_auroc([m], [m.astype(float)]) == 1.0
 
 
+@pytest.mark.slow
 def test_train_audit_models_then_audit_from_bundle(dataset, capsys):
     from device.bundle import npy_bytes, write_bundle
     from device.preprocess import InputSpec

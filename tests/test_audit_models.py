@@ -4,6 +4,8 @@ import pytest
 
 from _audit_data import paste_defect, stripes
 
+pytestmark = pytest.mark.slow   # trains or converts networks
+
 pytest.importorskip("tensorflow")
 
 

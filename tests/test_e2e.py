@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import HAVE_TF, REPO, WEIGHTS_035, needs_tf, stripes, with_blob, write_pngs
 
-pytestmark = needs_tf
+pytestmark = [needs_tf, pytest.mark.slow]
 
 
 def _run(args, **kw):

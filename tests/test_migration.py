@@ -17,6 +17,8 @@ import pytest
 
 from conftest import needs_tf, stripes
 
+pytestmark = pytest.mark.slow   # trains or converts networks
+
 DATA = Path(__file__).parent / "data"
 
 

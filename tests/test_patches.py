@@ -78,6 +78,7 @@ def patch_bundle(tmp_path_factory):
 
 
 @needs_tf
+@pytest.mark.slow
 def test_patch_bundle_scores_worst_patch_of_worst_tile(patch_bundle):
     from device.bundle import load_bundle
     from device.detector import Detector
@@ -101,6 +102,7 @@ def test_patch_bundle_scores_worst_patch_of_worst_tile(patch_bundle):
 
 @needs_tf
 @pytest.mark.skipif(not WEIGHTS_035.is_file(), reason=f"needs ImageNet backbone weights at {WEIGHTS_035}")
+@pytest.mark.slow
 def test_patch_bundle_finds_a_small_spot(patch_bundle):
     from device.detector import Detector
 
@@ -127,6 +129,7 @@ def test_patch_heatmap_puts_each_patch_in_its_tile():
 
 
 @needs_tf
+@pytest.mark.slow
 def test_patch_evaluate_writes_patch_overlays(patch_bundle, tmp_path):
     from trainer.evaluate import evaluate
 
@@ -137,6 +140,7 @@ def test_patch_evaluate_writes_patch_overlays(patch_bundle, tmp_path):
 
 
 @needs_tf
+@pytest.mark.slow
 def test_int8_input_covers_all_pixel_values():
     """Calibration images darker than 255 must not narrow the uint8 input range (bright pixels
     would clip): the converted input is the pixel itself (scale 1, zero point 0)."""

@@ -67,6 +67,7 @@ def tiled(tmp_path_factory):
 
 
 @needs_tf
+@pytest.mark.slow
 def test_tiled_bundle_scores_every_tile(tiled):
     from device.bundle import load_bundle
     from device.detector import Detector
@@ -90,6 +91,7 @@ def test_tiled_bundle_scores_every_tile(tiled):
 
 
 @needs_tf
+@pytest.mark.slow
 def test_tiled_evaluate_report_has_grids_and_overlays(tiled, tmp_path):
     root, out = tiled
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "evaluate", "--bundle", str(out), "--data", str(root),

@@ -9,12 +9,11 @@ Example:
     >>> cfg = FitConfig(size=(160, 160), taps="b6+b13+out")
     >>> cfg.input_spec().size, cfg.doc_cfg.steps
     ((160, 160), 200)
-    >>> FitConfig(k=0)
-    Traceback (most recent call last):
-    ...
-    pydantic_core._pydantic_core.ValidationError: 1 validation error for FitConfig
-    k
-      Input should be greater than or equal to 1 [type=greater_than_equal, input_value=0, input_type=int]
+    >>> try:
+    ...     FitConfig(k=0)
+    ... except ValidationError as exc:
+    ...     print(problems(exc, FitConfig))
+    ['k: expected >= 1, found integer 0']
 """
 from __future__ import annotations
 
