@@ -62,6 +62,7 @@ def test_counters_and_histograms_equal_the_journal(station):
     tmp, j, cfg = station
     jpath = tmp / "journal.sqlite"
     with running_panel(cfg) as (svc, url), httpx.Client(base_url=url) as c:
+        assert svc.collector.wait_ready(30)          # the histograms' first build runs off the scrape path
         for extra in ("", "RRREP" * 7):            # the daemon goes on: the next scrape follows
             if extra:
                 write_rows(j, None, extra, start_frame=1000)
@@ -100,6 +101,29 @@ def test_counters_never_go_down_when_retention_deletes_rows(station):
         assert one(scrape(c), "anomaly_parts_total") == before + 2        # counters: rows seen, monotonic
         live = c.get("/api/live").json()
         assert live["counts"]["total"]["parts"] == before + 2 - 50     # the page: what the journal holds
+
+
+def test_histograms_are_built_off_the_scrape_path(station):
+    """The first scrape never waits for the histograms over the whole journal (seconds on a
+    million rows): until they are built it carries counters and gauges only; then all of them."""
+    import threading
+
+    from device.panel.service import PanelService
+    from device.panel.settings import load_panel_config
+
+    tmp, j, cfg = station
+    release = threading.Event()
+    with PanelService(load_panel_config(cfg)) as svc:
+        build = svc.collector.warm
+        svc.collector.warm = lambda: (release.wait(30), build())     # a slow first build
+        with httpx.Client(base_url=svc.serve_in_thread()) as c:
+            first = scrape(c)
+            assert one(first, "anomaly_parts_total") == 200 and "anomaly_camera_up" in first
+            assert "anomaly_score_count" not in first
+            release.set()
+            assert svc.collector.wait_ready(30)
+            m = scrape(c)
+            assert one(m, "anomaly_score_count") == 180 and one(m, "anomaly_parts_total") == 200
 
 
 def test_gauges_follow_the_events(station):
@@ -147,5 +171,6 @@ def test_grafana_dashboard_uses_exported_metrics(station):
     used = set(re.findall(r"\banomaly_[a-z_]+", " ".join(exprs)))
     cfg.write_text(cfg.read_text() + "\n[mqtt]\nenabled = true\nport = 1\n")      # the publisher's metrics too
     with running_panel(cfg) as (svc, url), httpx.Client(base_url=url) as c:
+        assert svc.collector.wait_ready(30)
         exported = set(scrape(c))
     assert used and used <= exported, used - exported

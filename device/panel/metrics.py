@@ -17,7 +17,7 @@ Metrics (all prefixed ``anomaly_``):
     ``mqtt_published_total{topic}``, ``mqtt_backlog_rows``.
 
 Example:
-    >>> registry = build_registry(reader, status_fn)            # doctest: +SKIP
+    >>> registry = build_registry(JournalCollector(reader, status_fn))     # doctest: +SKIP
     >>> prometheus_client.generate_latest(registry)            # doctest: +SKIP
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from device.panel.reader import STAGES, Counts, JournalReader
@@ -72,23 +73,63 @@ class JournalCollector:
         self._lock = threading.Lock()
         self._hists: dict[str, _Hist] | None = None
         self._upto = 0
+        self._warming: threading.Thread | None = None
         self._totals = Counts()          # monotonic: rows seen, never decreased by the journal's retention
 
-    def _histograms(self, threshold: float | None, top: int) -> dict[str, _Hist]:
+    def _new_histograms(self, threshold: float | None) -> dict[str, _Hist]:
+        thr = threshold if threshold and threshold > 0 else 1.0
+        cols = self.reader.columns()
+        return {"score": _Hist("score", tuple(round(thr * r, 6) for r in RATIO_BUCKETS)),
+                "ratio": _Hist("score / threshold", RATIO_BUCKETS, "threshold > 0"),
+                **{s: _Hist(f"{s} / 1000.0", LATENCY_BUCKETS) for s in STAGES if s in cols}}
+
+    def warm(self) -> None:
+        """Build the histograms over every row the journal holds (seconds on a million rows), off
+        the scrape path; until then /metrics carries the counters and gauges without them."""
+        try:
+            _, top, _, _ = self.reader.bounds()
+            hists = self._new_histograms(self.status_fn().get("bundle", {}).get("threshold"))
+            for h in hists.values():
+                h.update(self.reader, 0, top)
+        except Exception as exc:   # no journal yet, or it went away: the next scrape tries again
+            log.info("metrics: histograms not built yet (%s)", exc)
+            return
+        with self._lock:
+            self._hists, self._upto = hists, top
+        log.info("metrics: histograms built over %d rows", top)
+
+    def _histograms(self, top: int) -> dict[str, _Hist] | None:
+        """The histograms brought up to row ``top``; None while the first build runs."""
         with self._lock:
             if self._hists is None or top < self._upto:
-                thr = threshold if threshold and threshold > 0 else 1.0
-                self._hists = {
-                    "score": _Hist("score", tuple(round(thr * r, 6) for r in RATIO_BUCKETS)),
-                    "ratio": _Hist("score / threshold", RATIO_BUCKETS, "threshold > 0"),
-                    **{s: _Hist(f"{s} / 1000.0", LATENCY_BUCKETS) for s in STAGES
-                       if s in self.reader.columns()}}
-                self._upto = 0
+                self._hists = None
+                if self._warming is None or not self._warming.is_alive():
+                    self._warming = threading.Thread(target=self.warm, name="metrics-warm", daemon=True)
+                    self._warming.start()
+                return None
             if top > self._upto:
                 for h in self._hists.values():
                     h.update(self.reader, self._upto, top)
                 self._upto = top
             return self._hists
+
+    def start_warm(self) -> None:
+        """Start building the histograms in the background (at service start)."""
+        try:
+            self._histograms(self.reader.bounds()[1])
+        except Exception as exc:   # no journal yet: the first scrape after it exists starts it
+            log.debug("metrics: %s", exc)
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Start the first build if needed and wait for it (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._histograms(self.reader.bounds()[1]) is not None:
+                return True
+            t = self._warming
+            if t is not None:
+                t.join(min(0.2, max(0.0, deadline - time.monotonic())))
+        return False
 
     def totals(self) -> Counts:
         """Decisions and missed triggers journaled, accumulated by row id (the journal's retention
@@ -121,23 +162,26 @@ class JournalCollector:
                                  ("passes", c.passes, "PASS decisions"),
                                  ("missed_triggers", c.missed_triggers, "Triggers missed while busy (events)")):
             yield CounterMetricFamily(f"anomaly_{name}", doc, value=value)
-        hists = self._histograms(st.get("bundle", {}).get("threshold"), c.last_id)
-        score = HistogramMetricFamily("anomaly_score", "Anomaly score of scored parts (buckets: threshold "
-                                      "x 0.1 … x 5 at panel start)")
+        hists = self._histograms(c.last_id)
+        if hists is not None:
+            yield from self._histogram_families(hists, HistogramMetricFamily)
+        yield from self._gauges(st, GaugeMetricFamily, InfoMetricFamily)
+        yield from self._mqtt(CounterMetricFamily, GaugeMetricFamily, c.last_id)
+
+    @staticmethod
+    def _histogram_families(hists: dict[str, _Hist], Histogram):
+        score = Histogram("anomaly_score", "Anomaly score of scored parts (buckets: threshold x 0.1 … x 5 at panel "
+                                           "start)")
         score.add_metric([], hists["score"].buckets(), hists["score"].sum)
         yield score
-        ratio = HistogramMetricFamily("anomaly_score_ratio", "Score divided by the threshold it was decided "
-                                      "against (> 1: reject)")
+        ratio = Histogram("anomaly_score_ratio", "Score divided by the threshold it was decided against (> 1: reject)")
         ratio.add_metric([], hists["ratio"].buckets(), hists["ratio"].sum)
         yield ratio
-        lat = HistogramMetricFamily("anomaly_stage_latency_seconds", "Per-stage latency of the frame path",
-                                    labels=["stage"])
+        lat = Histogram("anomaly_stage_latency_seconds", "Per-stage latency of the frame path", labels=["stage"])
         for s in STAGES:
             if s in hists:
                 lat.add_metric([s[:-3]], hists[s].buckets(), hists[s].sum)
         yield lat
-        yield from self._gauges(st, GaugeMetricFamily, InfoMetricFamily)
-        yield from self._mqtt(CounterMetricFamily, GaugeMetricFamily, c.last_id)
 
     def _gauges(self, st: dict[str, Any], Gauge, Info):
         b = st.get("bundle", {})
@@ -169,12 +213,12 @@ class JournalCollector:
                     value=float(max(0, top - info["cursor"]["decision"])))
 
 
-def build_registry(reader: JournalReader, status_fn, mqtt_info=None, process: bool = True):
+def build_registry(collector: JournalCollector, process: bool = True):
     """A registry holding the journal collector (and the panel's own process metrics)."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(JournalCollector(reader, status_fn, mqtt_info))
+    reg.register(collector)
     if process:
         ProcessCollector(namespace="anomaly_panel", registry=reg)
     return reg

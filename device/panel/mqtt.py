@@ -22,9 +22,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import posixpath
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from device.panel.reader import STAGES, JournalMissing, JournalReader
@@ -43,15 +43,19 @@ def iso(ts: float | None) -> str | None:
 
 
 def image_name(image: str | None, archive_dir: str | None) -> str | None:
-    """The archived image's path relative to the archive folder (its name on the panel)."""
+    """The archived image's path relative to the archive folder (its name on the panel).
+
+    Example:
+        >>> image_name("/var/lib/a/archive/20261129/000000012_reject.png", "/var/lib/a/archive")
+        '20261129/000000012_reject.png'
+    """
     if not image:
         return None
     if archive_dir:
-        try:
-            return Path(image).resolve().relative_to(Path(archive_dir).resolve()).as_posix()
-        except ValueError:
-            pass
-    return Path(image).name
+        root = archive_dir.rstrip("/") + "/"
+        if image.startswith(root):          # the daemon writes paths under its archive_dir
+            return image[len(root):]
+    return posixpath.basename(image)
 
 
 def decision_payload(row: dict[str, Any], archive_dir: str | None = None) -> dict[str, Any]:

@@ -380,12 +380,23 @@ class JournalReader:
     def bucket_counts(self, expr: str, bounds: list[float], after_id: int, upto_id: int,
                       where: str = "1") -> tuple[list[int], float, int]:
         """Cumulative histogram of ``expr`` over rows ``after_id < id <= upto_id``: counts of
-        ``expr <= b`` for each bound, the sum and the count of non-NULL values."""
-        sums = ", ".join(f"COALESCE(SUM(v <= {float(b)!r}), 0)" for b in bounds)
-        r = self.db().execute(
-            f"SELECT {sums}, COALESCE(SUM(v), 0.0), COUNT(v) FROM (SELECT {expr} AS v FROM decisions "
-            f"WHERE id > ? AND id <= ? AND {where})", (after_id, upto_id)).fetchone()
-        return list(r[:len(bounds)]), float(r[len(bounds)]), int(r[len(bounds) + 1])
+        ``expr <= b`` for each bound, the sum and the count of non-NULL values (one pass, each row
+        into its first bucket)."""
+        case = "CASE " + " ".join(f"WHEN v <= {float(b)!r} THEN {i}" for i, b in enumerate(bounds)) + \
+            f" ELSE {len(bounds)} END"
+        rows = self.db().execute(
+            f"SELECT {case} AS k, COUNT(*), TOTAL(v) FROM (SELECT {expr} AS v FROM decisions "
+            f"WHERE id > ? AND id <= ? AND {where}) WHERE v IS NOT NULL GROUP BY k", (after_id, upto_id)).fetchall()
+        per = [0] * (len(bounds) + 1)
+        total = 0.0
+        for k, n, sv in rows:
+            per[k] += n
+            total += sv
+        cum, acc = [], 0
+        for n in per[:-1]:
+            acc += n
+            cum.append(acc)
+        return cum, total, acc + per[-1]
 
     # ------------------------------------------------------------------ state
     def last_event_of(self, kinds: tuple[str, ...]) -> dict[str, Any] | None:

@@ -64,7 +64,7 @@ class PanelService:
     """
 
     def __init__(self, cfg: PanelConfig, bind: str | None = None, publish: bool = True):
-        from device.panel.metrics import build_registry
+        from device.panel.metrics import JournalCollector, build_registry
 
         self.cfg = cfg
         self.bind = bind or cfg.panel.bind
@@ -83,8 +83,9 @@ class PanelService:
 
             self.publisher = MqttPublisher(cfg.mqtt, self.reader, self.store, self.status_fields,
                                            cfg.device.journal.archive_dir or None)
-        self.registry = build_registry(self.reader, self.status_fields,
-                                       self.publisher.info if self.publisher else None)
+        self.collector = JournalCollector(self.reader, self.status_fields,
+                                          self.publisher.info if self.publisher else None)
+        self.registry = build_registry(self.collector)
         self._status_cache: tuple[float, dict] = (0.0, {})
         self._status_lock = threading.Lock()
         self._digest_cache: tuple[Any, str | None] = (None, None)
@@ -120,6 +121,7 @@ class PanelService:
         """Start the publisher and serve until SIGTERM/SIGINT (blocking); returns 0."""
         if self.publisher is not None:
             self.publisher.start()
+        self.collector.start_warm()
         log.info("panel on http://%s:%d/ (journal %s%s)", self.host, self.port, self.reader.path,
                  ", read-only pages open to the LAN" if self.lan_open and self.cfg.panel.lan_readonly else "")
         self._uvicorn().run()
@@ -129,6 +131,7 @@ class PanelService:
         """Serve from a background thread (tests, benchmarks); returns the base URL once listening."""
         if self.publisher is not None:
             self.publisher.start()
+        self.collector.start_warm()
         server = self._uvicorn()
         self._thread = threading.Thread(target=server.run, name="panel-http", daemon=True)
         self._thread.start()
