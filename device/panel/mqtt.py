@@ -121,8 +121,12 @@ class MqttPublisher:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "MqttPublisher":
-        """Connect (in the background) and start publishing (the cursors are loaded once the
-        journal exists: the panel may start before the inspection service ever ran)."""
+        """Load the cursors, connect (in the background) and start publishing. With no journal
+        yet (the service never ran) the cursors are loaded as soon as it exists."""
+        try:
+            self._load_cursors()
+        except JournalMissing:
+            log.info("mqtt: no journal yet; publishing starts with its first row")
         self._client = self._make_client()
         self._client.connect_async(self.s.host, self.s.port, self.s.keepalive)
         self._client.loop_start()
@@ -249,7 +253,7 @@ class MqttPublisher:
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
-        loaded = False
+        loaded = self._saved is not None
         while not self._stop.is_set():
             try:
                 if not loaded:
