@@ -94,7 +94,7 @@ def register(sub) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
     p.add_argument("--bind", help="HOST:PORT to listen on (default [panel] bind, 127.0.0.1:8080)")
     p.add_argument("--no-mqtt", action="store_true", help="do not publish to MQTT even if [mqtt] enabled")
-    p.set_defaults(func=_panel)
+    p.set_defaults(func=_panel, log_level=logging.INFO)     # a service: its few lines go to the journal
 
     u = sub.add_parser("panel-user", help="add, remove or list the panel's users (password from stdin or a prompt)")
     u.add_argument("action", choices=("add", "remove", "list"))

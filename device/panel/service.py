@@ -160,6 +160,7 @@ class PanelService:
         self.runner.close()
         self.store.close()
         self.reader.close()
+        log.info("panel stopped")
 
     # ------------------------------------------------------------------ what the pages show
     def bundle_digest(self) -> str | None:
