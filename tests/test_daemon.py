@@ -40,6 +40,29 @@ def outputs(delay_ms=100, width_ms=15, rate=25.0, extra=""):
             f"reject_delay_ms = {delay_ms}\nreject_width_ms = {width_ms}\n{extra}")
 
 
+RUN_TIMEOUT = float(os.environ.get("ANOMALY_TEST_RUN_TIMEOUT", "120"))
+
+
+def run_bounded(d, signals: bool = False, timeout: float = RUN_TIMEOUT) -> int:
+    """``d.run()`` that cannot hang the suite: past ``timeout`` (a safety net, not a synchronisation)
+    the daemon is asked to stop and the test fails."""
+    fired = threading.Event()
+
+    def stop():
+        fired.set()
+        d.request_stop()
+
+    guard = threading.Timer(timeout, stop)
+    guard.daemon = True
+    guard.start()
+    try:
+        code = d.run(signals=signals)
+    finally:
+        guard.cancel()
+    assert not fired.is_set(), f"the daemon was still running after {timeout:g} s"
+    return code
+
+
 def run_daemon(cfg_path, factory=None, **kw):
     factory = factory or MockFactory()
     cfg = load_config(cfg_path)
@@ -73,7 +96,7 @@ def test_folder_replay_pulses_match_journal(bundle_dir, tmp_path):
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                        tmp_path / "j.sqlite", outputs(delay_ms=150, width_ms=10, rate=12.5))
     d, pin, t0 = run_daemon(cfg)
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == expected
     # Parts come every 80 ms with a 150 ms delay: several pulses were queued at once.
@@ -101,7 +124,7 @@ def test_video_replay_pulses_match_journal(bundle_dir, tmp_path):
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "video"\npath = "{video}"',
                        tmp_path / "j.sqlite", outputs(delay_ms=60, width_ms=10, rate=12.5))
     d, pin, t0 = run_daemon(cfg)
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == ["PASS" if c == "N" else "REJECT" for c in pattern]
     assert rows[0]["name"] == f"video:{video}:0"
@@ -114,7 +137,7 @@ def test_overlapping_pulses_merge_and_fast_parts(bundle_dir, tmp_path):
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                        tmp_path / "j.sqlite", outputs(delay_ms=50, width_ms=30, rate=0.0))
     d, pin, t0 = run_daemon(cfg)
-    d.run(signals=False)
+    run_bounded(d)
     rows = Journal(tmp_path / "j.sqlite").decisions()
     p = pulses(pin_edges(pin, t0))
     rej = [r["reject_at"] for r in rows if r["decision"] == "REJECT"]
@@ -159,7 +182,7 @@ def test_sigterm_mid_run_consistent_journal_and_safe_outputs(bundle_dir, tmp_pat
                                                       extra='safe_level = "active"\n'))
     src = Scripted(tmp_path / "frames", {15: lambda: os.kill(os.getpid(), signal.SIGTERM)})
     d, pin, t0 = run_daemon(cfg, source=src)
-    assert d.run(signals=True) == 0
+    assert run_bounded(d, signals=True) == 0
     j = Journal(tmp_path / "j.sqlite")
     assert j.integrity_ok()
     rows = j.decisions()
@@ -204,7 +227,7 @@ def test_service_process_signals(bundle_dir, tmp_path, sig, code):
     n, = db.execute("SELECT COUNT(*) FROM decisions").fetchone()
     assert n > 0, err[-2000:]
     kinds = [k for k, in db.execute("SELECT kind FROM events ORDER BY id")]
-    assert kinds[:2] == ["start", "ready"]
+    assert kinds[0] == "start" and "ready" in kinds
     assert (kinds[-1] == "stop") == (sig == signal.SIGTERM)
     # Frame ids are consecutive: nothing but (at most) the frame in flight is missing.
     frames = [f for f, in db.execute("SELECT frame FROM decisions ORDER BY id")]
@@ -245,7 +268,7 @@ def test_camera_fails_then_recovers(bundle_dir, tmp_path):
     d, pin, t0 = run_daemon(cfg, factory, source=src, max_frames=8)
     alarm = factory.pin(27)
     alarm.clear_states()
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     j = Journal(tmp_path / "j.sqlite")
     kinds = [e["kind"] for e in j.events()]
     assert kinds.index("camera_fault") < kinds.index("camera_ok")
@@ -280,7 +303,7 @@ def test_sighup_reload_keeps_old_bundle_when_new_is_bad(bundle_dir, tmp_path):
     src = Scripted(tmp_path / "frames", {5: bad_bundle, 10: good_bundle_new_threshold,
                                          15: lambda: os.kill(os.getpid(), signal.SIGTERM)})
     d, pin, t0 = run_daemon(cfg, source=src)
-    assert d.run() == 0
+    assert run_bounded(d, signals=True) == 0
     j = Journal(tmp_path / "j.sqlite")
     ev = j.events()
     failed = [e for e in ev if e["kind"] == "reload_failed"]
@@ -315,7 +338,7 @@ def test_sd_notify_ready_after_bundle_and_camera_then_watchdog(bundle_dir, tmp_p
                        tmp_path / "j.sqlite", outputs(rate=50.0))
     n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
     d, pin, t0 = run_daemon(cfg, notifier=n, max_frames=30)
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     done.set()
     rd.join()
     srv.close()
@@ -392,7 +415,7 @@ def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
         cfg = write_config(tmp_path / f"{name}.toml", b, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                            tmp_path / f"{name}.sqlite", outputs(rate=0.0, delay_ms=0, width_ms=1))
         d, pin, t0 = run_daemon(cfg)
-        assert d.run(signals=False) == 0
+        assert run_bounded(d) == 0
         scorer = getattr(d.detector.scorer, "scorer", d.detector.scorer)   # TileScorer wraps the bank's scorer
         assert isinstance(scorer, ShortlistKNNScorer) == (name == "pca")
         rows = Journal(tmp_path / f"{name}.sqlite").decisions()
@@ -459,7 +482,7 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     src = DeadAfter(tmp_path / "frames", 5)
     d, pin, t0 = run_daemon(cfg, source=src, notifier=n)
     src.on_open_failure = lambda: src.opens >= 12 and d.request_stop()   # ~1 s of retries at <= 0.1 s
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     done.set()
     rd.join()
     srv.close()
@@ -516,7 +539,7 @@ def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
 
     th = threading.Thread(target=photo_eye)
     th.start()
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     th.join(60)
     assert not problems, problems
     rows = Journal(tmp_path / "j.sqlite").decisions()

@@ -21,7 +21,7 @@ cv2 = pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)
 from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_image, pin_edges,  # noqa: F401,E402
                             pulses, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
-from test_daemon import outputs, run_daemon  # noqa: E402
+from test_daemon import outputs, run_bounded, run_daemon  # noqa: E402
 from test_faults_frames import bad_folder, huge_png, write_video  # noqa: E402
 
 from device.camera import CameraError, FolderSource, VideoSource  # noqa: E402
@@ -74,7 +74,7 @@ def test_undecodable_files_in_a_replay_are_error_decisions_and_the_replay_goes_o
     factory = MockFactory()
     d, pin, t0 = run_daemon(cfg, factory)
     alarm = factory.pin(27)
-    assert d.run(signals=False) == 0                               # end of the folder, not a fault loop
+    assert run_bounded(d) == 0                               # end of the folder, not a fault loop
     j = Journal(tmp_path / "j.sqlite")
     rows = j.decisions()
     assert ["ERROR" if w == "error" else "PASS-or-REJECT" for w in want] == \
@@ -97,7 +97,7 @@ def test_huge_frame_is_an_error_decision_quickly_without_the_memory(bundle_dir, 
     cfg = folder_cfg(bundle_dir, tmp_path, frames, rate=0.0, delay_ms=0, width_ms=1)
     d, pin, t0 = run_daemon(cfg)
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert [r["decision"] for r in rows] == ["PASS", "ERROR", "REJECT"]
@@ -143,7 +143,7 @@ def test_reject_pulses_in_flight_fire_during_a_camera_fault(bundle_dir, tmp_path
                        outputs(rate=25.0, delay_ms=300, width_ms=10, extra=f'safe_level = "{safe_level}"\n'))
     src = FaultAt(tmp_path / "frames", at=4, fail_opens=2)
     d, pin, t0 = run_daemon(cfg, source=src, max_frames=8)
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     j = Journal(tmp_path / "j.sqlite")
     rows = j.decisions()
     assert len(rows) == 8 and [e["kind"] for e in j.events()].count("camera_fault") == 1
@@ -184,7 +184,7 @@ def test_pulses_that_cannot_be_fired_are_journaled_with_their_rows(bundle_dir, t
 
     d, pin, t0 = run_daemon(cfg, factory, source=KillLine(tmp_path / "frames"))
     try:
-        assert d.run(signals=False) == 0
+        assert run_bounded(d) == 0
     finally:
         DeadPin.dead_after = None
     j = Journal(tmp_path / "j.sqlite")
@@ -223,7 +223,7 @@ def test_disk_full_safe_level_alarm_one_line_nonzero_exit(bundle_dir, tmp_path, 
     d, pin, t0 = run_daemon(cfg, factory, source=src, journal=journal)
     alarm = factory.pin(27)
     caplog.set_level(logging.INFO)
-    assert d.run(signals=False) == EXIT_JOURNAL_FAULT
+    assert run_bounded(d) == EXIT_JOURNAL_FAULT
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert len(rows) >= 5 and src._i == len(rows) + 1      # the frame in hand was read but never journaled
     assert sum(r["decision"] == "REJECT" for r in rows) >= 2
@@ -244,7 +244,7 @@ def test_read_only_journal_at_start(bundle_dir, tmp_path, caplog):
     journal._db.execute("PRAGMA query_only = 1")                        # as a read-only file or mount
     caplog.set_level(logging.INFO)
     d, pin, t0 = run_daemon(cfg, journal=journal)
-    assert d.run(signals=False) == EXIT_JOURNAL_FAULT
+    assert run_bounded(d) == EXIT_JOURNAL_FAULT
     crit = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(crit) == 1 and "j.sqlite" in crit[0] and "read-only" in crit[0]
     journal.close()
@@ -338,7 +338,7 @@ def test_looping_video_truncated_mid_run_is_a_camera_fault_not_the_end(bundle_di
     factory = MockFactory()
     d, pin, t0 = run_daemon(cfg, factory, source=Truncating(str(video), loop=True))
     alarm = factory.pin(27)
-    assert d.run(signals=False) == 0
+    assert run_bounded(d) == 0
     j = Journal(tmp_path / "j.sqlite")
     faults = [e["message"] for e in j.events() if e["kind"] == "camera_fault"]
     assert len(faults) == 1 and "looping video" in faults[0] and "line.avi" in faults[0]
