@@ -136,11 +136,11 @@ def test_gauges_follow_the_events(station):
         info = next(k for k in m["anomaly_bundle_info"])
         assert dict(info)["digest"] == bundle_digest(tmp / "bundle")
         j.event("camera_fault", "no frame in 2 s")
-        j.event("drift_warning", "brightness -18 %")
+        j.event("drift", "warning: brightness 120 vs 100 (+20 %, limit 15 %)")
         m = scrape_when(c, "anomaly_camera_up", 0, "camera_up 0 after a camera fault")
         assert one(m, "anomaly_alarm") == 1 and one(m, "anomaly_drift_state") == 1
         j.event("camera_ok", "recovered")
-        j.event("drift", "ok: back in range")
+        j.event("drift", "ok: back within limits")
         m = scrape_when(c, "anomaly_camera_up", 1, "camera_up 1 after the recovery")
         assert one(m, "anomaly_alarm") == 0 and one(m, "anomaly_drift_state") == 0
         assert "anomaly_panel_process_resident_memory_bytes" in m

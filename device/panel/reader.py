@@ -405,14 +405,15 @@ class JournalReader:
         return dict(r) if r else None
 
     def state(self, alarm_after_rejects: int = 0, alarm_on_camera_fault: bool = True,
-              alarm_on_model_error: bool = True) -> dict[str, Any]:
+              alarm_on_model_error: bool = True, drift_alarm: bool = False) -> dict[str, Any]:
         """Service, camera, model, drift and alarm state as the journal's events tell them."""
         svc = self.last_event_of(tuple(SERVICE_EVENTS))
         cam = self.last_event_of(tuple(CAMERA_EVENTS))
         model = self.last_event_of(("model_error", "model_ok"))
-        drift_ev = self.db().execute("SELECT * FROM events WHERE kind LIKE 'drift%' ORDER BY id DESC LIMIT 1"
-                                     ).fetchone()
-        drift = drift_state(drift_ev["kind"], drift_ev["message"]) if drift_ev else "unknown"
+        from device.drift import EVENT, parse_event     # the drift watch's own event format
+
+        drift_ev = self.last_event_of((EVENT,))
+        drift, drift_reason = parse_event(drift_ev["message"]) if drift_ev else ("unknown", None)
         camera = CAMERA_EVENTS[cam["kind"]] if cam else "unknown"
         model_error = bool(model and model["kind"] == "model_error")
         explicit = self.last_event_of(("alarm_on", "alarm_off", "alarm"))
@@ -425,6 +426,8 @@ class JournalReader:
                 reasons.append("camera fault")
             if alarm_on_model_error and model_error:
                 reasons.append("scoring error")
+            if drift_alarm and drift == "drift":
+                reasons.append("drift")
             if alarm_after_rejects > 0:
                 last = self.recent(alarm_after_rejects, "decision")
                 if len(last) == alarm_after_rejects and all(r[0] != "PASS" for r in last):
@@ -434,28 +437,9 @@ class JournalReader:
                 "service_since": svc["ts"] if svc else None,
                 "camera": camera, "camera_since": cam["ts"] if cam else None,
                 "model_error": model_error, "drift": drift,
-                "drift_message": drift_ev["message"] if drift_ev else None,
+                "drift_message": drift_reason,
                 "alarm": alarm, "alarm_reasons": reasons}
 
 
 def _max(a, b):
     return b if a is None else a if b is None else max(a, b)
-
-
-def drift_state(kind: str, message: str | None) -> str:
-    """``ok`` / ``warning`` / ``drift`` from a drift event (``drift_ok``, ``drift_warning``, ``drift`` …).
-
-    Example:
-        >>> drift_state("drift_warning", "brightness -12 %"), drift_state("drift", "ok: back in range")
-        ('warning', 'ok')
-    """
-    k, m = kind.lower(), (message or "").lower()
-    if "warn" in k:
-        return "warning"
-    if k.endswith(("_ok", "_clear", "_cleared", "_normal")):
-        return "ok"
-    if m.startswith(("ok", "clear", "normal")):
-        return "ok"
-    if m.startswith("warn"):
-        return "warning"
-    return "drift"

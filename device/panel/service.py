@@ -215,7 +215,8 @@ class PanelService:
 
     def _status_now(self) -> dict[str, Any]:
         o = self.cfg.device.outputs
-        st = self.reader.state(o.alarm_after_rejects, o.alarm_on_camera_fault, o.alarm_on_model_error)
+        st = self.reader.state(o.alarm_after_rejects, o.alarm_on_camera_fault, o.alarm_on_model_error,
+                               self.cfg.device.drift.alarm)
         c = self.reader.counts()
         last = self.reader.last_decision()
         digest = (last or {}).get("bundle_digest") or self.bundle_digest()
