@@ -21,7 +21,7 @@ cv2 = pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)
 from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_image, pin_edges,  # noqa: F401,E402
                             pulses, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
-from test_daemon import outputs, run_bounded, run_daemon  # noqa: E402
+from test_daemon import check_pulses_match_journal, outputs, run_bounded, run_daemon  # noqa: E402
 from test_faults_frames import bad_folder, huge_png, write_video  # noqa: E402
 
 from device.camera import CameraError, FolderSource, VideoSource  # noqa: E402
@@ -35,26 +35,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 def folder_cfg(bundle, tmp_path, frames, **out):
     return write_config(tmp_path / "d.toml", bundle, f'source = "folder"\npath = "{frames}"\n',
                         tmp_path / "j.sqlite", outputs(**out))
-
-
-TOL = float(os.environ.get("ANOMALY_PULSE_TOL_MS", "60")) / 1e3
-
-
-def check_line_matches_journal(rows, edges, width_s: float) -> None:
-    """The reject line was active for every REJECT/ERROR row (from its ``reject_at``, at least the
-    configured width; pulses of parts close together may merge) and never outside those pulses:
-    a part is rejected if and only if its row says so."""
-    want = sorted(r["reject_at"] for r in rows if r["decision"] != "PASS")
-    assert all(r["reject_at"] is None for r in rows if r["decision"] == "PASS")
-    got = [(a, a + w) for a, w in pulses(edges)]
-    for at in want:
-        assert any(a <= at + TOL and b >= at + width_s - 0.001 for a, b in got), \
-            f"no pulse covers the reject at {at:.4f} (+{width_s} s): {got}"
-    for a, b in got:
-        covered = [at for at in want if at - 0.001 <= a <= at + TOL or a <= at <= b]
-        assert covered, f"pulse at {a:.4f} with no REJECT row: {want}"
-        assert b <= max(covered) + width_s + TOL, f"pulse {a:.4f}-{b:.4f} longer than its parts {covered}"
-        assert any(at - 0.001 <= a <= at + TOL for at in covered), f"pulse at {a:.4f} started early or late"
 
 
 def level_at(edges, t: float, before: bool) -> bool:
@@ -85,7 +65,7 @@ def test_undecodable_files_in_a_replay_are_error_decisions_and_the_replay_goes_o
             assert r["name"] in r["reason"] and r["score"] is None
     kinds = [e["kind"] for e in j.events()]
     assert "camera_fault" not in kinds and "model_error" in kinds
-    check_line_matches_journal(rows, pin_edges(pin, t0), 0.005)  # every ERROR part was rejected
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.005)  # every ERROR part was rejected
     assert True in [bool(s.state) for s in alarm.states]         # alarm_on_model_error
 
 
@@ -151,7 +131,7 @@ def test_reject_pulses_in_flight_fire_during_a_camera_fault(bundle_dir, tmp_path
     assert len(in_fault) == 2, "the test must have pulses due while the camera is down"
     edges = pin_edges(pin, t0)
     if safe_level == "inactive":
-        check_line_matches_journal(rows, edges, 0.010)           # every REJECT row fired, fault or not
+        check_pulses_match_journal(rows, edges, 0.010)           # every REJECT row fired, fault or not
     else:
         for r in rows:                                           # line active through each reject pulse
             if r["decision"] == "REJECT":
@@ -227,7 +207,7 @@ def test_disk_full_safe_level_alarm_one_line_nonzero_exit(bundle_dir, tmp_path, 
     rows = Journal(tmp_path / "j.sqlite").decisions()
     assert len(rows) >= 5 and src._i == len(rows) + 1      # the frame in hand was read but never journaled
     assert sum(r["decision"] == "REJECT" for r in rows) >= 2
-    check_line_matches_journal(rows, pin_edges(pin, t0), 0.005)   # rejected iff journaled REJECT
+    check_pulses_match_journal(rows, pin_edges(pin, t0), 0.005)   # rejected iff journaled REJECT
     assert pin.state == 0                                          # safe level ("inactive") at exit
     assert True in [bool(s.state) for s in alarm.states]           # alarm raised
     crit = [r for r in caplog.records if r.levelno >= logging.ERROR]
