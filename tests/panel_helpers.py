@@ -76,7 +76,10 @@ def write_rows(journal, archive: Path | None, pattern: str, start_frame: int = 0
     for k, c in enumerate(pattern):
         i = start_frame + k
         decision = {"P": "PASS", "R": "REJECT", "E": "ERROR"}[c]
-        score = None if c == "E" else (threshold * (1.6 + 0.01 * (i % 7)) if c == "R" else threshold * (0.2 + 0.01 * (i % 50)))
+        if c == "E":
+            score = None
+        else:
+            score = threshold * (1.6 + 0.01 * (i % 7)) if c == "R" else threshold * (0.2 + 0.01 * (i % 50))
         grid = [[0.1, 0.2], [0.3, score]] if tiles and score is not None else None
         rid = journal.decision(i, f"frame{i:05d}.png", score, threshold, decision, time.monotonic(), dict(TIMING),
                                tiles={"tile_grid": grid, "worst_tile": [32, 24, 32, 24]} if grid else None)

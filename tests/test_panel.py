@@ -218,8 +218,8 @@ def test_no_action_without_login(station):
     with running_panel(cfg) as (svc, url), httpx.Client(base_url=url) as c:
         assert c.get("/actions").headers["location"].startswith("/login")
         for path, data in (("/actions/rollback", {}), ("/actions/learn", {}), ("/actions/deploy", {"bundle": "x"}),
-                           ("/decision/3/mark", {"kind": "good"}), ("/actions/threshold/preview", {"target_frr": "0.1"}),
-                           ("/logout", {})):
+                           ("/decision/3/mark", {"kind": "good"}),
+                           ("/actions/threshold/preview", {"target_frr": "0.1"}), ("/logout", {})):
             r = c.post(path, data=data)
             assert r.status_code == 401, (path, r.status_code)
         assert c.get("/api/actions/1").status_code == 401

@@ -106,7 +106,8 @@ def score_chart(points: Sequence[tuple], buckets: Sequence[dict], threshold: flo
         (("mean", "— mean "), ("max", "— max per bucket "))
     legend = "".join(f'<tspan fill="{COLORS[k]}">{label}</tspan>' for k, label in keys)
     out.append(f'<text x="{W - PAD_R}" y="{PAD_T + 10}" text-anchor="end" font-size="11" '
-               f'fill="{COLORS["text"]}">{legend}<tspan fill="{COLORS["threshold"]}">- - threshold</tspan></text></svg>')
+               f'fill="{COLORS["text"]}">{legend}<tspan fill="{COLORS["threshold"]}">- - threshold</tspan>'
+               '</text></svg>')
     return Markup("".join(out))
 
 

@@ -196,7 +196,8 @@ class JournalCollector:
             if value is not None:
                 yield Gauge(f"anomaly_{name}", doc, value=float(value))
         yield Info("anomaly_bundle", "The bundle deciding (digest of its manifest)",
-                   value={"digest": str(b.get("digest") or ""), "threshold_source": str(b.get("threshold_source") or ""),
+                   value={"digest": str(b.get("digest") or ""),
+                          "threshold_source": str(b.get("threshold_source") or ""),
                           "path": str(b.get("path") or "")})
 
     def _mqtt(self, Counter, Gauge, top: int):
