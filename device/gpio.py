@@ -59,7 +59,7 @@ def make_pin_factory(name: str | None):
 
 #: State changes a dry-run ("mock") pin remembers: gpiozero's MockPin keeps every one, which a
 #: service dry-running for days (or the soak benchmark) must not accumulate.
-MOCK_PIN_HISTORY = 10_000
+MOCK_PIN_HISTORY = 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +108,7 @@ class PulseScheduler:
     """
 
     def __init__(self, device, name: str = "reject", clock: Callable[[], float] = time.monotonic,
-                 keep_edges: int = 4096, on_dropped: Callable[[list, str], None] | None = None):
+                 keep_edges: int = 2048, on_dropped: Callable[[list, str], None] | None = None):
         self.device, self.name, self.clock = device, name, clock
         self.on_dropped = on_dropped
         self._heap: list[tuple[float, int, float, object]] = []   # (time, seq, width >= 0: on / -1: off, tag)
