@@ -4,7 +4,10 @@ Images are written by a background thread from a bounded queue, so a slow SD car
 never stalls the frame loop (when the queue is full the image is skipped and logged).
 Files go to ``<dir>/<YYYYMMDD>/<run>_<frame>_<decision>.png``: ``run`` names this start of the
 service (time and a random suffix), so frame numbers that start again at 0 after a restart never
-overwrite an earlier picture and an old journal row never points at a newer one. After every
+overwrite an earlier picture and an old journal row never points at a newer one. That file (the one
+the journal row names) is always the clean frame as the model saw it before its preprocessing (after
+the camera ROI), so ``learn`` can learn from it; a tiled bundle's score map drawn over the frame is
+written beside it as ``<run>_<frame>_<decision>_overlay.png`` (:func:`overlay_path`). After every
 ``prune_every`` writes the oldest files are deleted until the archive is under ``max_mb`` and no
 file is older than ``max_age_days``.
 
@@ -27,6 +30,18 @@ import numpy as np
 from device.lifecycle import ClosedError, Closing
 
 log = logging.getLogger(__name__)
+
+
+def overlay_path(image: str | Path) -> Path:
+    """The score-overlay picture written beside archived ``image`` (it may not exist: untiled bundles
+    have none).
+
+    Example:
+        >>> overlay_path("/a/20260101/20260101T120000-3fa2_000000012_reject.png").name
+        '20260101T120000-3fa2_000000012_reject_overlay.png'
+    """
+    p = Path(image)
+    return p.with_name(p.stem + "_overlay" + p.suffix)
 
 
 def run_id() -> str:
@@ -63,8 +78,9 @@ class ImageArchive(Closing):
         """Queue ``image`` (RGB or grey uint8); returns the path it will have, or None if not saved
         (queue full, or no image: an undecodable frame).
 
-        ``overlay``: ``(tile_scores, input_spec, threshold)`` of a tiled bundle; the saved image is
-        then the frame with the score grid drawn over it (drawn in the writer thread, off the frame path).
+        ``overlay``: ``(tile_scores, input_spec, threshold[, heatmap, patch_scores])`` of a tiled bundle:
+        the score grid drawn over the frame is also saved, as :func:`overlay_path` of the returned path
+        (drawn in the writer thread, off the frame path). The returned path is always the clean image.
 
         Raises:
             ClosedError: after :meth:`close`.
@@ -104,19 +120,13 @@ class ImageArchive(Closing):
                 self._q.task_done()
 
     def _write(self, path: Path, img: np.ndarray, overlay) -> None:
-        import cv2
-
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_png(path, img)
             if overlay is not None:
                 from device.heatmap import draw_tile_overlay
 
-                img = draw_tile_overlay(img, *overlay)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-            tmp = path.with_suffix(".tmp.png")
-            if not cv2.imwrite(str(tmp), bgr):
-                raise OSError("cv2.imwrite returned False")
-            os.replace(tmp, path)
+                _write_png(overlay_path(path), draw_tile_overlay(img, *overlay))
             self._written += 1
             if self._written % self.prune_every == 0:
                 self.prune()
@@ -154,3 +164,14 @@ class ImageArchive(Closing):
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join(timeout)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    """Write an RGB or grey uint8 image as PNG (temporary file + rename: never a half file)."""
+    import cv2
+
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    tmp = path.with_suffix(".tmp.png")
+    if not cv2.imwrite(str(tmp), bgr):
+        raise OSError("cv2.imwrite returned False")
+    os.replace(tmp, path)

@@ -122,8 +122,7 @@ def capture(cfg, out: str | Path, count: int, interval_ms: float | None = None, 
         ServiceBusyError: the service (or another capture) holds the camera.
         CameraError: the camera cannot be opened or fails.
     """
-    from device.camera import EndOfStream, make_source
-    from device.daemon import crop
+    from device.camera import make_source
     from device.servicelock import ServiceLock, pid_file_for
 
     if count < 1:
@@ -133,35 +132,45 @@ def capture(cfg, out: str | Path, count: int, interval_ms: float | None = None, 
         good, start = _prepare_out(out, append)
         src = source if source is not None else make_source(cfg.camera)
         trig = trigger if trigger is not None else make_trigger(cfg, pin_factory, interval_ms)
-        images, skipped, first_shape, t0 = [], 0, None, time.time()
+        t0 = time.time()
         gap = interval_ms / 1000.0 if interval_ms and cfg.trigger.mode != "free-run" else 0.0
-        last = -float("inf")
         src.open()
         try:
-            while len(images) < count and not (stop and stop()):
-                t = trig.wait(cfg.trigger.timeout_s)
-                if t is None:
-                    continue
-                if t - last < gap:
-                    skipped += 1
-                    continue
-                try:
-                    frame = src.read()
-                except EndOfStream as exc:
-                    log.warning("%s: stopping after %d of %d images", exc, len(images), count)
-                    break
-                last = t
-                img = crop(frame.image, cfg.camera.roi)
-                first_shape = first_shape or frame.image.shape
-                name = f"{start + len(images):04d}.png"
-                images.append({"file": f"train/good/{name}", "sha256": _write_png(good / name, img),
-                               "frame": frame.index, "name": frame.name})
-                if progress:
-                    progress(len(images), count)
+            images, skipped, first_shape = _grab(cfg, src, trig, good, start, count, gap, progress, stop)
         finally:
             src.close()
             trig.close()
         return _record(cfg, src, first_shape, images, count, interval_ms, skipped, t0, out)
+
+
+def _grab(cfg, src, trig, good: Path, start: int, count: int, gap: float, progress, stop
+          ) -> tuple[list[dict], int, tuple | None]:
+    """The capture loop: ``(images written, triggers skipped for the minimum gap, first frame shape)``."""
+    from device.camera import EndOfStream
+    from device.daemon import crop
+
+    images, skipped, first_shape, last = [], 0, None, -float("inf")
+    while len(images) < count and not (stop and stop()):
+        t = trig.wait(cfg.trigger.timeout_s)
+        if t is None:
+            continue
+        if t - last < gap:
+            skipped += 1
+            continue
+        try:
+            frame = src.read()
+        except EndOfStream as exc:
+            log.warning("%s: stopping after %d of %d images", exc, len(images), count)
+            break
+        last = t
+        img = crop(frame.image, cfg.camera.roi)
+        first_shape = first_shape or frame.image.shape
+        name = f"{start + len(images):04d}.png"
+        images.append({"file": f"train/good/{name}", "sha256": _write_png(good / name, img),
+                       "frame": frame.index, "name": frame.name})
+        if progress:
+            progress(len(images), count)
+    return images, skipped, first_shape
 
 
 def _record(cfg, src, first_shape, images, count, interval_ms, skipped, t0, out: Path) -> dict[str, Any]:

@@ -192,8 +192,11 @@ class ServiceConfig(Spec):
 class DriftConfig(Spec):
     enabled: bool = Field(True, description="watch PASS scores and image statistics for drift")
     window: int = Field(500, ge=20, le=1_000_000, description="rolling window of recent frames compared")
-    warn_p: float = Field(0.01, gt=0.0, lt=1.0, description="p-value below which the state is 'warning'")
-    drift_p: float = Field(0.001, gt=0.0, lt=1.0, description="p-value below which the state is 'drift'")
+    warn_p: float = Field(1e-4, gt=0.0, lt=1.0, description="KS p-value of recent PASS scores vs calibration below "
+                          "which the state is 'warning' (1e-4: no false warning in 100k stable frames, 0.01 "
+                          "gave some: BENCHMARKS.md)")
+    drift_p: float = Field(1e-7, gt=0.0, lt=1.0, description="KS p-value below which the state is 'drift' (1e-7: no "
+                           "false drift in 100k stable frames: BENCHMARKS.md)")
     brightness_tolerance: float = Field(0.15, gt=0.0, le=10.0, description="relative change of mean brightness "
                                                                           "that counts as drift")
     sharpness_tolerance: float = Field(0.5, gt=0.0, le=100.0, description="relative change of sharpness (variance "

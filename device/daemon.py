@@ -2,11 +2,26 @@
 
 Order per part (the journal row is committed *before* any output acts on it)::
 
-    t = trigger.wait()            free-run / photo-eye / software
+    t = trigger.wait()            free-run / photo-eye / software (PLC handshake: BUSY on at the trigger)
     frame = camera.read()         CameraError -> fault: safe level, alarm, retry with back-off
     result = detector.inspect()   (camera ROI crop first; any failure is an ERROR result)
     journal.decision(...)         SQLite WAL commit
-    reject.pulse(t + delay, width) on the scheduler thread; alarm; archive; WATCHDOG=1
+    reject.pulse(t + delay, width) on the scheduler thread; handshake PASS/FAIL + RESULT, BUSY off;
+    drift watch; alarm; archive; WATCHDOG=1
+
+The service holds the camera lock (:mod:`device.servicelock`) from start to stop: a second
+service or a ``capture`` is refused, and ``deploy`` finds the pid to send ``SIGHUP`` to. At
+start and on each reload the drift watch (:class:`~device.drift.DriftMonitor`, ``[drift]``) is
+set up for the bundle and every difference between ``[camera]`` and the bundle's capture record
+is journaled as a ``warning`` event. A drift state change is a ``drift`` event
+(``"<level>: <reason>"``); ``[drift] alarm`` raises the alarm in the ``drift`` state.
+
+PLC handshake (:mod:`device.handshake`, pins in ``[outputs]``): READY means the service can
+inspect a part: started, bundle loaded, camera up, journal writable. It drops on a camera fault,
+a journal fault and at stop (every line then at its safe level). A frame that cannot be scored
+(model error) does not drop READY: that part still gets its FAIL result and strobe, and the
+alarm follows ``alarm_on_model_error``. A trigger while BUSY or not READY is missed: counted where
+it arrives (gpiozero's callback thread for the photo-eye) and journaled as ``missed_trigger``.
 
 Signals: ``SIGTERM``/``SIGINT`` finish the current frame, let queued reject pulses
 fire (up to ``delay + width + 0.5 s``), set the outputs to the safe level, exit 0.
@@ -36,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from device.camera import CameraError, EndOfStream, FrameSource, make_source
+from device.drift import EVENT as DRIFT_EVENT
 from device.config import DeviceConfig, load_config
 from core.decision import Decision
 from device.errors import BundleError
@@ -146,6 +162,18 @@ class Daemon:
         self._last_status = time.monotonic()
         self._dropped: collections.deque = collections.deque()   # (tags, reason) from the pulse thread
         self.journal_fault: JournalError | None = None
+        self.handshake = None            # device.handshake.Handshake when [outputs] names its pins
+        self.drift = None                # device.drift.DriftMonitor while [drift] enabled
+        self.drift_ms: collections.deque = collections.deque(maxlen=1000)   # drift watch cost per frame
+        self._missed: collections.deque = collections.deque()    # (t, reason) from the trigger's thread
+        self._lock = None                # the camera lock (device.servicelock)
+        self._refused = False            # start refused: another process holds the lock
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
     # ----------------------------------------------------------------- control
     def request_stop(self, *_):
@@ -191,9 +219,34 @@ class Daemon:
             self.journal.event("pulse_dropped", msg)
 
     def _make_trigger(self, cfg: DeviceConfig):
+        """The configured trigger; with a handshake, a trigger queued from another thread (photo-eye,
+        SIGUSR1) is accepted or missed right where it arrives (:meth:`_gate`)."""
         from device.trigger import make_trigger
 
-        return make_trigger(cfg.trigger, self._pin_factory)
+        trig = make_trigger(cfg.trigger, self._pin_factory)
+        if self.handshake is not None and hasattr(trig, "gate"):
+            trig.gate = self._gate
+        return trig
+
+    def _gate(self, t: float) -> bool:
+        """BUSY on, or the trigger is missed (busy or not ready): runs in the trigger's thread."""
+        why = self.handshake.accept(t)
+        if why is not None:
+            self._missed.append((t, why))
+        return why is None
+
+    def _journal_missed(self) -> None:
+        """Journal ``missed_trigger`` events (main thread) for triggers refused in :meth:`_gate`."""
+        if not self._missed:
+            return
+        n, why = 0, collections.Counter()
+        while self._missed:
+            why[self._missed.popleft()[1]] += 1
+            n += 1
+        msg = (f"{n} trigger(s) missed, part(s) not inspected: " + ", ".join(f"{c} {w}" for w, c in why.items())
+               + (f" (total {self.handshake.missed})" if self.handshake is not None else ""))
+        log.warning("%s", msg)
+        self.journal.event("missed_trigger", msg)
 
     def _make_archive(self, cfg: DeviceConfig):
         j = cfg.journal
@@ -204,9 +257,11 @@ class Daemon:
         return ImageArchive(j.archive_dir, j.archive_max_mb, j.archive_max_age_days)
 
     def start(self) -> None:
-        """Journal, bundle, outputs, trigger, camera; then ``READY=1``.
+        """Journal, camera lock, bundle (+ drift watch), outputs and handshake, trigger, camera; then
+        ``READY=1`` (and the handshake's READY line).
 
         Raises:
+            ServiceBusyError: a capture or another service holds the camera (journaled, nothing started).
             BundleError: the bundle fails verification (the service exits non-zero).
         """
         from device import preprocess
@@ -215,6 +270,7 @@ class Daemon:
         if self.journal is None:
             j = self.cfg.journal
             self.journal = Journal(j.path, j.synchronous, keep_days=j.keep_days, max_mb=j.max_mb)
+        self._take_lock()
         self.journal.event("start", f"config {self.cfg.source_file}, bundle {self.cfg.bundle.path}")
         self.notifier.status("loading bundle")
         try:
@@ -225,7 +281,11 @@ class Daemon:
         log.info("bundle %s (%s): threshold %.6f (%s), bank %s", self.cfg.bundle.path,
                  self.detector.bundle.short_digest, self.detector.threshold.value, self.detector.threshold.source,
                  self.detector.bundle.bank.shape)
+        self._watch_bundle()
         self.outputs = self._make_outputs(self.cfg)
+        from device.handshake import Handshake
+
+        self.handshake = Handshake.from_config(self.cfg.outputs, self._pin_factory)
         self.trigger = self._make_trigger(self.cfg)
         self.archive = self._make_archive(self.cfg)
         self.source = self._given_source or make_source(self.cfg.camera)
@@ -238,9 +298,41 @@ class Daemon:
         self.t_ready = time.monotonic()
         self.journal.event("ready", f"{self.source.name}; bundle {self.detector.bundle.digest}; "
                                     f"start-to-ready {self.t_ready - self.t_start:.3f} s")
+        if self.handshake is not None:
+            self.handshake.set_ready(True)
         self.notifier.ready(f"inspecting ({self.source.name})")
         log.info("ready in %.3f s: %s -> %s", self.t_ready - self.t_start, self.source.name,
                  f"GPIO{self.cfg.outputs.reject_pin}" if self.cfg.outputs.reject_pin is not None else "no reject line")
+
+    def _take_lock(self) -> None:
+        """The camera lock beside the journal this daemon writes (none for an in-memory journal);
+        refused: journaled as ``start_refused``, nothing else is started, and no ``stop`` is journaled."""
+        from device.servicelock import ServiceBusyError, hold_service_lock
+
+        try:
+            self._lock = hold_service_lock(self.cfg, "run", None if self._own_journal else self.journal.path)
+        except ServiceBusyError as exc:
+            self._refused = True
+            self.journal.event("start_refused", str(exc))
+            raise
+
+    def _watch_bundle(self) -> None:
+        """For the bundle just loaded (start, reload): the capture-record differences as ``warning``
+        events, and a fresh drift watch (its start journaled as a ``drift`` event, so ``status``
+        never shows the state of an earlier run)."""
+        from device.capture import capture_mismatches
+        from device.drift import DriftMonitor
+
+        bundle = self.detector.bundle
+        for line in capture_mismatches(self.cfg.camera, bundle.manifest):
+            log.warning("capture conditions: %s", line)
+            self.journal.event("warning", line)
+        d = self.cfg.drift
+        self.drift = DriftMonitor.from_bundle(bundle, self.detector.threshold.value, d) if d.enabled else None
+        self.drift_ms.clear()
+        msg = f"ok: watch started for bundle {bundle.short_digest} ({self.drift.describe()})" if self.drift else \
+            "off: [drift] enabled = false"
+        self.journal.event(DRIFT_EVENT, msg)
 
     # ----------------------------------------------------------------- camera faults
     def _next_backoff(self) -> float:
@@ -259,6 +351,8 @@ class Daemon:
             log.info("camera %s recovered after %.1f s", self.source.name, down)
             self.journal.event("camera_ok", f"{self.source.name} recovered after {down:.1f} s")
             self.outputs.fault(False)
+            if self.handshake is not None:
+                self.handshake.fault(False)
         self.camera_up, self.camera_fault_since = True, None
         self._backoff = self.cfg.camera.retry_initial_s
         self._update_alarm()
@@ -278,6 +372,8 @@ class Daemon:
         self.camera_up = False
         if self.outputs is not None:
             self.outputs.fault(True)
+        if self.handshake is not None:
+            self.handshake.fault(True)       # READY off; a part accepted before the fault gets no result
         self._update_alarm()
         self._feed_watchdog()
 
@@ -292,7 +388,8 @@ class Daemon:
         o = self.cfg.outputs
         alarm = ((o.alarm_after_rejects > 0 and self.rejects_in_row >= o.alarm_after_rejects)
                  or (o.alarm_on_camera_fault and self.camera_fault_since is not None)
-                 or (o.alarm_on_model_error and self.model_error))
+                 or (o.alarm_on_model_error and self.model_error)
+                 or (self.cfg.drift.alarm and self.drift is not None and self.drift.state.level == "drift"))
         if self.outputs is not None:
             self.outputs.set_alarm(alarm)
 
@@ -301,6 +398,8 @@ class Daemon:
         """Handle one trigger; returns False when the source is exhausted."""
         if self._dropped:
             self._journal_dropped()
+        if self._missed:
+            self._journal_missed()
         if not self.camera_up:
             end = time.monotonic() + self._next_backoff()
             while not self._stop.is_set() and time.monotonic() < end:
@@ -312,6 +411,8 @@ class Daemon:
         t_trig = self.trigger.wait(self.cfg.trigger.timeout_s)
         if t_trig is None:
             self._feed_watchdog()
+            return True
+        if self.handshake is not None and not self._handshake_accepted(t_trig):
             return True
         t0 = time.perf_counter()
         try:
@@ -329,9 +430,24 @@ class Daemon:
         self._feed_watchdog()
         return True
 
+    def _handshake_accepted(self, t_trig: float) -> bool:
+        """BUSY for the trigger just taken: a queued (photo-eye, SIGUSR1) trigger was accepted where it
+        arrived, unless a fault since then dropped it (no result: missed); free-run accepts here."""
+        hs = self.handshake
+        if getattr(self.trigger, "gate", None) is not None:
+            if hs.pending == t_trig:
+                return True
+            self._missed.append((t_trig, "accepted before a fault"))
+            return False
+        why = hs.accept(t_trig)
+        if why is not None:
+            self._missed.append((t_trig, why))
+        return why is None
+
     def _decide(self, frame, t_ref: float, capture_ms: float) -> None:
         """One part: score and decide (:meth:`Detector.inspect`, ERROR on any failure), journal the
-        row, then act on it (reject pulse, alarm), then archive the image (writer thread)."""
+        row, then act on it (reject pulse, handshake result, drift watch, alarm), then archive the
+        image (writer thread)."""
         t1 = time.perf_counter()
         result = self._inspect(frame)
         self._track_model_state(frame, result)
@@ -348,7 +464,10 @@ class Daemon:
         t4 = time.perf_counter()
         if reject_at is not None:
             self._schedule_reject(frame, reject_at, row)
+        if self.handshake is not None:
+            self.handshake.result(result.decision)
         self.rejects_in_row = self.rejects_in_row + 1 if result.rejects else 0
+        self._watch_drift(frame, result)
         self._update_alarm()
         self.frames += 1
         self._archive(frame, result, row)
@@ -356,6 +475,26 @@ class Daemon:
         timing["after_capture_ms"] = (t4 - t1) * 1e3
         self.last_timing = timing
         self.last_result = result
+
+    def _roi(self, frame) -> np.ndarray | None:
+        """The frame after the camera ROI (``None``: no image, or the ROI does not fit it)."""
+        if frame.image is None:
+            return None
+        try:
+            return crop(frame.image, self.cfg.camera.roi)
+        except CameraError:
+            return None
+
+    def _watch_drift(self, frame, result) -> None:
+        """Feed the drift watch (after the part was acted on); a state change is a ``drift`` event."""
+        if self.drift is None:
+            return
+        t0 = time.perf_counter()
+        change = self.drift.update(result, self._roi(frame))
+        self.drift_ms.append((time.perf_counter() - t0) * 1e3)
+        if change is not None:
+            (log.info if change.level == "ok" else log.warning)("drift watch: %s", change.message)
+            self.journal.event(DRIFT_EVENT, change.message)
 
     def _inspect(self, frame):
         """The frame's :class:`~device.detector.FrameResult`; a frame the source could not decode
@@ -390,8 +529,10 @@ class Daemon:
         self.outputs.pulse(reject_at, self.cfg.outputs.reject_width_ms / 1e3, tag=row)
 
     def _archive(self, frame, result, row: int) -> None:
-        """Every reject and one pass in ``archive_pass_every`` (the first one included); tiled
-        bundles are saved with their tile (or patch) map drawn over the frame, off the frame path."""
+        """Every reject and one pass in ``archive_pass_every`` (the first one included), as the clean
+        frame after the camera ROI (what ``learn`` learns from); tiled bundles also get their tile (or
+        patch) map drawn over it as a sibling ``*_overlay.png`` (:func:`device.archive.overlay_path`),
+        drawn off the frame path."""
         if self.archive is None:
             return
         every = self.cfg.journal.archive_pass_every
@@ -399,12 +540,14 @@ class Daemon:
             self.passes += 1
         if not (result.rejects or (every and (self.passes - 1) % every == 0)):
             return
-        overlay, image = None, frame.image
+        image = self._roi(frame)
+        if image is None:
+            image = frame.image              # the ROI does not fit the frame (an ERROR row): keep it whole
         if image is None:
             return
+        overlay = None
         if result.tile_scores is not None and result.spec.tiled:
             overlay = (result.tile_scores, result.spec, result.threshold.value, None, result.patch_scores)
-            image = crop(frame.image, self.cfg.camera.roi)
         path = self.archive.submit(image, frame.index, str(result.decision), overlay=overlay)
         if path:
             self.journal.set_image(row, path)
@@ -446,6 +589,8 @@ class Daemon:
                f"({det.threshold.source})")
         log.info("reloaded: %s", msg)
         self.journal.event("reload", msg)
+        self._watch_bundle()
+        self._update_alarm()
         self.notifier.ready(f"reloaded: {msg}")
         return True
 
@@ -480,6 +625,8 @@ class Daemon:
     def _on_journal_fault(self, exc: JournalError) -> int:
         """Safe level, alarm, one line naming the journal and the cause; the exit code for systemd."""
         self.journal_fault = exc
+        if self.handshake is not None:
+            self.handshake.fault(True)          # READY off: nothing more is inspected
         if self.outputs is not None:
             self.outputs.fault(True)            # queued pulses of journaled rejects still fire
             self.outputs.set_alarm(True)
@@ -489,9 +636,12 @@ class Daemon:
         return EXIT_JOURNAL_FAULT
 
     def shutdown(self) -> None:
-        """Queued pulses fire, outputs go to the safe level, journal flushed. Idempotent. After a
-        journal fault nothing more is written to the journal and the alarm stays raised."""
+        """Handshake lines to their safe level, queued pulses fire, outputs go to the safe level,
+        journal flushed, camera lock released. Idempotent. After a journal fault nothing more is
+        written to the journal and the alarm stays raised."""
         self.notifier.stopping()
+        if self.handshake is not None:
+            self.handshake.close()             # READY off first: the PLC stops triggering
         if self.source is not None:
             self.source.close()
         if self.trigger is not None:
@@ -507,13 +657,17 @@ class Daemon:
             self.archive.close()
             self.archive = None
         if self.journal is not None:
-            if self.journal_fault is None:
+            if self.journal_fault is None and not self._refused:
                 try:
                     self._journal_dropped()
+                    self._journal_missed()
                     self.journal.event("stop", f"{self.frames} parts")
                 except JournalError as exc:     # the fault showed only now: still one clear line
                     self._on_journal_fault(exc)
             if self._own_journal:
                 self.journal.close()
                 self.journal = None
+        if self._lock is not None:
+            self._lock.close()                 # last: a deploy waiting on the journal sees the stop first
+            self._lock = None
         self.notifier.close()

@@ -209,13 +209,13 @@ class DriftMonitor:
 
     @classmethod
     def from_bundle(cls, bundle, threshold: float, cfg=None) -> "DriftMonitor":
-        """A monitor for a loaded bundle with the ``[drift]`` settings of ``cfg`` (a config section
-        or ``None`` for the defaults)."""
-        # TODO(lead-api): the typed [drift] section; getattr keeps the defaults until it exists.
+        """A monitor for a loaded bundle with the ``[drift]`` settings of ``cfg``
+        (:class:`device.config.DriftConfig`, or ``None`` for the defaults)."""
         keys = ("window", "warn_p", "drift_p", "brightness_tolerance", "sharpness_tolerance")
-        kw = {k: getattr(cfg, k) for k in keys if cfg is not None and getattr(cfg, k, None) is not None}
-        manifest = bundle.manifest if isinstance(bundle.manifest, dict) else bundle.manifest.model_dump()
-        return cls(bundle.calibration_scores, threshold, manifest.get("image_stats"), **kw)
+        kw = {k: getattr(cfg, k) for k in keys} if cfg is not None else {}
+        m = bundle.manifest
+        stats = m.get("image_stats") if isinstance(m, dict) else m.image_stats
+        return cls(bundle.calibration_scores, threshold, stats, **kw)
 
     def describe(self) -> str:
         cal = f"{len(self.calibration)} calibration scores" if self.calibration is not None else \
@@ -279,19 +279,23 @@ class DriftMonitor:
         self._sharp.append(sharpness)
         b, s = float(np.median(self._bright)), float(np.median(self._sharp))
         rb, rs = self.ref
-        rel_b = abs(b - rb) / max(rb, BRIGHTNESS_FLOOR)
+        signed_b = (b - rb) / max(rb, BRIGHTNESS_FLOOR)
+        rel_b = abs(signed_b)
         ratio_s = (s + 1e-6) / (rs + 1e-6)
         dev_s = max(ratio_s, 1.0 / ratio_s) - 1.0
         fig = {"brightness": round(b, 2), "brightness_ref": round(rb, 2), "sharpness": round(s, 2),
                "sharpness_ref": round(rs, 2), "reference": self.reference_source}
         parts, level = [], "ok"
         prev = LEVELS.index(self.signals["image"].level)
-        for name, dev, tol, txt in (("brightness", rel_b, self.tol_b, f"brightness {b:.0f} vs {rb:.0f}"),
-                                    ("sharpness", dev_s, self.tol_s, f"sharpness {s:.0f} vs {rs:.0f}")):
+        tb, ts = self.tol_b, self.tol_s
+        for dev, tol, txt in ((rel_b, tb, f"brightness {b:.0f} vs {rb:.0f} ({100 * signed_b:+.0f} %, limit "
+                                          f"{100 * tb:.0f} %)"),
+                              (dev_s, ts, f"sharpness {s:.0f} vs {rs:.0f} (x{ratio_s:.2f}, limit x{1 / (1 + ts):.2f}"
+                                          f" to x{1 + ts:.2f})")):
             k = EXIT_RATIO if prev else 1.0      # hysteresis: leave a level below EXIT_RATIO of its limit
             lv = "drift" if dev > tol * (k if prev >= 2 else 1.0) else "warning" if dev > tol / 2 * k else "ok"
             if lv != "ok":
-                parts.append(f"{txt} ({100 * dev:+.0f} %, limit {100 * tol:.0f} %)")
+                parts.append(txt)
                 level = max(level, lv, key=LEVELS.index)
         why = "; ".join(parts) + (f" [reference: {self.reference_source}]" if parts else "")
         return _Signal(level, why, fig)
@@ -317,3 +321,39 @@ class DriftMonitor:
         return {"level": self.state.level, "reason": self.state.reason, "frames": self.frames,
                 "reference": self.reference_source,
                 "signals": {k: {"level": v.level, **v.figures} for k, v in self.signals.items()}}
+
+
+# ---------------------------------------------------------------- in the journal
+EVENT = "drift"            #: the journal event kind of a drift state change ("<level>: <reason>")
+
+
+def parse_event(message: str | None) -> tuple[str, str]:
+    """``(level, reason)`` of a ``drift`` event's message (``"warning: brightness 140 vs 100 ..."``);
+    levels are ``ok``, ``warning``, ``drift`` and ``off`` (the watch is disabled).
+
+    Example:
+        >>> parse_event("drift: sharpness 12 vs 80 (x0.15, limit x0.67 to x1.50)")
+        ('drift', 'sharpness 12 vs 80 (x0.15, limit x0.67 to x1.50)')
+    """
+    level, _, reason = (message or "").partition(": ")
+    if level not in (*LEVELS, "off"):
+        return "unknown", message or ""
+    return level, reason
+
+
+def journal_state(journal) -> dict[str, Any] | None:
+    """The drift state as the service last journaled it (``status``, the panel): ``{"level",
+    "reason", "since"}`` (``since``: wall time of the change), or ``None`` before any drift event.
+
+    Example:
+        >>> from device.journal import Journal
+        >>> with Journal(":memory:") as j:
+        ...     j.event("drift", "warning: brightness 120 vs 100 (+20 %, limit 15 %)")
+        ...     journal_state(j)["level"]
+        'warning'
+    """
+    ev = journal.last_event(EVENT)
+    if ev is None:
+        return None
+    level, reason = parse_event(ev["message"])
+    return {"level": level, "reason": reason, "since": ev["ts"]}

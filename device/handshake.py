@@ -18,8 +18,10 @@ latches PASS/FAIL on the RESULT edge; they are already valid then.
 A trigger that arrives while BUSY, or while not READY, is **missed**: :meth:`Handshake.trigger`
 returns ``False`` and counts it, and the service journals it (the part goes uninspected; the
 PLC sees no BUSY for it). On a fault and on close every line goes to its safe level:
-inactive (READY off tells the PLC the sensor cannot inspect). Pulse ends run on one timer
-thread; the edges a PLC acts on (BUSY, PASS/FAIL, RESULT) are driven synchronously.
+inactive (READY off tells the PLC the sensor cannot inspect); a part accepted before the fault
+gets no result (:attr:`Handshake.pending` is cleared). Pulse ends run on one timer thread; the
+edges a PLC acts on (BUSY, PASS/FAIL, RESULT) are driven synchronously, in the thread that
+calls (the photo-eye's gpiozero callback thread for :meth:`~Handshake.trigger`).
 
 Example:
     >>> from gpiozero.pins.mock import MockFactory
@@ -103,6 +105,8 @@ class Handshake:
 
     Attributes:
         missed_busy, missed_not_ready: triggers refused; ``missed`` is their sum.
+        pending: the time of the accepted trigger awaiting its result (``None``: none; a fault
+            clears it, so the service can tell a trigger accepted before a fault).
         results: decisions strobed. strobe_overruns: results that came while the RESULT pulse
             was still on (parts faster than 2 x result_width_ms: use ``toggle``).
         edges: ``(time, line, level)`` of the last 10000 line changes.
@@ -128,6 +132,7 @@ class Handshake:
         self._gen = {name: 0 for name in LINES}
         self.edges: collections.deque = collections.deque(maxlen=10000)
         self.ready = self.busy = self.faulted = self._closed = False
+        self.pending: float | None = None
         self.missed_busy = self.missed_not_ready = self.results = self.strobe_overruns = 0
         pins = dict(zip(LINES, (ready_pin, busy_pin, result_pin, pass_pin, fail_pin, trigger_ack_pin)))
         try:
@@ -141,15 +146,14 @@ class Handshake:
 
     @classmethod
     def from_config(cls, outputs, pin_factory=None) -> "Handshake | None":
-        """From the ``[outputs]`` section; ``None`` when it names no handshake pin."""
-        # TODO(lead-api): the typed [outputs] keys; getattr keeps the defaults until they exist.
-        pins = {f"{n}_pin": getattr(outputs, f"{n}_pin", None) for n in LINES}
+        """From the ``[outputs]`` section (:class:`device.config.OutputsConfig`); ``None`` when it
+        names no handshake pin."""
+        pins = {f"{n}_pin": getattr(outputs, f"{n}_pin") for n in LINES}
         if all(p is None for p in pins.values()):
             return None
-        return cls(**pins, active_high=getattr(outputs, "handshake_active_high", True),
-                   result_mode=getattr(outputs, "result_mode", "pulse"),
-                   result_width_ms=getattr(outputs, "result_width_ms", 50.0),
-                   pass_fail_hold_ms=getattr(outputs, "pass_fail_hold_ms", 0.0), pin_factory=pin_factory)
+        return cls(**pins, active_high=outputs.handshake_active_high, result_mode=outputs.result_mode,
+                   result_width_ms=outputs.result_width_ms, pass_fail_hold_ms=outputs.pass_fail_hold_ms,
+                   pin_factory=pin_factory)
 
     @property
     def missed(self) -> int:
@@ -194,26 +198,35 @@ class Handshake:
             True: accepted (BUSY on; the part will get a :meth:`result`). False: missed
             (busy or not ready); counted, and the caller journals it and drops the trigger.
         """
+        return self.accept(t) is None
+
+    def accept(self, t: float | None = None) -> str | None:
+        """:meth:`trigger` saying why a trigger is missed: ``None`` (accepted), ``"busy"`` or
+        ``"not ready"``."""
         with self._lock:
             if self._closed or self.faulted or not self.ready:
                 self.missed_not_ready += 1
-                return False
+                return "not ready"
             if self.busy:
                 self.missed_busy += 1
-                return False
+                return "busy"
             self.busy = True
+            self.pending = self.clock() if t is None else t
             if self.hold == 0:
                 self._set("pass", False)
                 self._set("fail", False)
             self._set("busy", True)
+            if self._level["trigger_ack"]:     # the last ACK pulse is still on: a new edge for this part
+                self._set("trigger_ack", False)
             self._set("trigger_ack", True)
             self._off_later("trigger_ack", self.width)
-            return True
+            return None
 
     def result(self, decision) -> None:
         """The decision of the part in flight, after it is journaled: PASS or FAIL, the RESULT
         strobe, BUSY off. ``decision``: ``"PASS"``, ``"REJECT"`` or ``"ERROR"`` (or the enum)."""
         with self._lock:
+            self.pending = None
             if self._closed or self.faulted:
                 self.busy = False
                 return
@@ -248,6 +261,7 @@ class Handshake:
 
     def _safe(self) -> None:
         self.busy = False
+        self.pending = None
         for name in LINES:
             self._set(name, False)
 

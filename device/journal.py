@@ -322,6 +322,53 @@ class Journal(Closing):
                 "camera": state[cam[0]] if cam else "unknown", "camera_since": cam[1] if cam else None,
                 "last_event": {"kind": last[0], "ts": last[1], "message": last[2]} if last else None}
 
+    # Read-only queries of the life-cycle commands (device.versions, device.learn, status).
+    def last_ids(self) -> tuple[int, int]:
+        """``(last decision id, last event id)``, 0 when empty: a mark to read "since" from."""
+        (d, e), = self._read("SELECT (SELECT COALESCE(MAX(id), 0) FROM decisions), "
+                             "(SELECT COALESCE(MAX(id), 0) FROM events)")
+        return int(d), int(e)
+
+    def decisions_by_id(self, ids) -> dict[int, dict[str, Any]]:
+        """The decision rows with these ids (missing ids are absent), by id."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        try:
+            cur = self._conn().execute(f"SELECT * FROM decisions WHERE id IN ({','.join('?' * len(ids))})", ids)
+            cols = [c[0] for c in cur.description]
+            return {r[0]: dict(zip(cols, r)) for r in cur.fetchall()}
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {describe_sqlite_error(exc)}") from None
+
+    def last_with_digest(self, digest: str, after: int = 0) -> int | None:
+        """Id of the newest decision after row ``after`` made by a bundle whose digest starts with
+        ``digest`` (a 12+ character prefix is enough); ``None`` when there is none."""
+        (i,), = self._read("SELECT MAX(id) FROM decisions WHERE id > ? AND substr(bundle_digest, 1, ?) = ?",
+                           (int(after), len(digest), digest))
+        return None if i is None else int(i)
+
+    def events_since(self, event_id: int, kinds=None) -> list[dict[str, Any]]:
+        """Events after ``event_id`` (oldest first), optionally only of ``kinds``; each with its ``id``."""
+        sql, args = "SELECT id, ts, kind, message FROM events WHERE id > ?", [int(event_id)]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
+        return [{"id": r[0], "ts": r[1], "kind": r[2], "message": r[3]} for r in self._read(sql + " ORDER BY id", tuple(args))]
+
+    def last_event(self, kind: str) -> dict[str, Any] | None:
+        """The newest event of ``kind`` (e.g. ``drift``), or ``None``."""
+        r = self._read("SELECT id, ts, kind, message FROM events WHERE kind = ? ORDER BY id DESC LIMIT 1", (kind,))
+        return {"id": r[0][0], "ts": r[0][1], "kind": r[0][2], "message": r[0][3]} if r else None
+
+    def archived_since(self, ts: float, limit: int, decisions=("PASS", "REJECT")) -> list[dict[str, Any]]:
+        """``{"id", "decision", "image", "tiled"}`` of the newest ``limit`` decisions since wall time
+        ``ts`` that have an archived image, newest first (``tiled``: a tiled bundle decided it)."""
+        marks = ",".join("?" * len(decisions))
+        rows = self._read(f"SELECT id, decision, image, tile_grid IS NOT NULL FROM decisions WHERE ts >= ? AND image "
+                          f"IS NOT NULL AND decision IN ({marks}) ORDER BY id DESC LIMIT ?", (ts, *decisions, int(limit)))
+        return [{"id": r[0], "decision": r[1], "image": r[2], "tiled": bool(r[3])} for r in rows]
+
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"
 
@@ -467,15 +514,17 @@ class _Retention:
         ids = [r[0] for r in rows]
         db.execute(f"DELETE FROM decisions WHERE id IN ({','.join('?' * len(ids))})", ids)
         stats["rows"] += len(ids)
+        from device.archive import overlay_path
+
         for _, image in rows:
-            if image:
+            for i, f in enumerate((image, overlay_path(image)) if image else ()):    # the picture and its overlay
                 try:
-                    Path(image).unlink()
-                    stats["images"] += 1
+                    Path(f).unlink()
+                    stats["images"] += i == 0
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
-                    log.debug("journal retention: cannot delete %s: %s", image, exc)
+                    log.debug("journal retention: cannot delete %s: %s", f, exc)
         time.sleep(0)                      # let the frame loop in between batches
         return len(ids)
 

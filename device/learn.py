@@ -7,9 +7,11 @@ A false reject is fixed where it happened, in minutes, without a workstation:
    output), so they live in exactly the space of its bank.
 2. **Bank.** They are added to the bank, which is compressed back to the bundle's cap with
    the trainer's rule (:func:`device.scoring.bank_rows`: k-center coreset or random, per tile
-   position for per-position banks, with the bundle's seed). The cap is the bank size when the
-   bundle's bank was subsampled (``scoring.bank_subsample`` not ``"none"``); an uncapped bank
-   grows (patch banks: at most :data:`device.scoring.PATCH_BANK_DEFAULT` rows).
+   position for per-position banks, with the bundle's seed). The cap is the one ``fit`` applied,
+   ``scoring.bank_max`` (per position: ``max(k + 1, bank_max // tiles)``, as ``fit`` does); a bundle
+   that does not record it keeps its bank size when its bank was subsampled
+   (``scoring.bank_subsample`` not ``"none"``) and else grows (patch banks: at most
+   :data:`device.scoring.PATCH_BANK_DEFAULT` rows).
 3. **Threshold**, re-derived at the bundle's own target false-reject rate. The parent's
    calibration scores are scores of held-out normal images *against the old bank*; after the
    bank changed they no longer describe the new model. So:
@@ -35,9 +37,10 @@ The new version is written into the versions store (:mod:`device.versions`) or `
 ``--deploy`` activates it through :func:`device.versions.deploy`.
 
 Images: ``--good`` takes images as ``capture`` writes them (after the camera ROI);
-``--from-journal ROW`` takes the archived image of a decision row (the full frame, cropped
-with ``[camera] roi`` as the service does). Archived images of tiled bundles carry the score
-overlay and cannot be learned from.
+``--from-journal ROW`` takes the archived image of a decision row: the clean frame after the
+camera ROI (:mod:`device.archive`; a tiled bundle's score overlay is a separate
+``*_overlay.png``). Archives written before that kept the full frame, which is cropped with
+``[camera] roi`` here (:func:`archived_frame`).
 
 Example:
     >>> out = learn(load_config("device.toml"), good=["confirmed/"], days=7)     # doctest: +SKIP
@@ -80,15 +83,12 @@ def _manifest_dict(bundle) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- images
-def collect_images(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), tiled: bool = False
-                   ) -> list[LearnImage]:
+def collect_images(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = ()) -> list[LearnImage]:
     """Decode the ``--good`` images and the archived images of journal ``rows``.
 
     Raises:
-        ConfigError: a path or row does not exist, a row has no archived image, or the bundle is
-            tiled (its archive images carry the score overlay).
+        ConfigError: a path or row does not exist, or a row has no archived image.
     """
-    from device.daemon import crop
     from device.errors import ImageError
     from device.preprocess import decode_image, list_images
 
@@ -103,13 +103,10 @@ def collect_images(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (
             out.append(LearnImage(str(p), hashlib.sha256(data).hexdigest(), decode_image(data)))
         except ImageError as exc:
             raise ConfigError(f"{p}: {exc}") from None
-    if rows and tiled:
-        raise ConfigError("--from-journal: this bundle is tiled; its archived images carry the score overlay and "
-                          "cannot be learned from (pass the clean frames with --good)")
     for row, path in _journal_images(cfg, rows):
         data = Path(path).read_bytes()
         try:
-            img = crop(decode_image(data), cfg.camera.roi)
+            img = archived_frame(decode_image(data), cfg.camera.roi)
         except Exception as exc:
             raise ConfigError(f"journal row {row}: archived image {path}: {exc}") from None
         out.append(LearnImage(f"journal row {row} ({path})", hashlib.sha256(data).hexdigest(), img, row))
@@ -118,36 +115,72 @@ def collect_images(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (
     return out
 
 
+def archived_frame(image: np.ndarray, roi) -> np.ndarray:
+    """An archived image as the model saw it before its preprocessing. The archive keeps the frame
+    after the camera ROI; an image from an older archive (the full frame: it holds the whole ROI
+    rectangle and is not ROI-sized) is cropped here.
+
+    Example:
+        >>> archived_frame(np.zeros((48, 64, 3), np.uint8), (4, 2, 40, 30)).shape     # an old full frame
+        (30, 40, 3)
+        >>> archived_frame(np.zeros((30, 40, 3), np.uint8), (4, 2, 40, 30)).shape     # already cropped
+        (30, 40, 3)
+    """
+    from device.daemon import crop
+
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    full = image.shape[:2] != (h, w) and image.shape[0] >= y + h and image.shape[1] >= x + w
+    return crop(image, roi) if full else image
+
+
 def _journal_images(cfg, rows: Sequence[int]) -> list[tuple[int, str]]:
     if not rows:
         return []
     from device.journal import open_readonly
 
-    j = open_readonly(cfg.journal.path)
-    try:
-        marks = ",".join("?" * len(rows))
-        # TODO(lead-api): a public Journal query by row ids; _read is the read-only connection's query.
-        found = {r[0]: r[1] for r in j._read(f"SELECT id, image FROM decisions WHERE id IN ({marks})",
-                                              tuple(int(r) for r in rows))}
-    finally:
-        j.close()
+    with open_readonly(cfg.journal.path) as j:
+        found = {i: (r["image"], r["tile_grid"] is not None) for i, r in j.decisions_by_id(rows).items()}
     out = []
     for r in rows:
         if r not in found:
             raise ConfigError(f"--from-journal {r}: no such decision row in {cfg.journal.path}")
-        if not found[r]:
+        image, tiled = found[r]
+        if not image:
             raise ConfigError(f"--from-journal {r}: the decision has no archived image (only rejects and 1 in "
                               f"[journal] archive_pass_every passes are archived)")
-        if not Path(found[r]).is_file():
-            raise ConfigError(f"--from-journal {r}: archived image {found[r]} is gone (archive retention?)")
-        out.append((int(r), found[r]))
+        if not Path(image).is_file():
+            raise ConfigError(f"--from-journal {r}: archived image {image} is gone (archive retention?)")
+        if overlaid(image, tiled):
+            raise ConfigError(f"--from-journal {r}: archived image {image} carries the score overlay (archived before "
+                              f"clean frames were kept); pass the clean frame with --good")
+        out.append((int(r), image))
     return out
+
+
+def overlaid(image: str, tiled: bool) -> bool:
+    """Whether an archived image of a tiled bundle's decision is an overlay picture (archives written
+    before the clean frame was kept): the current archive writes the overlay beside it."""
+    from device.archive import overlay_path
+
+    return tiled and not overlay_path(image).is_file()
 
 
 # ---------------------------------------------------------------- bank
 def bank_cap(manifest: dict, bank_rows: int) -> int | None:
-    """The bank's cap: its size when fit subsampled it, else none (the bank may grow)."""
+    """The bank's cap: ``scoring.bank_max`` (the cap fit applied); for bundles that do not record
+    it, the bank size when fit subsampled it, else none (the bank may grow).
+
+    Example:
+        >>> bank_cap({"scoring": {"bank_max": 10000, "bank_subsample": "none"}}, 200)
+        10000
+        >>> bank_cap({"scoring": {"bank_subsample": "coreset"}}, 200), bank_cap({"scoring": {}}, 200)
+        (200, None)
+    """
     sc = manifest.get("scoring", {})
+    if sc.get("bank_max"):
+        return int(sc["bank_max"])
     if sc.get("bank_subsample") not in (None, "none"):
         return int(bank_rows)
     return None
@@ -181,7 +214,7 @@ def grow_bank(bundle, new_rows: np.ndarray, n_images: int) -> tuple[np.ndarray, 
         keep = []
         for i in range(n_tiles):
             rows_i = np.flatnonzero(pos == i)
-            cap_i = int((idx == i).sum()) if cap is not None else None
+            cap_i = _position_cap(m, cap, int((idx == i).sum()), n_tiles, k)
             keep.append(rows_i[bank_rows(both[rows_i], cap_i, method, scoring, p, seed)])
         keep = np.concatenate(keep)
         bank, new_idx = both[keep], pos[keep].astype(idx.dtype)
@@ -195,13 +228,22 @@ def grow_bank(bundle, new_rows: np.ndarray, n_images: int) -> tuple[np.ndarray, 
     return np.ascontiguousarray(bank, np.float32), new_idx, keep_parent, info
 
 
+def _position_cap(manifest: dict, cap: int | None, rows_now: int, n_tiles: int, k: int) -> int | None:
+    """One position's cap in a per-position bank: ``max(k + 1, bank_max // tiles)`` as fit applies it,
+    else (no ``bank_max``) its current rows when the bank is capped."""
+    bank_max = manifest["scoring"].get("bank_max")
+    if bank_max:
+        return max(k + 1, int(bank_max) // n_tiles)
+    return rows_now if cap is not None else None
+
+
 def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None):
     """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank."""
     from device.scoring import TileScorer
 
     m = bundle.manifest
     proj = None
-    p = m.scoring.projection if hasattr(m, "scoring") else None   # TODO(lead-api): typed manifest only
+    p = m.scoring.projection
     if p is not None:
         proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify)
     return TileScorer(bank, bundle.k, bundle.scoring_method, n_tiles=len(bundle.input_spec.tile_boxes()),
@@ -307,48 +349,45 @@ def bundle_digest_of(bundle) -> str:
 
 # ---------------------------------------------------------------- preview
 def preview(cfg, det, days: float = 7.0, limit: int = 2000, learned_rows: Sequence[int] = (),
-            tiled: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Replay the archived images of the last ``days`` days through ``det`` (the new version).
 
     Returns:
         ``{"available", "days", "archived_rejects", "archived_passes", "rejects_now_pass",
-        "passes_now_reject", "missing_images", "learned_rows": {"n", "now_pass"}, "note"}``.
+        "passes_now_reject", "missing_images", "overlay_images", "learned_rows": {"n", "now_pass"},
+        "note"}`` (``overlay_images``: old tiled-bundle archive pictures with the score drawn in, skipped).
     """
-    from device.daemon import crop
     from device.errors import AnomalyError
     from device.journal import open_readonly
     from device.preprocess import decode_image
 
     out: dict[str, Any] = {"available": False, "days": days}
-    if tiled:
-        out["reason"] = "archived images of tiled bundles carry the score overlay; nothing to replay"
-        return out
     try:
-        j = open_readonly(cfg.journal.path)
+        with open_readonly(cfg.journal.path) as j:
+            rows = j.archived_since(time.time() - days * 86400, limit)
     except AnomalyError as exc:
         out["reason"] = str(exc)
         return out
-    try:
-        rows = j._read("SELECT id, decision, image FROM decisions WHERE ts >= ? AND image IS NOT NULL AND "   # TODO(lead-api)
-                       "decision IN ('PASS', 'REJECT') ORDER BY id DESC LIMIT ?", (time.time() - days * 86400, limit))
-    finally:
-        j.close()
     learned = set(int(r) for r in learned_rows)
     c = {"archived_rejects": 0, "archived_passes": 0, "rejects_now_pass": 0, "passes_now_reject": 0,
-         "missing_images": 0}
+         "missing_images": 0, "overlay_images": 0}
     lr = {"n": 0, "now_pass": 0}
-    for i, (row, old, path) in enumerate(rows):
+    for i, r in enumerate(rows):
         if progress:
             progress(i + 1, len(rows))
         try:
-            new = str(det.inspect(crop(decode_image(path), cfg.camera.roi)).decision)
+            if overlaid(r["image"], r["tiled"]):
+                c["overlay_images"] += 1
+                continue
+            new = str(det.inspect(archived_frame(decode_image(r["image"]), cfg.camera.roi)).decision)
         except Exception:   # gone (retention) or unreadable
             c["missing_images"] += 1
             continue
-        if row in learned:
+        if r["id"] in learned:
             lr["n"] += 1
             lr["now_pass"] += new == "PASS"
             continue
+        old = r["decision"]
         c["archived_rejects" if old == "REJECT" else "archived_passes"] += 1
         c["rejects_now_pass"] += old == "REJECT" and new == "PASS"
         c["passes_now_reject"] += old == "PASS" and new != "PASS"
@@ -438,7 +477,7 @@ def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: 
 
     t0 = time.perf_counter()
     parent = load_bundle(cfg.bundle.path)
-    images = collect_images(cfg, good, rows, parent.input_spec.tiled)
+    images = collect_images(cfg, good, rows)
     stage = (lambda name: (lambda i, n: progress(name, i, n))) if progress else (lambda name: None)
     body, files, fig = build_child(parent, images, stage("features"))
     t1 = time.perf_counter()
@@ -447,8 +486,7 @@ def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: 
     t2 = time.perf_counter()
     running = child.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
     with Detector(child, threshold=running) as det:
-        pre = preview(cfg, det, days, preview_max, [im.row for im in images if im.row], parent.input_spec.tiled,
-                      stage("preview"))
+        pre = preview(cfg, det, days, preview_max, [im.row for im in images if im.row], stage("preview"))
     t3 = time.perf_counter()
     fig["timing"].update(write_verify_s=round(t2 - t1, 3), preview_s=round(t3 - t2, 3), total_s=round(t3 - t0, 3))
     thr = fig["threshold"]

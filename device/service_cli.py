@@ -166,6 +166,7 @@ def _fmt_ts(ts) -> str:
 
 
 def _status(args) -> int:
+    from device.drift import journal_state
     from device.journal import open_readonly
 
     path = args.journal
@@ -177,14 +178,17 @@ def _status(args) -> int:
         s = j.summary(window_s=args.window)
         last = j.decisions(limit=args.last)
         events = j.events(limit=5)
+        drift = journal_state(j)
     if args.json:
-        print(json.dumps({"summary": s, "last": last, "events": events}, indent=2))
+        print(json.dumps({"summary": s, "drift": drift, "last": last, "events": events}, indent=2))
         return 0
     print(f"journal {path}")
     print(f"  decisions {s['decisions']} (rejects {s['rejects']}, errors {s['errors']}); last "
           f"{s['window_s']:.0f} s: {s['window_decisions']} parts at {s['fps']:.2f}/s, "
           f"reject rate {100 * s['reject_rate']:.1f} %")
     print(f"  camera {s['camera']} since {_fmt_ts(s['camera_since'])}")
+    if drift is not None:
+        print(f"  drift {drift['level']} since {_fmt_ts(drift['since'])}: {drift['reason']}")
     for e in events:
         print(f"  event {_fmt_ts(e['ts'])} {e['kind']}: {e['message']}")
     for r in last:

@@ -42,7 +42,17 @@ class ServiceBusyError(AnomalyError, RuntimeError):
 def pid_file_for(cfg) -> Path | None:
     """The lock file of the service configured by ``cfg``: beside its journal (its state
     directory). ``None`` for an in-memory journal (no state directory)."""
-    path = str(cfg.journal.path)
+    return pid_file_beside(cfg.journal.path)
+
+
+def pid_file_beside(journal_path) -> Path | None:
+    """The lock file beside the journal at ``journal_path`` (``None`` for ``":memory:"``).
+
+    Example:
+        >>> str(pid_file_beside("/var/lib/anomaly-device/journal.sqlite"))
+        '/var/lib/anomaly-device/anomaly-device.pid'
+    """
+    path = str(journal_path)
     if not path or path == ":memory:":
         return None
     return Path(path).parent / PID_FILE
@@ -133,11 +143,13 @@ class ServiceLock:
         self.close()
 
 
-def hold_service_lock(cfg, command: str = "run") -> ServiceLock:
+def hold_service_lock(cfg, command: str = "run", journal_path=None) -> ServiceLock:
     """Take the camera lock for the service configured by ``cfg`` (the daemon calls this in
-    ``start()`` and closes it in ``shutdown()``).
+    ``start()`` and closes it in ``shutdown()``); ``journal_path``: the journal the daemon
+    writes when it is not the configured one (``selftest``'s in-memory journal: no lock).
 
     Raises:
         ServiceBusyError: a capture or another service instance holds the camera.
     """
-    return ServiceLock(pid_file_for(cfg), command).acquire()
+    path = pid_file_for(cfg) if journal_path is None else pid_file_beside(journal_path)
+    return ServiceLock(path, command).acquire()

@@ -67,14 +67,22 @@ class FreeRunTrigger(Trigger):
 
 
 class QueueTrigger(Trigger):
-    """Triggers queued by :meth:`fire` from another thread (a signal handler, a GPIO callback)."""
+    """Triggers queued by :meth:`fire` from another thread (a signal handler, a GPIO callback).
+
+    ``gate``: an optional ``callable(t) -> bool`` run in the firing thread before a trigger is
+    queued; False drops it (the PLC handshake refuses a trigger while BUSY: a missed part).
+    """
 
     def __init__(self, maxsize: int = 1000):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.gate = None
 
     def fire(self, t: float | None = None) -> None:
+        t = time.monotonic() if t is None else t
+        if self.gate is not None and not self.gate(t):
+            return
         try:
-            self._q.put_nowait(time.monotonic() if t is None else t)
+            self._q.put_nowait(t)
         except queue.Full:
             log.warning("%s queue full: trigger dropped", type(self).__name__)
 

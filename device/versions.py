@@ -90,7 +90,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def keep_versions(cfg) -> int:
     """How many versions to keep (``[bundle] keep_versions``, default 5; at least 2)."""
-    return max(2, int(getattr(cfg.bundle, "keep_versions", DEFAULT_KEEP)))  # TODO(lead-api): typed key
+    return max(2, int(cfg.bundle.keep_versions))
 
 
 @dataclasses.dataclass
@@ -295,11 +295,8 @@ class Store:
 
 # ---------------------------------------------------------------- verification
 def _with_bundle_path(cfg, path: Path):
-    """``cfg`` with ``[bundle] path`` replaced (dataclass or pydantic config)."""
-    bundle = cfg.bundle
-    if hasattr(bundle, "model_copy"):   # TODO(lead-api): the pydantic config; drop the dataclass branch then
-        return cfg.model_copy(update={"bundle": bundle.model_copy(update={"path": str(path)})})
-    return dataclasses.replace(cfg, bundle=dataclasses.replace(bundle, path=str(path)))
+    """``cfg`` with ``[bundle] path`` replaced."""
+    return cfg.model_copy(update={"bundle": cfg.bundle.model_copy(update={"path": str(path)})})
 
 
 def verify_bundle(path: Path, cfg):
@@ -379,40 +376,28 @@ def _journal(journal_path: str):
         return None
 
 
-def _query(j, sql: str, params: tuple = ()) -> list:
-    return j._read(sql, params)     # TODO(lead-api): public read-only queries (by id / since a row id)
-
-
 def journal_marks(journal_path: str) -> tuple[int, int]:
     """Last decision id and last event id (0 when there is no journal yet)."""
     j = _journal(journal_path)
     if j is None:
         return 0, 0
-    try:
-        (d,), = _query(j, "SELECT COALESCE(MAX(id), 0) FROM decisions")
-        (e,), = _query(j, "SELECT COALESCE(MAX(id), 0) FROM events")
-        return int(d), int(e)
-    finally:
-        j.close()
+    with j:
+        return j.last_ids()
+
+
+RELOAD_EVENTS = ("reload", "reload_failed", "stop")
 
 
 def _check_journal(j, digest: str, marks: tuple[int, int]) -> tuple[str, str] | None:
-    ev = _query(j, "SELECT kind, message FROM events WHERE id > ? AND kind IN ('reload', 'reload_failed', 'stop') "
-                   "ORDER BY id", (marks[1],))
-    for kind, msg in ev:
-        if kind == "reload_failed":
-            return "reload_failed", msg or ""
-        if kind == "stop":
-            return "reload_failed", f"the service stopped while reloading ({msg or 'no message'})"
-    ev = [e for e in ev if e[0] == "reload"]
-    cols = {r[1] for r in _query(j, "PRAGMA table_info(decisions)")}
-    if "bundle_digest" in cols:
-        rows = _query(j, "SELECT bundle_digest FROM decisions WHERE id > ? AND bundle_digest IS NOT NULL",
-                      (marks[0],))
-        if any(str(v)[:12] == digest[:12] for v, in rows):
-            return "confirmed", "decisions carry the new digest"
-    elif ev:
-        return "reloaded", "reload journaled (this journal has no bundle_digest column to confirm the digest)"
+    """What the journal says since ``marks``: the service's reload failed or it stopped, or a
+    decision carries ``digest`` (confirmed); ``None``: nothing yet."""
+    for ev in j.events_since(marks[1], RELOAD_EVENTS):
+        if ev["kind"] == "reload_failed":
+            return "reload_failed", ev["message"] or ""
+        if ev["kind"] == "stop":
+            return "reload_failed", f"the service stopped while reloading ({ev['message'] or 'no message'})"
+    if j.last_with_digest(digest[:DIGEST_CHARS], marks[0]) is not None:
+        return "confirmed", "decisions carry the new digest"
     return None
 
 
@@ -430,12 +415,9 @@ def wait_for_reload(journal_path: str, digest: str, marks: tuple[int, int], time
     while True:
         j = _journal(journal_path)
         if j is not None:
-            try:
+            with j:
                 got = _check_journal(j, digest, marks)
-                reloaded = reloaded or bool(_query(j, "SELECT 1 FROM events WHERE id > ? AND kind = 'reload'",
-                                                   (marks[1],)))
-            finally:
-                j.close()
+                reloaded = reloaded or bool(j.events_since(marks[1], ("reload",)))
             if got is not None:
                 return got
         if time.monotonic() > end:

@@ -58,10 +58,15 @@ def test_tiled_decisions_record_grid_and_archive_overlay(tiled_bundle, tmp_path)
         assert r["threshold_source"] == "bundle"
     saved = sorted((tmp_path / "arch").rglob("*_reject.png"))
     assert len(saved) == expected.count("REJECT")
-    img = cv2.imread(str(saved[0]))
-    assert img.shape[:2] == (48, 64)   # the frame at working size, grid drawn over it
-    raw = cv2.resize(cv2.imread(str(tmp_path / "frames" / "0002.png")), (64, 48), interpolation=cv2.INTER_AREA)
+    raw = cv2.imread(str(tmp_path / "frames" / "0002.png"))
+    assert (cv2.imread(str(saved[0])) == raw).all()          # the row's image: the clean frame (learn uses it)
+    from device.archive import overlay_path
+
+    img = cv2.imread(str(overlay_path(saved[0])))              # beside it: the frame at working size, grid drawn over it
+    assert img.shape[:2] == (48, 64)
+    raw = cv2.resize(raw, (64, 48), interpolation=cv2.INTER_AREA)
     assert np.abs(img.astype(int) - raw.astype(int)).mean() > 5
+    assert [str(p) for p in saved] == [r["image"] for r in rows if r["decision"] == "REJECT"]
 
 
 def test_old_journal_gains_new_columns(tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import types
 
 import pytest
 
@@ -161,14 +160,32 @@ def test_edges_after_journal_commit(tmp_path):
 
 
 def test_from_config():
+    from device.config import OutputsConfig
+
     f = MockFactory()
-    assert Handshake.from_config(types.SimpleNamespace(reject_pin=17), f) is None
-    out = types.SimpleNamespace(ready_pin=5, busy_pin=6, result_pin=None, pass_pin=None, fail_pin=None,
-                                trigger_ack_pin=None, handshake_active_high=True, result_mode="toggle",
-                                result_width_ms=20.0, pass_fail_hold_ms=0.0)
+    assert Handshake.from_config(OutputsConfig(reject_pin=17), f) is None
+    out = OutputsConfig(ready_pin=5, busy_pin=6, result_mode="toggle", result_width_ms=20.0)
     with Handshake.from_config(out, f) as hs:
         assert hs.mode == "toggle"
         hs.set_ready(True)
         assert f.pin(5).state == 1
     with pytest.raises(ValueError, match="result_mode"):
         Handshake(result_mode="strobe", pin_factory=f)
+
+
+def test_accept_says_why_and_a_fault_drops_the_pending_part():
+    f = MockFactory()
+    hs, p = station(f)
+    with hs:
+        assert hs.accept(1.0) == "not ready"
+        hs.set_ready(True)
+        assert hs.accept(2.0) is None and hs.pending == 2.0
+        assert hs.accept(3.0) == "busy" and hs.pending == 2.0
+        hs.fault(True)
+        assert hs.pending is None and not hs.busy
+        hs.fault(False)
+        assert hs.accept(4.0) is None
+        n_ack = len(rises(p["trigger_ack"]))
+        hs.result("PASS")
+        assert hs.pending is None and hs.accept(5.0) is None      # the next part comes within the ACK pulse...
+        assert len(rises(p["trigger_ack"])) == n_ack + 1            # ...and still gets its own ACK edge

@@ -198,8 +198,38 @@ def test_tiled_per_position_bank_grows_per_position(bundle_dir, line, tmp_path):
     res = learn(cfg, good=[line["confirmed"]], out=tmp_path / "child")
     child = load_bundle(tmp_path / "child")
     assert np.bincount(child.tile_index).tolist() == np.bincount(parent.tile_index).tolist()   # per-position caps
-    assert res["preview"]["available"] is False and "overlay" in res["preview"]["reason"]
     held = scores(tmp_path / "child", line["new"][30:40])
     assert np.median(held) < np.median(scores(tiled, line["new"][30:40]))
-    with pytest.raises(ConfigError, match="tiled"):
-        learn(cfg, rows=[1], out=tmp_path / "c2")
+
+
+def test_tiled_bundle_learns_from_its_archived_rejects(bundle_dir, line, tmp_path):  # noqa: F811
+    """A tiled bundle's archive keeps the clean frame (the overlay beside it), so its rejects can be
+    learned with --from-journal and replayed by the preview; a picture from an older archive (the
+    overlay drawn in, no sibling) is refused naming it."""
+    from gpiozero.pins.mock import MockFactory
+
+    from device.archive import overlay_path
+    from device.daemon import Daemon
+    from device.journal import Journal
+    from device.learn import learn
+    from device.notify import Notifier
+
+    train = [part(p, seed=i) for i, p in enumerate(phases(30, 1))]
+    calib = [part(p, seed=1000 + i) for i, p in enumerate(phases(60, 2))]
+    tiled = derived_bundle(bundle_dir, tmp_path / "tiled", train, calib, target_frr=TARGET_FRR, cap=80, grid=(2, 2))
+    write_pngs(tmp_path / "frames", line["new"][:8])
+    cfg_path = device_config(tmp_path, tiled, tmp_path / "frames", '[outputs]\npin_factory = "mock"\n')
+    cfg_path.write_text(cfg_path.read_text().replace("[journal]\n", f'[journal]\narchive_dir = "{tmp_path / "a"}"\n'))
+    cfg = load_config(cfg_path)
+    assert Daemon(cfg, pin_factory=MockFactory(), notifier=Notifier(env={})).run(signals=False) == 0
+    with Journal(cfg.journal.path) as j:
+        rows = j.decisions()
+    assert [r["decision"] for r in rows] == ["REJECT"] * 8 and all(r["tile_grid"] for r in rows)
+    assert all(overlay_path(r["image"]).is_file() for r in rows)
+    res = learn(cfg, rows=[r["id"] for r in rows[:5]], out=tmp_path / "child")
+    pre = res["preview"]
+    assert pre["available"] and pre["learned_rows"] == {"n": 5, "now_pass": 5} and pre["overlay_images"] == 0
+    assert pre["archived_rejects"] == 3 and pre["rejects_now_pass"] >= 1       # replayed through the new version
+    overlay_path(rows[6]["image"]).unlink()            # as an older archive wrote it: the overlay is the image
+    with pytest.raises(ConfigError, match=f"--from-journal {rows[6]['id']}: .*carries the score overlay"):
+        learn(cfg, rows=[rows[6]["id"]], out=tmp_path / "c2")

@@ -140,13 +140,10 @@ def test_service_lock_and_holder(tmp_path):
     assert pid.exists() and holder(pid) is None                 # a stale file is not a running service
 
 
-SERVICE = ("import sys\n"
-           "from device.config import load_config\n"
-           "from device.daemon import Daemon\n"
-           "from device.servicelock import hold_service_lock\n"
-           "cfg = load_config(sys.argv[1])\n"
-           "lock = hold_service_lock(cfg)   # phase 2: the daemon takes it itself\n"
-           "sys.exit(Daemon(cfg, config_path=sys.argv[1]).run())\n")
+def service(cfg: Path) -> subprocess.Popen:
+    """The real service: ``anomaly-device run`` (it takes the camera lock itself)."""
+    return subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                            env=env_no_notify(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _digests_since(journal: Path, row: int) -> set[str]:
@@ -168,21 +165,34 @@ def _last_row(journal: Path) -> int:
 
 
 def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_path):  # noqa: F811
+    """`anomaly-device run` as a subprocess: a second service and a capture are refused while it
+    runs; deploy -> the journal shows the new digest; a bad bundle is refused and the old version
+    keeps deciding; rollback; a reload that fails in the service switches the link back."""
     cfg = load_config(device_cfg)
     journal = Path(cfg.journal.path)
     b1 = bundle_digest(bundle_dir)
     deploy(cfg, bundle_dir, unit=None)
-    p = subprocess.Popen([sys.executable, "-c", SERVICE, str(device_cfg)], cwd=ROOT, env=env_no_notify(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = service(device_cfg)
     try:
         wait_until(lambda: journal.exists() and b1 in _digests_since(journal, 0) or p.poll() is not None,
                    60, "the service's first decisions")
         assert p.poll() is None, p.stderr.read()[-2000:]
+        assert holder(Path(cfg.journal.path).parent / "anomaly-device.pid") == {"pid": p.pid, "command": "run"}
+        _refused_while_running(device_cfg, tmp_path, p.pid)
         b2 = variant(bundle_dir, tmp_path / "b2", 0.5)
         mark = _last_row(journal)
         out = deploy(cfg, b2, unit=None, wait_s=30)
         assert out["status"] == "confirmed" and out["reload"] == f"SIGHUP pid {p.pid}"
         assert bundle_digest(b2) in _digests_since(journal, mark)
+        bad = Path(shutil.copytree(variant(bundle_dir, tmp_path / "b3", 0.7), tmp_path / "bad"))
+        with open(bad / "bank.npy", "r+b") as f:
+            f.seek(200)
+            f.write(b"\x01\x02")
+        mark = _last_row(journal)
+        with pytest.raises(BundleError, match="bank.npy"):
+            deploy(cfg, bad, unit=None, wait_s=30)
+        wait_until(lambda: _last_row(journal) > mark + 3, 30, "decisions after the refused deploy")
+        assert _digests_since(journal, mark) == {bundle_digest(b2)} and bundle_digest(cfg.bundle.path) == bundle_digest(b2)
         mark = _last_row(journal)
         back = rollback(cfg, unit=None, wait_s=30)
         assert back["status"] == "confirmed" and back["digest"] == b1
@@ -190,7 +200,7 @@ def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_
         assert b1 in _digests_since(journal, mark)
         # a reload that fails in the service (its config file broke meanwhile) switches the link back
         device_cfg.write_text(device_cfg.read_text() + "\n[bundle2]\n")
-        b3 = variant(bundle_dir, tmp_path / "b3", 0.6)
+        b3 = variant(bundle_dir, tmp_path / "b4", 0.6)
         with pytest.raises(BundleError, match=f"reload failed.*switched back to {b1[:16]}"):
             deploy(cfg, b3, unit=None, wait_s=30)
         assert bundle_digest(cfg.bundle.path) == b1 and p.poll() is None
@@ -203,6 +213,24 @@ def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_
         except subprocess.TimeoutExpired:
             p.kill()
     assert p.returncode == 0, p.stderr.read()[-2000:]
+    assert holder(Path(cfg.journal.path).parent / "anomaly-device.pid") is None
+
+
+def _refused_while_running(device_cfg: Path, tmp_path: Path, pid: int) -> None:
+    """A second `run` and a `capture` with the same config: one line each, exit 2, nothing started."""
+    for argv in (["run"], ["capture", "--out", str(tmp_path / "cap"), "--count", "1"]):
+        r = subprocess.run([sys.executable, "-m", "device.cli", *argv, "--config", str(device_cfg)], cwd=ROOT,
+                           env=env_no_notify(), capture_output=True, text=True, timeout=120)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1, r.stderr
+        assert f"held by `anomaly-device run` (pid {pid})" in err[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "cap").exists()
+    db = sqlite3.connect(f"file:{load_config(device_cfg).journal.path}?mode=ro", uri=True)
+    try:
+        kinds = [k for k, in db.execute("SELECT kind FROM events ORDER BY id")]
+    finally:
+        db.close()
+    assert kinds.count("start_refused") == 1 and "stop" not in kinds and kinds.count("start") == 1
 
 
 def test_deploy_warns_when_the_camera_differs_from_the_capture_record(bundle_dir, device_cfg, tmp_path):  # noqa: F811
