@@ -96,19 +96,27 @@ def test_delong_matches_rank_auroc_and_detects_a_real_difference():
     assert abs(same["diff"]) < 0.01 and same["p"] > 0.05
 
 
-def test_selection_never_calls_a_tie_a_win_and_prefers_the_cheaper():
+def test_selection_never_calls_a_tie_a_win_and_ships_cheaper_only_when_equivalent():
     from trainer.selection import select
 
     rng = np.random.default_rng(1)
-    y = np.r_[np.zeros(60), np.ones(60)]
-    a = y * 1.0 + rng.normal(0, 1, 120)
-    b = a + rng.normal(0, 0.05, 120)           # the same signal: within noise of a
-    c = y * 0.1 + rng.normal(0, 1, 120)         # clearly worse
+    y = np.r_[np.zeros(300), np.ones(300)]
+    a = y * 3.0 + rng.normal(0, 1, 600)
+    b = a + rng.normal(0, 0.02, 600)           # the same signal: shown equivalent to a
+    c = y * 0.2 + rng.normal(0, 1, 600)         # clearly worse
     sel = select(["a", "b", "c"], y, np.stack([a, b, c]), cost=[5.0, 1.0, 0.1])
-    assert sel.tie and sel.chosen == "b" and "c" not in sel.tied
-    assert "tie" in sel.reason
-    strong = select(["a", "c"], y, np.stack([y * 3 + rng.normal(0, 1, 120), c]), cost=[5.0, 0.1])
-    assert strong.chosen == "a" and not strong.tie and "significantly" in strong.reason
+    assert sel.tie and sel.chosen == "b" and "c" not in sel.tied and "c" not in sel.equivalent
+    assert "not a win" in sel.reason and (sel.best == "b" or "cheaper" in sel.reason)
+    # noisy validation: d is not significantly worse than a (a tie) but not shown equivalent either,
+    # so the cheaper d does not ship
+    small = np.r_[np.zeros(20), np.ones(20)]
+    a2 = small * 1.0 + rng.normal(0, 1, 40)
+    d2 = small * 0.8 + rng.normal(0, 1, 40)
+    noisy = select(["a", "d"], small, np.stack([a2, d2]), cost=[5.0, 1.0])
+    if noisy.best == "a":
+        assert noisy.tie and noisy.chosen == "a" and noisy.equivalent == ["a"]
+    strong = select(["a", "c"], y, np.stack([a, c]), cost=[5.0, 0.1])
+    assert strong.chosen == "a" and not strong.tie and "significantly above" in strong.reason
 
 
 def test_clearly_worse_prunes_only_far_candidates():

@@ -11,17 +11,17 @@ Three pieces, numpy only (``scipy`` for two distribution functions):
   variance for correlated AUROCs (:func:`delong`, :func:`compare`) and a bootstrap over source
   images (:func:`grouped_bootstrap`), which also accounts for a defect and its source normal
   being correlated.
-* **the rule** (:func:`select`): the best validation AUROC wins only when the others are
-  significantly worse; candidates within noise of the best are a tie, and a tie goes to the
-  cheapest (then simplest) of them, reported as a tie, never as a win. :func:`clearly_worse`
-  prunes candidates far below the leader early.
+* **the rule** (:func:`select`): the highest validation AUROC is reported as a win only when
+  the others are significantly worse (otherwise: a tie); a cheaper (then simpler) candidate
+  ships instead only when an equivalence test shows it loses at most ``margin``.
+  :func:`clearly_worse` prunes candidates far below the leader early.
 
 Example:
     >>> import numpy as np
     >>> y = np.r_[np.zeros(50), np.ones(50)]
     >>> rng = np.random.default_rng(0)
-    >>> s = np.stack([y + rng.normal(0, 1, 100), y + rng.normal(0, 1, 100) + 0.01])
-    >>> sel = select(["a", "b"], y, s, cost=[2.0, 1.0])
+    >>> a = 3 * y + rng.normal(0, 1, 100)
+    >>> sel = select(["a", "b"], y, np.stack([a, a + rng.normal(0, 0.01, 100)]), cost=[2.0, 1.0])
     >>> sel.chosen, sel.tie
     ('b', True)
 """
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Z_TIE = 1.645          # one-sided 95 %: a candidate not significantly below the best is tied with it
 Z_PRUNE = 3.0          # clearly worse: more than 3 standard errors below the leader
 MIN_EFFECT = 0.002     # AUROC differences below this are never a win, however small the SE
+EQUIVALENCE_MARGIN = 0.005   # a cheaper candidate ships only if it loses at most this much AUROC (upper bound)
 
 
 # ---------------------------------------------------------------------------- AUROC statistics
@@ -148,11 +149,13 @@ class Selection:
     Attributes:
         chosen: the candidate name that ships.
         best: the name with the highest validation AUROC.
-        tie: True when ``chosen`` is not significantly better than every other candidate
-            (the choice among the tied set was made by cost, not by accuracy).
-        tied: names within noise of ``best`` (including it).
+        tie: True when ``best`` is not significantly better than some other candidate: the
+            report must say "no significant difference", never "won".
+        tied: names not significantly below ``best`` (including it).
+        equivalent: names shown to be within ``margin`` of ``best`` (an equivalence test); the
+            cheapest of these ships.
         aurocs: {name: validation AUROC}; se: {name: DeLong standard error}.
-        vs_best: {name: {"diff", "se", "z", "p"}} for every candidate against ``best``.
+        vs_best: {name: {"diff", "se", "z"}} for every candidate against ``best``.
         reason: one sentence for the report and manifest.
     """
 
@@ -160,6 +163,7 @@ class Selection:
     best: str
     tie: bool
     tied: list
+    equivalent: list
     aurocs: dict
     se: dict
     vs_best: dict
@@ -170,14 +174,20 @@ class Selection:
 
 
 def select(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, cost: Sequence[float] | None = None,
-           complexity: Sequence | None = None, z_tie: float = Z_TIE, min_effect: float = MIN_EFFECT) -> Selection:
-    """Pick a candidate from validation scores, preferring the cheaper one within noise.
+           complexity: Sequence | None = None, margin: float = EQUIVALENCE_MARGIN, z: float = Z_TIE,
+           min_effect: float = MIN_EFFECT) -> Selection:
+    """Pick a candidate from validation scores; a cheaper one only when it is shown to be as good.
 
-    A candidate is *tied* with the best when its AUROC is below the best by at most
-    ``max(min_effect, z_tie * SE)`` (paired DeLong SE of the difference). Among the tied the
-    lowest ``cost`` (e.g. estimated ms per frame), then the lowest ``complexity``, then the
-    higher AUROC, ships. ``tie`` is True whenever another candidate is within noise of the
-    chosen one, so the report can say "no significant difference" instead of "won".
+    Two questions, two tests (paired DeLong standard errors of the difference to the best):
+
+    * **is the best really better?** A candidate whose AUROC is below the best by at most
+      ``max(min_effect, z * SE)`` is *tied* with it: the best did not win against it, and the
+      reason says so.
+    * **may a cheaper candidate ship instead?** Only when it is *equivalent*: the upper
+      confidence bound of its loss, ``diff + z * SE``, is at most ``margin`` (an equivalence
+      test; absence of evidence of a difference is not enough, or a noisy validation would
+      hand the choice to the cheapest candidate). Among the equivalent the lowest ``cost``
+      (e.g. estimated ms per frame), then the lowest ``complexity``, then the higher AUROC ships.
 
     Args:
         names: candidate names, (m,).
@@ -185,39 +195,42 @@ def select(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, cost: S
         scores: (m, n) validation scores, one row per candidate.
         cost: (m,) lower is better; default all equal.
         complexity: (m,) sortable keys, lower is simpler; default all equal.
+        margin: AUROC a cheaper candidate may lose (upper confidence bound).
     """
     names = list(names)
-    s = np.atleast_2d(np.asarray(scores, np.float64))
-    auc, cov = delong(labels, s)
+    auc, cov = delong(labels, np.atleast_2d(np.asarray(scores, np.float64)))
     ib = int(np.argmax(auc))
     cost = list(cost) if cost is not None else [0.0] * len(names)
     complexity = list(complexity) if complexity is not None else [()] * len(names)
-    vs, tied = {}, []
+    vs, tied, equiv = {}, [], []
     for i, n in enumerate(names):
         var = max(float(cov[ib, ib] + cov[i, i] - 2 * cov[ib, i]), 0.0)
         d, se = float(auc[ib] - auc[i]), var ** 0.5
         vs[n] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
-        if d <= max(min_effect, z_tie * se):
+        if d <= max(min_effect, z * se):
             tied.append(i)
-    pick = min(tied, key=lambda i: (cost[i], complexity[i], -auc[i]))
-    others_close = [names[i] for i in tied if i != pick]
-    reason = _reason(names, auc, ib, pick, others_close, vs, cost)
-    return Selection(chosen=names[pick], best=names[ib], tie=bool(others_close), tied=[names[i] for i in tied],
-                     aurocs={n: float(a) for n, a in zip(names, auc)},
-                     se={n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}, vs_best=vs, reason=reason)
+        if d + z * se <= margin:
+            equiv.append(i)
+    pick = min(equiv, key=lambda i: (cost[i], complexity[i], -auc[i]))
+    reason = _reason(names, auc, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin)
+    return Selection(chosen=names[pick], best=names[ib], tie=len(tied) > 1, tied=[names[i] for i in tied],
+                     equivalent=[names[i] for i in equiv], aurocs={n: float(a) for n, a in zip(names, auc)},
+                     se={n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}, vs_best=vs,
+                     reason=reason)
 
 
-def _reason(names, auc, ib, pick, close, vs, cost) -> str:
-    if not close:
-        return (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, significantly above every other candidate "
-                f"(next: {max((a for i, a in enumerate(auc) if i != pick), default=float('nan')):.4f})")
-    if pick == ib:
-        return (f"{names[pick]}: highest validation AUROC {auc[pick]:.4f} and the cheapest of {len(close) + 1} "
-                f"candidates within noise of it (a tie, not a win)")
-    d = vs[names[pick]]
-    return (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, within noise of the best {names[ib]} "
-            f"({auc[ib]:.4f}; difference {d['diff']:.4f} ± {d['se']:.4f}) and cheaper "
-            f"({cost[pick]:.2f} vs {cost[ib]:.2f}): a tie, decided by cost")
+def _reason(names, auc, ib, pick, tied_others, vs, cost, margin) -> str:
+    if pick != ib:
+        d = vs[names[pick]]
+        head = (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, shown within {margin} of the best {names[ib]} "
+                f"({auc[ib]:.4f}; difference {d['diff']:.4f} ± {d['se']:.4f}) and cheaper "
+                f"({cost[pick]:.2f} vs {cost[ib]:.2f})")
+    else:
+        head = f"{names[pick]}: highest validation AUROC {auc[pick]:.4f}"
+    if not tied_others:
+        return head + ", significantly above every other candidate"
+    shown = ", ".join(tied_others[:3]) + (f" and {len(tied_others) - 3} more" if len(tied_others) > 3 else "")
+    return head + f"; not significantly better than {shown} (a tie, not a win)"
 
 
 def clearly_worse(labels: np.ndarray, scores: np.ndarray, z: float = Z_PRUNE, min_gap: float = 0.02) -> np.ndarray:

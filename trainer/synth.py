@@ -175,7 +175,8 @@ def synthetic_defects(images, kinds=DEFECT_KINDS, seed: int = 0, per_image: int 
 
 SURFACE_KINDS = ("scratch", "spot", "crack", "stain", "texture")
 SHAPE_KINDS = ("cutpaste", "warp", "missing", "stretch")
-VALIDATION_KINDS = SURFACE_KINDS + SHAPE_KINDS
+LAYOUT_KINDS = ("elastic",)
+VALIDATION_KINDS = SURFACE_KINDS + SHAPE_KINDS + LAYOUT_KINDS
 MIN_CHANGE = 2.0
 
 
@@ -320,6 +321,24 @@ def v_stretch(img, rng, centre, size, strength):
     return np.clip(out, 0, 255).astype(np.uint8), (wgt > 0.5).astype(np.uint8) * 255
 
 
+def v_elastic(img, rng, centre, size, strength):
+    """A smooth, large-scale deformation of the whole part (its shape changes, its local texture
+    does not): a random displacement field smoothed over ``size / 3`` px, peak 6-15 % of the
+    short side. Unlike drawn defects it leaves no local artifact, as a wrong or misshapen part
+    does not; pooled features that keep the layout see it, patch features barely."""
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    sigma = max(2.0, size / 3)
+    amp = rng.uniform(0.06, 0.15) * min(h, w)
+    field = [cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), sigma) for _ in range(2)]
+    peak = max(float(np.abs(field[0]).max()), float(np.abs(field[1]).max()), 1e-6)
+    dx, dy = (f * (amp / peak) for f in field)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = cv2.remap(np.ascontiguousarray(_f32(img)), xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mask = (np.hypot(dx, dy) > 0.3 * amp).astype(np.uint8) * 255
+    return np.clip(out, 0, 255).astype(np.uint8), mask
+
+
 def v_missing(img, rng, centre, size, strength):
     """An ellipse ``size`` across in-painted from its surroundings (a part that is not there)."""
     cv2 = _cv2()
@@ -332,7 +351,7 @@ def v_missing(img, rng, centre, size, strength):
 
 VALIDATION_DRAW: dict[str, Callable] = {"scratch": v_scratch, "spot": v_spot, "crack": v_crack, "stain": v_stain,
                                         "texture": v_texture, "cutpaste": v_cutpaste, "warp": v_warp,
-                                        "missing": v_missing, "stretch": v_stretch}
+                                        "missing": v_missing, "stretch": v_stretch, "elastic": v_elastic}
 
 
 def content_map(img: np.ndarray) -> np.ndarray:
@@ -379,7 +398,7 @@ def validation_defects(images: Sequence[np.ndarray], kinds: Sequence[str] = VALI
         >>> imgs = [rng.integers(0, 255, (48, 48), dtype=np.uint8) for _ in range(2)]
         >>> v = validation_defects(imgs, seed=1)
         >>> len(v.images), sorted(set(v.kinds)) == sorted(VALIDATION_KINDS)
-        (18, True)
+        (20, True)
     """
     rng = np.random.default_rng(seed)
     out = ValidationDefects([], [], [], [], [], [])
@@ -406,8 +425,12 @@ def _draw_validation(img, kind, rng, pmap, min_px, max_frac, shape_frac, strengt
         raise ValueError(f"unknown validation defect kind {kind!r}; expected one of {VALIDATION_KINDS}")
     h, w = img.shape[:2]
     short = min(h, w)
-    lo, hi = (max(min_px, shape_frac[0] * short), shape_frac[1] * short) if kind in SHAPE_KINDS else \
-        (min_px, max(min_px, max_frac * short))
+    if kind in LAYOUT_KINDS:
+        lo, hi = 0.3 * short, 1.0 * short
+    elif kind in SHAPE_KINDS:
+        lo, hi = max(min_px, shape_frac[0] * short), shape_frac[1] * short
+    else:
+        lo, hi = min_px, max(min_px, max_frac * short)
     spread = max(8.0, float(img.std()))
     flat = pmap.ravel()
     for _ in range(6):

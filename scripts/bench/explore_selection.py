@@ -132,20 +132,6 @@ def _demo(work: Path, seed: int, n_train: int, n_test: int) -> dict:
 # ---------------------------------------------------------------------------- per-network features
 
 
-def network_inputs(images: list, cand, grey_frames: bool = True):
-    """Batch source of ``images`` as the candidate's network sees them (whole frame or tiles)."""
-    from device.preprocess import InputSpec, prepare_frame, preprocess
-    from trainer.features import ArraySource, TiledSource
-
-    if cand.grid:
-        spec = InputSpec(size=(cand.size, cand.size), color="grey", working_size=tuple(cand.working_size),
-                         grid=tuple(cand.grid), overlap=cand.overlap, pixel_scale=1.0, pixel_offset=0.0)
-        frames = np.stack([prepare_frame(im, spec)[:, :, 0] for im in images])
-        return TiledSource(frames, spec)
-    spec = InputSpec(size=(cand.size, cand.size), color="grey", pixel_scale=1.0, pixel_offset=0.0)
-    return ArraySource(np.stack([preprocess(im, spec)[0] for im in images]))
-
-
 def old_validation_images(train: list, cand, seed: int) -> tuple[np.ndarray, list]:
     """Today's fit: 20 % held out (seeded), one ``synthetic_defects`` defect each, drawn on the
     prepared frame (network size; working size at tile scale with a grid). Returns (cal index, defects)."""
@@ -167,8 +153,11 @@ def old_validation_images(train: list, cand, seed: int) -> tuple[np.ndarray, lis
 
 
 def score_network_group(cands: list, data: dict, syn, cache, net, seed: int) -> dict:
-    """Scores of every candidate sharing one forward pass: {name: {...score arrays...}}."""
-    from trainer.features import Head, compose
+    """Scores of every candidate sharing one forward pass: {name: {normal, syn, real, old_cal, old_syn}}.
+
+    New validation and real scores come from the product code (``trainer.search``); the old
+    validation (today's fit) is rebuilt here."""
+    from trainer.search import network_inputs, patch_score_matrix, score_pass
     from trainer.selection import fold_of
 
     n = len(data["train"])
@@ -176,68 +165,37 @@ def score_network_group(cands: list, data: dict, syn, cache, net, seed: int) -> 
     cal, old_syn = old_validation_images(data["train"], cands[0], seed)
     srcs = {"train": network_inputs(data["train"], cands[0]), "test": network_inputs(data["test"], cands[0]),
             "syn": network_inputs(syn.images, cands[0]), "old_syn": network_inputs(old_syn, cands[0])}
-    T = srcs["train"].per_item
     pooled = [c for c in cands if c.pooling != "patch"]
-    heads = sorted({Head(c.pooling, (l,)) for c in pooled for l in c.layers}, key=lambda h: h.key())
-    feats = {k: cache.get(s, net, heads) for k, s in srcs.items()} if heads else {}
-    out = {}
-    for c in pooled:
-        f = {k: compose(v, c.layers, c.pooling) for k, v in feats.items()}
-        out[c.name] = _pooled_scores(c, f, fold, cal, T, syn.source)
+    new = score_pass(pooled, srcs, cache, net, fold, syn.source, seed, extra=("test",)) if pooled else {}
+    out = {c.name: {"normal": new[c.name]["normal"], "syn": new[c.name]["defect"], "real": new[c.name]["test"],
+                    **_old_pooled(c, srcs, cache, net, cal)} for c in pooled}
+    nf = fold.max() + 1
     for c in (c for c in cands if c.pooling == "patch"):
-        out[c.name] = _patch_scores(c, srcs, cache, net, fold, cal, seed, syn.source)
+        got = patch_score_matrix(c, srcs, cache, net, fold, seed, extra_banks=[~np.isin(np.arange(n), cal)])
+        out[c.name] = {"normal": got["train"][np.arange(n), fold],
+                       "syn": got["syn"][np.arange(len(syn.source)), fold[syn.source]], "real": got["test"][:, nf],
+                       "old_cal": got["train"][cal, nf + 1], "old_syn": got["old_syn"][:, nf + 1]}
     return out
 
 
 def _scorer(c, bank):
-    from device.scoring import make_scorer
+    from trainer.search import make_scorer
 
-    return make_scorer(c.scoring, np.ascontiguousarray(bank, np.float32), c.k)
+    return make_scorer(c, bank)
 
 
-def _pooled_scores(c, f: dict, fold, cal, T: int, src_syn: np.ndarray) -> dict:
-    from trainer.selection import cross_fit
+def _old_pooled(c, srcs: dict, cache, net, cal: np.ndarray) -> dict:
+    """Today's validation: bank = the 80 % not held out, held-out normals vs defects drawn on them."""
+    from trainer.features import Head, compose
 
+    heads = [Head(c.pooling, (layer,)) for layer in c.layers]
+    f = {k: compose(cache.get(srcs[k], net, heads), c.layers, c.pooling) for k in ("train", "old_syn")}
+    T = srcs["train"].per_item
     n = len(f["train"]) // T
     item = np.repeat(np.arange(n), T)
-    normal, syn = cross_fit(f["train"], item, [(f["train"], np.arange(n)), (f["syn"], src_syn)],
-                            lambda b: _scorer(c, b), fold, rows_per_item=T)
-    full = _scorer(c, f["train"])
-    real = full.score(f["test"]).reshape(-1, T).max(1)
-    keep = ~np.isin(item, cal)
-    old = _scorer(c, f["train"][keep])
-    old_cal = old.score(f["train"].reshape(n, T, -1)[cal].reshape(len(cal) * T, -1)).reshape(-1, T).max(1)
-    old_syn = old.score(f["old_syn"]).reshape(-1, T).max(1)
-    return {"normal": normal, "syn": syn, "real": real, "old_cal": old_cal, "old_syn": old_syn}
-
-
-def _patch_scores(c, srcs: dict, cache, net, fold, cal, seed: int, src_syn: np.ndarray) -> dict:
-    """Patch candidates: bank rows sampled per image; queries streamed through every scorer
-    (one per fold, the full bank, today's 80 % bank), keeping the worst patch per tile."""
-    from trainer.features import Head
-
-    n = len(fold)
-    T = srcs["train"].per_item
-    rows_total = PATCH_BANK_ROWS[c.scoring]
-    per = max(4, int(np.ceil(rows_total / (n * T))))
-    bank = np.asarray(cache.get(srcs["train"], net, [Head("patch", c.layers, rows=per)], seed)[
-        Head("patch", c.layers, rows=per).key()], np.float32)
-    item = np.repeat(np.arange(n), len(bank) // n)
-    banks = [bank[fold[item] != f] for f in range(fold.max() + 1)] + [bank, bank[~np.isin(item, cal)]]
-    rng = np.random.default_rng(seed)
-    banks = [b[np.sort(rng.choice(len(b), min(len(b), rows_total), replace=False))] for b in banks]
-    scorers = [_scorer(c, b) for b in banks]
-
-    def reduce(x):   # (B, h, w, C) -> (B, n_scorers): worst patch per tile under each scorer
-        rows = x.reshape(-1, x.shape[-1])
-        return np.stack([s.score(rows).reshape(len(x), -1).max(1) for s in scorers], axis=1)
-
-    key = f"{c.name}:{seed}:{len(scorers)}"
-    got = {k: cache.stream(s, net, Head("patch", c.layers), reduce, key).reshape(-1, T, len(scorers)).max(1)
-           for k, s in srcs.items()}
-    nf = fold.max() + 1
-    return {"normal": got["train"][np.arange(n), fold], "syn": got["syn"][np.arange(len(src_syn)), fold[src_syn]],
-            "real": got["test"][:, nf], "old_cal": got["train"][cal, nf + 1], "old_syn": got["old_syn"][:, nf + 1]}
+    old = _scorer(c, f["train"][~np.isin(item, cal)])
+    return {"old_cal": old.score(f["train"].reshape(n, T, -1)[cal].reshape(len(cal) * T, -1)).reshape(-1, T).max(1),
+            "old_syn": old.score(f["old_syn"]).reshape(-1, T).max(1)}
 
 
 # ---------------------------------------------------------------------------- one data set
@@ -247,7 +205,7 @@ def run_set(name: str, args, cache) -> Path:
     """Score every candidate of one data set; store arrays + candidate list under ``--work``."""
     from trainer.candidates import derive_space, group_by_network, log_space
     from trainer.features import Network
-    from trainer.synth import validation_defects
+    from trainer.synth import VALIDATION_KINDS, validation_defects
 
     t0 = time.time()
     data = load_set(name, args.seed, args.n_train if name != "brick" else args.n_train_brick,
@@ -263,21 +221,24 @@ def run_set(name: str, args, cache) -> Path:
     from trainer.candidates import default_min_defect_px
 
     min_px = args.min_defect_px or default_min_defect_px(tuple(hw))
-    syn = validation_defects(data["train"], seed=args.seed + 7, min_px=min_px,
-                             each=name != "brick", per_image=1 if name != "brick" else 3)
+    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+    syn = validation_defects(data["train"], kinds=kinds, seed=args.seed + 7 + sum(map(ord, args.tag)),
+                             min_px=min_px, each=name != "brick", per_image=1 if name != "brick" else 3,
+                             strength=tuple(args.strength))
     log.info("%s: %d train, %d test (%d defective), frame %s, min defect %.1f px, %d synthetic; %s", name,
              len(data["train"]), len(data["test"]), int(data["y"].sum()), tuple(hw), min_px, len(syn.images),
              log_space(cands))
-    scores, timing = {}, {}
+    scores, timing, fwd = {}, {}, {}
     for (alpha, size, *_), group in group_by_network(cands).items():
         tg = time.time()
         net = Network(alpha, size, weights[alpha])
         scores.update(score_network_group(group, data, syn, cache, net, args.seed))
         timing[f"{group[0].name.split('-' + group[0].taps)[0]}"] = time.time() - tg
+        fwd[f"{group[0].name.split('-' + group[0].taps)[0]}"] = cache.ms_per_input(net)
         log.info("  %s: %d candidates in %.0f s", group[0].name.split("-" + group[0].taps)[0], len(group),
                  time.time() - tg)
         cache.drop_memory()
-    path = args.work / f"scores_{name}.npz"
+    path = args.work / f"scores_{name}{args.tag}.npz"
     arrays = {f"{n}|{k}": v for n, d in scores.items() for k, v in d.items()}
     np.savez_compressed(path, y=data["y"], syn_kinds=np.array(syn.kinds), syn_source=syn.source,
                         syn_sizes=syn.sizes, test_groups=np.array(data["groups"]), **arrays)
@@ -285,8 +246,8 @@ def run_set(name: str, args, cache) -> Path:
             "n_test": len(data["test"]), "n_test_defective": int(data["y"].sum()), "n_synthetic": len(syn.images),
             "candidates": [dict(name=c.name, **{k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in c.__dict__.items()}) for c in cands],
-            "seconds": time.time() - t0, "network_seconds": timing}
-    (args.work / f"meta_{name}.json").write_text(json.dumps(meta, indent=1))
+            "seconds": time.time() - t0, "network_seconds": timing, "forward_ms_per_input": fwd}
+    (args.work / f"meta_{name}{args.tag}.json").write_text(json.dumps(meta, indent=1))
     log.info("%s: done in %.0f s -> %s", name, time.time() - t0, path)
     return path
 
@@ -295,9 +256,22 @@ def run_set(name: str, args, cache) -> Path:
 
 
 def load_scores(work: Path, name: str) -> tuple[dict, dict]:
+    """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended."""
     z = np.load(work / f"scores_{name}.npz")
     meta = json.loads((work / f"meta_{name}.json").read_text())
     arrays = {k: z[k] for k in z.files}
+    for extra in sorted(work.glob(f"scores_{name}_*.npz")):
+        e = np.load(extra)
+        tag = extra.stem[len(f"scores_{name}"):]
+        kinds = np.array([k + tag if k in set(arrays["syn_kinds"]) else k for k in e["syn_kinds"]])
+        arrays["syn_kinds"] = np.r_[arrays["syn_kinds"], kinds]
+        arrays["syn_source"] = np.r_[arrays["syn_source"], e["syn_source"]]
+        arrays["syn_sizes"] = np.r_[arrays["syn_sizes"], e["syn_sizes"]]
+        for k in arrays:
+            if k.endswith("|syn"):
+                arrays[k] = np.r_[arrays[k], e[k]]
+            elif k.endswith("|normal") and not np.allclose(arrays[k], e[k], atol=1e-4):
+                raise ValueError(f"{extra}: normal scores of {k} differ from the main run")
     return arrays, meta
 
 
@@ -386,7 +360,7 @@ MIXES = {"all": None, "surface": ("scratch", "spot", "crack", "stain", "texture"
          "shape": ("cutpaste", "warp", "missing")}
 
 
-def analyse_main(args) -> int:
+def analyse_main(args, command: str) -> int:
     flat = {}
     for name in args.sets:
         if not (args.work / f"scores_{name}.npz").exists():
@@ -415,6 +389,198 @@ def analyse_main(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- small-data threshold
+
+
+THRESHOLD_CANDIDATES = {   # the configuration each set's threshold study scores with
+    "mt": dict(size=224, taps="b13+out", pooling="grid3"),
+    "brick": dict(size=96, taps="b6", pooling="patch", scoring="gauss", grid=(16, 16), working_size=(1024, 1024)),
+    "demo": dict(size=96, taps="b13+out", pooling="max"),
+}
+
+
+def _threshold_pool(name: str, seed: int, work: Path) -> dict:
+    """Normal pool, held-out pools and real defects for the threshold study."""
+    if name == "mt":
+        d = load_set("mt", seed, 10 ** 6, 10 ** 6, work)   # every image: 666 train + test (286 good, 392 defective)
+        normals = d["train"] + [x for x, y in zip(d["test"], d["y"]) if y == 0]
+        return {"normals": normals, "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1]}
+    if name == "demo":
+        d = _demo(work, seed, 10 ** 6, 10 ** 6)
+        return {"normals": d["train"], "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1],
+                "shifted": [x for x, y in zip(d["test"], d["y"]) if y == 0]}
+    import bench_tiles as bt
+
+    q, rng = bt._quadrants("brick"), np.random.default_rng(seed + 100)
+    d = _brick(seed + 100, 0, 100)
+    return {"normals": [bt.make_frame(q["train_a"], rng) for _ in range(250)], "shifted": d["test"][:50],
+            "defects": d["test"][50:]}
+
+
+def _draw_scores(c, pool: dict, tr: np.ndarray, ho: np.ndarray, cache, net, seed: int) -> dict:
+    """Cross-fitted scores of the n training images, today's 80/20 split, and the held-out /
+    shifted / defective images against both banks."""
+    from trainer.selection import fold_of
+
+    normals = pool["normals"]
+    n = len(tr)
+    fold = fold_of(n, 10, seed)
+    cal = np.sort(np.random.default_rng(seed).permutation(n)[:max(1, int(round(0.2 * n)))])
+    sets = {"train": [normals[i] for i in tr], "held": [normals[i] for i in ho], "defects": pool["defects"],
+            **({"shifted": pool["shifted"]} if "shifted" in pool else {})}
+    from trainer.search import network_inputs, patch_score_matrix
+
+    srcs = {k: network_inputs(v, c) for k, v in sets.items()}
+    T = srcs["train"].per_item
+    if c.pooling == "patch":
+        got = patch_score_matrix(c, srcs, cache, net, fold, seed, extra_banks=[~np.isin(np.arange(n), cal)])
+        nf = fold.max() + 1
+        out = {"cv": got["train"][np.arange(n), fold], "old_cal": got["train"][cal, nf + 1]}
+        for k in sets:
+            if k != "train":
+                out[f"{k}_full"], out[f"{k}_old"] = got[k][:, nf], got[k][:, nf + 1]
+        return out
+    from trainer.features import Head, compose
+
+    heads = sorted({Head(c.pooling, (l,)) for l in c.layers}, key=lambda h: h.key())
+    f = {k: compose(cache.get(s, net, heads), c.layers, c.pooling) for k, s in srcs.items()}
+    item = np.repeat(np.arange(n), T)
+    cv, = __import__("trainer.selection", fromlist=["cross_fit"]).cross_fit(
+        f["train"], item, [(f["train"], np.arange(n))], lambda b: _scorer(c, b), fold, rows_per_item=T)
+    full, old = _scorer(c, f["train"]), _scorer(c, f["train"][~np.isin(item, cal)])
+    out = {"cv": cv, "old_cal": old.score(f["train"].reshape(n, T, -1)[cal].reshape(-1, f["train"].shape[1])
+                                          ).reshape(-1, T).max(1)}
+    for k in sets:
+        if k != "train":
+            out[f"{k}_full"] = full.score(f[k]).reshape(-1, T).max(1)
+            out[f"{k}_old"] = old.score(f[k]).reshape(-1, T).max(1)
+    return out
+
+
+def threshold_study(name: str, args, cache, n_small: int = 30, target: float = 0.01) -> dict:
+    """FRR on held-out good images of today's held-out max vs cross-fitted estimators, over draws."""
+    from core.threshold import calibrate_threshold
+    from trainer.calibration import estimate_threshold, frr_and_miss
+    from trainer.candidates import Candidate
+    from trainer.features import Network
+
+    c = Candidate(**THRESHOLD_CANDIDATES[name])
+    net = Network(c.alpha, c.size, str(shared() / "weights" / W035))
+    pool = _threshold_pool(name, args.seed, args.work)
+    rows = []
+    for d in range(args.draws):
+        rng = np.random.default_rng(1000 + d)
+        perm = rng.permutation(len(pool["normals"]))
+        tr, ho = np.sort(perm[:n_small]), np.sort(perm[n_small:n_small + args.n_held])
+        sc = _draw_scores(c, pool, tr, ho, cache, net, 1000 + d)
+        ests = {"holdout_max (today)": (calibrate_threshold(sc["old_cal"], target), "old"),
+                "order": (estimate_threshold(sc["cv"], target, "order")["value"], "full"),
+                "gauss": (float(sc["cv"].mean() + 2.326 * sc["cv"].std(ddof=1)), "full"),
+                "tail (auto)": (estimate_threshold(sc["cv"], target, "auto")["value"], "full")}
+        for est, (t, bank) in ests.items():
+            r = {"draw": d, "estimator": est, **frr_and_miss(t, sc[f"held_{bank}"], sc.get(f"defects_{bank}"))}
+            if f"shifted_{bank}" in sc:
+                r["frr_shifted"] = frr_and_miss(t, sc[f"shifted_{bank}"])["frr"]
+            rows.append(r)
+        log.info("%s draw %d: %s", name, d, {r["estimator"]: round(r["frr"], 3) for r in rows[-len(ests):]})
+        cache.drop_memory()
+    return summarise_threshold(name, rows, n_small, target)
+
+
+def summarise_threshold(name: str, rows: list, n: int, target: float) -> dict:
+    out = {}
+    for est in dict.fromkeys(r["estimator"] for r in rows):
+        rs = [r for r in rows if r["estimator"] == est]
+        key = f"threshold.{name}.n{n}.{est.split(' ')[0]}"
+        for m in ("frr", "miss", "frr_shifted"):
+            v = [r[m] for r in rs if m in r]
+            if v:
+                out[f"{key}.{m}_mean"] = float(np.mean(v))
+                out[f"{key}.{m}_max"] = float(np.max(v))
+        out[f"{key}.draws"] = len(rs)
+        print(f"{name:6s} n={n} {est:22s} FRR mean {np.mean([r['frr'] for r in rs]):.3f} max "
+              f"{np.max([r['frr'] for r in rs]):.3f}  miss {np.mean([r.get('miss', np.nan) for r in rs]):.3f}"
+              + (f"  shifted FRR {np.mean([r['frr_shifted'] for r in rs]):.3f}" if "frr_shifted" in rs[0] else ""),
+              flush=True)
+    out[f"threshold.{name}.target_frr"] = target
+    return out
+
+
+# ---------------------------------------------------------------------------- latency constants
+
+LATENCY_TRUNKS = ((0.35, 96, "out_relu"), (0.35, 160, "out_relu"), (0.35, 224, "out_relu"),
+                  (1.0, 96, "out_relu"), (1.0, 224, "out_relu"), (0.35, 96, "block_6_expand_relu"))
+PI4_MOBILENETV2_1_224_INT8_4T_MS = (17.0, 20.0)   # docs: GUIDE.md device speeds (Pi 4, LiteRT, XNNPACK, 4 threads)
+
+
+def _time_call(fn, n: int = 60) -> float:
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def latency_constants() -> dict:
+    """int8 LiteRT ms (1 thread) of whole trunks -> inference = fixed + ns/MAC * MACs; k-NN and Gaussian ns per
+    multiply-add; the Pi 4 inference factor from the documented Pi 4 time of MobileNetV2 1.0/224 int8."""
+    from device.extractor import TFLiteExtractor
+    from device.scoring import GaussianScorer, KNNScorer
+    from models.backbone import FEATURE_TAPS, build_extractor
+    from trainer.candidates import trunk_macs
+    from trainer.convert import convert
+
+    out, pts = {}, []
+    for alpha, size, layer in LATENCY_TRUNKS:
+        w = str(shared() / "weights" / (W035 if alpha == 0.35 else W100))
+        taps = next(k for k, v in FEATURE_TAPS.items() if v == [layer])
+        model, _ = build_extractor(alpha, (size, size), w, taps, "max")
+        rep = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
+        ext = TFLiteExtractor(convert(model, rep, "int8"), num_threads=1)
+        x = rep[:1]
+        ms = _time_call(lambda: ext(x))
+        macs = trunk_macs(alpha, size, layer)
+        pts.append((macs, ms))
+        out[f"latency.int8_ms.a{alpha:g}_{size}_{layer}"] = ms
+        out[f"latency.mmacs.a{alpha:g}_{size}_{layer}"] = macs / 1e6
+        log.info("int8 a%g %d up to %s: %.3f ms (%.0f MMAC)", alpha, size, layer, ms, macs / 1e6)
+    A = np.array([[1.0, m] for m, _ in pts])
+    fixed, per_mac = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(10000, 1280)).astype(np.float32)
+    q = rng.normal(size=(1, 1280)).astype(np.float32)
+    knn = _time_call(lambda: KNNScorer(bank, 1).score(q), 20)   # includes building: subtract below
+    build = _time_call(lambda: KNNScorer(bank, 1), 20)
+    g = GaussianScorer(rng.normal(size=(5000, 96)).astype(np.float32))
+    rows = rng.normal(size=(36864, 96)).astype(np.float32)
+    gms = _time_call(lambda: g.score(rows), 10)
+    x86_1_224 = out["latency.int8_ms.a1_224_out_relu"]
+    out.update({"latency_model.inf_fixed_ms": float(max(fixed, 0.0)), "latency_model.inf_ns_per_mac": float(per_mac * 1e6),
+                "latency_model.knn_ns_per_madd": float(max(knn - build, 1e-3) * 1e6 / (10000 * 1280)),
+                "latency_model.gauss_ns_per_madd": float(gms * 1e6 / (36864 * 96 * 96)),
+                "latency_model.pi4_inference_factor": float(np.mean(PI4_MOBILENETV2_1_224_INT8_4T_MS) / x86_1_224),
+                "latency_model.basis": (f"x86: int8 LiteRT 1 thread measured here (MobileNetV2 1.0/224: {x86_1_224:.2f} ms); "
+                                        f"Pi 4: documented MobileNetV2 1.0/224 int8, 4 threads, "
+                                        f"{PI4_MOBILENETV2_1_224_INT8_4T_MS[0]:g}-{PI4_MOBILENETV2_1_224_INT8_4T_MS[1]:g} ms "
+                                        f"(GUIDE.md) -> inference factor; numpy stages x8 (single-thread A72 vs x86 core, "
+                                        f"estimate as in bench_audit.py)")})
+    return out
+
+
+def merge_results(update: dict, command: str) -> None:
+    """Merge flat keys into selection_research.json (other parts' keys are kept)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cur = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    cur.update(update)
+    cur.setdefault("commands", [])
+    cur["commands"] = [c for c in cur["commands"] if c != command] + [command]
+    cur["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    OUT_JSON.write_text(json.dumps(cur, indent=1, sort_keys=True, default=str))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
@@ -428,6 +594,11 @@ def main(argv=None) -> int:
     ap.add_argument("--min-defect-px", type=float, default=None)
     ap.add_argument("--no-alpha1", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="analyse: print every candidate")
+    ap.add_argument("--kinds", nargs="+", default=None, help="scores: synthetic kinds (default all)")
+    ap.add_argument("--strength", nargs=2, type=float, default=(0.4, 2.0), help="scores: defect amplitude range (x image std)")
+    ap.add_argument("--tag", default="", help="scores: suffix of the output (e.g. _elastic: extra kinds, merged)")
+    ap.add_argument("--draws", type=int, default=10, help="threshold: seeded draws of the small training set")
+    ap.add_argument("--n-held", type=int, default=150, help="threshold: held-out good images per draw")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "tensorflow", "trainer.data"):
@@ -440,9 +611,21 @@ def main(argv=None) -> int:
         for name in args.sets:
             run_set(name, args, cache)
         return 0
+    command = ".venv/bin/python scripts/bench/explore_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.part == "analyse":
-        return analyse_main(args)
-    raise SystemExit(f"--part {args.part}: not implemented yet")
+        return analyse_main(args, command.strip())
+    if args.part == "latency":
+        merge_results(latency_constants(), command.strip())
+        return 0
+    from trainer.features import FeatureCache
+
+    cache = FeatureCache(args.cache_dir)
+    res = {}
+    for name in args.sets:
+        if name in THRESHOLD_CANDIDATES:
+            res.update(threshold_study(name, args, cache))
+    merge_results(res, command.strip())
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,344 @@
+"""``fit``'s configuration search: candidates -> cached features -> cross-fitted validation -> choice.
+
+The building blocks (``trainer.candidates``, ``trainer.features``, ``trainer.selection``,
+``trainer.synth.validation_defects``) put together; the staged ``fit`` calls :func:`search`
+and builds the bundle of the returned candidate.
+
+1. :func:`trainer.candidates.derive_space` from the frame size, weights and pinned options;
+2. validation defects drawn once on the source frames (every candidate sees the same defects
+   through its own preprocessing);
+3. per forward pass (network x input size x tile grid), cheapest first, while the time budget
+   lasts: features of the normal and defective images (:class:`~trainer.features.FeatureCache`),
+   then every candidate of that pass scored by **cross-fitting** (each normal image and the
+   defects drawn on it are scored against a bank without that image's fold);
+4. :func:`trainer.selection.select` among the candidates within the latency budget, cost =
+   estimated ms per frame: the best validation AUROC ships unless a cheaper candidate is shown
+   equivalent; if none fits the budget, the fastest is named;
+5. k is refined on the winner (its k variants were scored on the same features: no extra pass);
+   DOC is a refinement the caller evaluates with a fine-tuned trunk registered in the cache
+   (``FeatureCache.register`` + :func:`score_pass`), see ``trainer.candidates.refinements``.
+
+Example:
+    >>> res = search(train_images, SearchConfig(weights={0.35: "w.h5"}))   # doctest: +SKIP
+    >>> res.chosen.fit_overrides(), res.selection.reason                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from trainer.candidates import (Candidate, LatencyModel, SearchClock, default_budget_ms, default_min_defect_px,
+                                derive_space, feature_dim, group_by_network)
+from trainer.selection import Selection, cross_fit, fold_of, select
+
+log = logging.getLogger(__name__)
+
+PATCH_BANK_ROWS = 20000       # patch rows sampled for a patch candidate's (Gaussian) bank
+MAX_VALIDATION_IMAGES = 300   # normal images used for validation (the bank of the final fit uses all)
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Options of :func:`search` (defaults: what ``fit --data`` does).
+
+    Attributes:
+        weights: {alpha: weights file} of the backbones available.
+        min_defect_px: smallest defect that matters (source px); None: ``default_min_defect_px``.
+        pins: options the user set (see ``derive_space``).
+        budget_ms: per-frame latency budget on this machine (1 thread); None: ``default_budget_ms``.
+        time_budget_s: wall-clock budget of the search.
+        color: ``grey`` or ``rgb`` preprocessing.
+        kinds: validation defect kinds; strength: their amplitude range (x image spread).
+        folds: cross-fitting folds; seed: everything random.
+    """
+
+    weights: dict
+    min_defect_px: float | None = None
+    pins: dict = dataclasses.field(default_factory=dict)
+    budget_ms: float | None = None
+    time_budget_s: float = 600.0
+    color: str = "grey"
+    kinds: tuple | None = None
+    strength: tuple = (0.4, 2.0)
+    folds: int = 5
+    seed: int = 0
+    sizes: tuple | None = None
+    latency: LatencyModel = dataclasses.field(default_factory=LatencyModel)
+
+
+@dataclasses.dataclass
+class CandidateResult:
+    """One candidate's validation: cross-fitted scores and what it costs."""
+
+    candidate: Candidate
+    normal: np.ndarray
+    defect: np.ndarray
+    latency: dict
+    within_budget: bool
+
+    def row(self, kinds: np.ndarray | None = None) -> dict:
+        from core.metrics import auroc
+
+        y = np.r_[np.zeros(len(self.normal)), np.ones(len(self.defect))]
+        d = {"name": self.candidate.name, "val_auroc": auroc(y, np.r_[self.normal, self.defect]),
+             "x86_ms": self.latency["x86_ms"], "pi4_ms": self.latency["pi4_ms"], "within_budget": self.within_budget}
+        if kinds is not None:
+            for k in sorted(set(kinds)):
+                m = np.asarray(kinds) == k
+                d[f"val_auroc_{k}"] = auroc(np.r_[np.zeros(len(self.normal)), np.ones(int(m.sum()))],
+                                            np.r_[self.normal, self.defect[m]])
+        return d
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What :func:`search` found: the candidate to ship and the evidence."""
+
+    chosen: Candidate
+    selection: Selection
+    results: list
+    kinds: np.ndarray
+    skipped: list
+    budget_ms: float
+    min_defect_px: float
+    seconds: float
+    over_budget: bool
+
+    def table(self) -> list[dict]:
+        """One row per evaluated candidate (validation AUROC overall and per defect kind, latency)."""
+        return [r.row(self.kinds) for r in self.results]
+
+    def to_manifest(self) -> dict:
+        """The manifest's record of the search (``backbone.selection`` / ``search``)."""
+        sel = self.selection
+        return {"chosen": self.chosen.name, "reason": sel.reason, "tie": sel.tie, "tied": sel.tied,
+                "equivalent": sel.equivalent, "budget_ms": self.budget_ms, "over_budget": self.over_budget,
+                "min_defect_px": self.min_defect_px, "validation": "cross-fitted synthetic defects",
+                "defect_kinds": sorted(set(self.kinds.tolist())), "n_candidates": len(self.results),
+                "skipped_for_time": self.skipped, "seconds": round(self.seconds, 1),
+                "candidates": self.table()}
+
+
+# ---------------------------------------------------------------------------- inputs and scores
+
+
+def network_inputs(images: Sequence, c: Candidate, color: str = "grey"):
+    """Batch source of ``images`` as candidate ``c``'s network sees them (whole frame, or tiles)."""
+    from device.preprocess import InputSpec, prepare_frame, preprocess
+    from trainer.features import ArraySource, TiledSource
+
+    if c.grid:
+        spec = InputSpec(size=(c.size, c.size), color=color, working_size=tuple(c.working_size),
+                         grid=tuple(c.grid), overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0)
+        frames = np.stack([prepare_frame(im, spec) for im in images])
+        return TiledSource(frames[..., 0] if color == "grey" else frames, spec)
+    spec = InputSpec(size=(c.size, c.size), color=color, pixel_scale=1.0, pixel_offset=0.0)
+    return ArraySource(np.stack([preprocess(im, spec)[0] for im in images]))
+
+
+def make_scorer(c: Candidate, bank: np.ndarray):
+    from device.scoring import make_scorer as _make
+
+    return _make(c.scoring, np.ascontiguousarray(bank, np.float32), c.k)
+
+
+def pooled_scores(c: Candidate, feats: dict, fold: np.ndarray, syn_source: np.ndarray,
+                  extra: Sequence[str] = ()) -> dict:
+    """Cross-fitted ``normal`` and ``defect`` scores of a pooled candidate, plus full-bank scores of
+    the ``extra`` query sets in ``feats`` (rows per item = tiles)."""
+    from trainer.features import compose
+
+    f = {k: compose(v, c.layers, c.pooling) for k, v in feats.items()}
+    n = len(fold)
+    T = len(f["train"]) // n
+    item = np.repeat(np.arange(n), T)
+    normal, defect = cross_fit(f["train"], item, [(f["train"], np.arange(n)), (f["syn"], syn_source)],
+                               lambda b: make_scorer(c, b), fold, rows_per_item=T)
+    out = {"normal": normal, "defect": defect}
+    if extra:
+        full = make_scorer(c, f["train"])
+        out.update({k: full.score(f[k]).reshape(-1, T).max(1) for k in extra})
+    return out
+
+
+def patch_score_matrix(c: Candidate, srcs: dict, cache, net, fold: np.ndarray, seed: int,
+                       extra_banks: Sequence[np.ndarray] = ()) -> dict:
+    """Patch candidates: a seeded sample of training patch rows is the bank; every source is
+    streamed through one scorer per fold, then the full bank (then ``extra_banks`` masks over the
+    training images), keeping each item's worst patch: {source: (items, scorers)}."""
+    from trainer.features import Head, content_hash
+
+    n = len(fold)
+    T = srcs["train"].per_item
+    per = max(4, int(np.ceil(PATCH_BANK_ROWS / (n * T))))
+    head = Head("patch", c.layers, rows=per)
+    bank = np.asarray(cache.get(srcs["train"], net, [head], seed)[head.key()], np.float32)
+    item = np.repeat(np.arange(n), len(bank) // n)
+    masks = [fold[item] != f for f in range(fold.max() + 1)] + [np.ones(len(bank), bool)] + \
+        [np.asarray(m)[item] for m in extra_banks]
+    rng = np.random.default_rng(seed)
+    banks = [bank[m] for m in masks]
+    banks = [b[np.sort(rng.choice(len(b), min(len(b), PATCH_BANK_ROWS), replace=False))] for b in banks]
+    scorers = [make_scorer(c, b) for b in banks]
+
+    def reduce(x):   # (B, h, w, C) -> (B, scorers): worst patch of each input under each scorer
+        rows = x.reshape(-1, x.shape[-1])
+        return np.stack([s.score(rows).reshape(len(x), -1).max(1) for s in scorers], axis=1)
+
+    key = f"{c.name}:{seed}:{content_hash(fold, *[np.asarray(m) for m in extra_banks])}"
+    return {k: cache.stream(s, net, Head("patch", c.layers), reduce, key).reshape(-1, T, len(scorers)).max(1)
+            for k, s in srcs.items()}
+
+
+def patch_scores(c: Candidate, srcs: dict, cache, net, fold: np.ndarray, syn_source: np.ndarray, seed: int,
+                 extra: Sequence[str] = ()) -> dict:
+    """Cross-fitted ``normal`` / ``defect`` scores of a patch candidate (+ full-bank ``extra`` sets)."""
+    got = patch_score_matrix(c, {k: srcs[k] for k in ("train", "syn", *extra)}, cache, net, fold, seed)
+    n, nf = len(fold), fold.max() + 1
+    out = {"normal": got["train"][np.arange(n), fold],
+           "defect": got["syn"][np.arange(len(syn_source)), fold[syn_source]]}
+    out.update({k: got[k][:, nf] for k in extra})
+    return out
+
+
+def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndarray, syn_source: np.ndarray,
+               seed: int = 0, extra: Sequence[str] = (), ks: Sequence[int] = ()) -> dict:
+    """Scores of every candidate sharing one forward pass: {name: {"normal", "defect", *extra}}.
+
+    ``srcs``: batch sources ``train`` (normal images), ``syn`` (defects drawn on them) and any
+    ``extra`` query sets (scored against the full bank). ``ks``: also score each pooled k-NN
+    candidate with these k (names of the variants: ``Candidate.name`` with that k) - the
+    features are in hand, so the k refinement costs no forward pass.
+    """
+    from trainer.features import Head
+
+    pooled = [c for c in cands if c.pooling != "patch"]
+    heads = sorted({Head(c.pooling, (layer,)) for c in pooled for layer in c.layers}, key=lambda h: h.key())
+    feats = {k: cache.get(srcs[k], net, heads) for k in ("train", "syn", *extra)} if heads else {}
+    out = {}
+    for c in pooled:
+        variants = [c] + [dataclasses.replace(c, k=k) for k in ks if c.scoring == "knn" and k != c.k]
+        out.update({v.name: pooled_scores(v, feats, fold, syn_source, extra) for v in variants})
+    for c in cands:
+        if c.pooling == "patch":
+            out[c.name] = patch_scores(c, srcs, cache, net, fold, syn_source, seed, extra)
+    return out
+
+
+# ---------------------------------------------------------------------------- the search
+
+
+def _latency(c: Candidate, model: LatencyModel, frame_hw, n_bank: int) -> dict:
+    dim, p = feature_dim(c)
+    rows = min(n_bank * c.n_tiles * p, PATCH_BANK_ROWS) if c.pooling == "patch" else n_bank * c.n_tiles
+    return model.estimate(c, frame_hw, rows, dim, p)
+
+
+def _pass_seconds(c: Candidate, n_inputs: int, ms_per_input: float | None) -> float:
+    """Estimated seconds of one forward pass: the measured ms per input of this network when
+    known, else a MAC-based guess (Keras float on a busy 2-core workstation: ~0.03 ns/MAC)."""
+    from trainer.candidates import trunk_macs
+
+    if ms_per_input is None:
+        ms_per_input = 0.3 + 3e-8 * trunk_macs(c.alpha, c.size, c.layers[-1])
+    return ms_per_input * n_inputs * c.n_tiles / 1e3
+
+
+def search(images: Sequence, cfg: SearchConfig, cache=None,
+           progress: Callable[[str], None] | None = None) -> SearchResult:
+    """Choose a configuration for the normal ``images`` (arrays or paths); see the module docstring."""
+    from trainer.features import FeatureCache, Network
+    from trainer.synth import VALIDATION_KINDS, validation_defects
+
+    t0 = time.time()
+    clock = SearchClock(cfg.time_budget_s)
+    cache = cache or FeatureCache()
+    imgs = _load(images, cfg)
+    hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
+    min_px = cfg.min_defect_px or default_min_defect_px(hw)
+    budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
+    space = derive_space(hw, cfg.weights, min_px, cfg.pins, cfg.sizes)
+    syn = validation_defects(imgs, kinds=cfg.kinds or VALIDATION_KINDS, seed=cfg.seed + 7, min_px=min_px,
+                             strength=cfg.strength)
+    fold = fold_of(len(imgs), cfg.folds, cfg.seed)
+    n_in = len(imgs) + len(syn.images)
+    groups = sorted(group_by_network(space).values(), key=lambda g: _pass_seconds(g[0], n_in, None))
+    results, variants = [], {}
+    for group in groups:
+        c0 = group[0]
+        net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
+        est = _pass_seconds(c0, n_in, cache.ms_per_input(net))
+        if not clock.can_afford(est):
+            clock.skip(f"{len(group)} candidates on a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else ""), est)
+            continue
+        srcs = {"train": network_inputs(imgs, c0, cfg.color), "syn": network_inputs(syn.images, c0, cfg.color)}
+        scores = score_pass(group, srcs, cache, net, fold, syn.source, cfg.seed, ks=REFINE_KS)
+        for c in group:
+            results.append(_result(c, scores[c.name], cfg, hw, len(imgs), budget))
+            variants[c.name] = [_result(dataclasses.replace(c, k=k), scores[dataclasses.replace(c, k=k).name], cfg,
+                                        hw, len(imgs), budget)
+                                for k in REFINE_KS if dataclasses.replace(c, k=k).name in scores and k != c.k]
+        cache.drop_memory()
+        if progress:
+            progress(f"{len(results)}/{len(space)} candidates scored ({clock.elapsed():.0f} s)")
+    if not results:
+        raise RuntimeError(f"the search time budget ({cfg.time_budget_s:.0f} s) allowed no candidate; "
+                           f"raise --time-budget")
+    return _choose(results, variants, syn, budget, min_px, clock, t0)
+
+
+REFINE_KS = (1, 3, 5, 10)
+
+
+def _result(c: Candidate, sc: dict, cfg: SearchConfig, hw, n_bank: int, budget: float) -> CandidateResult:
+    lat = _latency(c, cfg.latency, hw, n_bank)
+    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= budget)
+
+
+def _select(rs: list) -> Selection:
+    labels = np.r_[np.zeros(len(rs[0].normal)), np.ones(len(rs[0].defect))]
+    return select([r.candidate.name for r in rs], labels, np.stack([np.r_[r.normal, r.defect] for r in rs]),
+                  cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
+
+
+def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
+            t0: float) -> SearchResult:
+    """Stage 1: selection among the candidates within budget (the fastest when none is);
+    stage 2: the winner against its k variants (k = 1 unless another k is shown better)."""
+    fits = [r for r in results if r.within_budget]
+    over = not fits
+    if over:
+        fastest = min(results, key=lambda r: r.latency["x86_ms"])
+        log.warning("no candidate meets the %.2f ms budget; the fastest is %s (%.2f ms)", budget,
+                    fastest.candidate.name, fastest.latency["x86_ms"])
+        fits = [fastest]
+    sel = _select(fits)
+    win = next(r for r in fits if r.candidate.name == sel.chosen)
+    if variants.get(win.candidate.name):
+        sel_k = _select([win] + variants[win.candidate.name])
+        if sel_k.chosen != win.candidate.name:
+            win = next(r for r in variants[win.candidate.name] if r.candidate.name == sel_k.chosen)
+            sel.reason += f"; then {sel_k.reason}"
+            sel.chosen = win.candidate.name
+            results = results + [win]
+    return SearchResult(chosen=win.candidate, selection=sel, results=results, kinds=np.asarray(syn.kinds),
+                        skipped=clock.skipped, budget_ms=budget, min_defect_px=min_px, seconds=time.time() - t0,
+                        over_budget=over)
+
+
+def _load(images: Sequence, cfg: SearchConfig) -> list[np.ndarray]:
+    """Decoded images (grey (H, W) or RGB), a seeded subsample of at most MAX_VALIDATION_IMAGES."""
+    from device.preprocess import decode_image, to_color_mode
+
+    idx = np.arange(len(images))
+    if len(images) > MAX_VALIDATION_IMAGES:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(images), MAX_VALIDATION_IMAGES, replace=False))
+    out = []
+    for i in idx:
+        im = to_color_mode(decode_image(images[i]), cfg.color)
+        out.append(np.ascontiguousarray(im[..., 0]) if cfg.color == "grey" else im)
+    return out
