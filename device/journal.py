@@ -408,6 +408,13 @@ def open_readonly(path: str | Path) -> Journal:
         raise
 
 
+def _file_size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
 def _wal_allowance(max_bytes: float) -> float:
     """Bytes of the journal's cap left to the WAL (the rest is for the database file)."""
     return min(4 * 1024 * 1024, max(64 * 1024, 0.1 * max_bytes))
@@ -416,7 +423,7 @@ def _wal_allowance(max_bytes: float) -> float:
 class _Retention:
     """Deletes old rows (and their archive images) in a thread with its own connection."""
 
-    BATCH = 500
+    BATCH = 200
 
     def __init__(self, path: str, keep_days: float, max_mb: float, interval_s: float,
                  on_prune: Callable[[dict], None] | None):
@@ -482,23 +489,32 @@ class _Retention:
                 pass
             stats["events"] += db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
         if self.max_bytes > 0:
-            target = self.max_bytes - _wal_allowance(self.max_bytes) - 64 * 1024
-            if self._used(db) > 0.9 * target:
-                while not self._stop.is_set() and self._used(db) > 0.75 * target and \
-                        self._delete(db, "", (), stats):
-                    pass
-                oldest = db.execute("SELECT MIN(ts) FROM decisions").fetchone()[0]
-                if oldest is not None:     # events older than every kept decision, but keep the last 100
-                    stats["events"] += db.execute(
-                        "DELETE FROM events WHERE ts < ? AND id < (SELECT COALESCE(MAX(id), 0) - 100 FROM events)",
-                        (oldest,)).rowcount
-            if stats["rows"]:                # give the freed pages back (journals made by this version)
-                db.execute("PRAGMA incremental_vacuum")
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._cap(db, stats)
         stats["bytes"] = self._used(db)
         if stats["rows"]:
             log.debug("journal %s: retention deleted %d row(s), %d image(s)", self.path, stats["rows"], stats["images"])
         return stats
+
+    def _cap(self, db: sqlite3.Connection, stats: dict) -> None:
+        """Under ``max_mb``: from 90 % of the database's share of the cap, delete the oldest rows down to
+        80 % in small batches, checkpointing between them so the WAL stays small. Freed pages are
+        reused by new rows, so the file stops growing; only a file left larger than its share (a lowered
+        cap, an older journal) is shrunk, a few pages at a time."""
+        target = self.max_bytes - _wal_allowance(self.max_bytes) - 64 * 1024
+        if self._used(db) > 0.9 * target:
+            while not self._stop.is_set() and self._used(db) > 0.8 * target and self._delete(db, "", (), stats):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            oldest = db.execute("SELECT MIN(ts) FROM decisions").fetchone()[0]
+            if oldest is not None:     # events older than every kept decision, but keep the last 100
+                stats["events"] += db.execute(
+                    "DELETE FROM events WHERE ts < ? AND id < (SELECT COALESCE(MAX(id), 0) - 100 FROM events)",
+                    (oldest,)).rowcount
+        while not self._stop.is_set() and _file_size(self.path) > target and \
+                db.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            db.execute("PRAGMA incremental_vacuum(64)")     # journals created by this version (auto_vacuum)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                break
 
     @staticmethod
     def _used(db: sqlite3.Connection) -> int:

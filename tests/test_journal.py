@@ -283,3 +283,17 @@ def test_status_command_names_a_non_database_file(tmp_path, capsys):
     assert main(["status", "--journal", str(tmp_path / "ok.sqlite"), "--last", "2"]) == 0
     out = capsys.readouterr().out
     assert "decisions 3" in out and "stop: 3 parts" in out
+
+
+def test_a_lowered_cap_shrinks_an_existing_journal(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        for i in range(20_000):
+            _row(j, i, reason="old row")
+    assert path.stat().st_size > 1.5e6                   # well over the new cap
+    with Journal(path, max_mb=1.0, prune_interval_s=3600) as j:
+        stats = j.prune_now()
+        assert stats["rows"] > 0
+        size = sum(p.stat().st_size for p in tmp_path.glob("j.sqlite*"))
+        newest = j.decisions(limit=1)[0]["frame"]
+    assert size <= 1e6 and newest == 19_999
