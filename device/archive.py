@@ -8,8 +8,10 @@ overwrite an earlier picture and an old journal row never points at a newer one.
 the journal row names) is always the clean frame as the model saw it before its preprocessing (after
 the camera ROI), so ``learn`` can learn from it; a tiled bundle's score map drawn over the frame is
 written beside it as ``<run>_<frame>_<decision>_overlay.png`` (:func:`overlay_path`). After every
-``prune_every`` writes the oldest files are deleted until the archive is under ``max_mb`` and no
-file is older than ``max_age_days``.
+The archive keeps an index of its files, so after every write the oldest files are deleted until
+it is under ``max_mb`` and no file is older than ``max_age_days`` (the cap holds at all times);
+every ``rescan_every`` writes the index is rebuilt from the disk (files deleted by journal
+retention, ``learn`` or by hand).
 
 Example:
     >>> with ImageArchive("/tmp/archive", max_mb=100) as a:          # doctest: +SKIP
@@ -17,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -56,16 +59,21 @@ class ImageArchive(Closing):
         root: archive folder (created).
         max_mb, max_age_days: retention limits.
         queue_size: images waiting to be written; beyond it new ones are skipped.
-        prune_every: apply the limits after this many writes.
+        prune_every: deprecated (the limits are applied after every write); kept for callers.
+        rescan_every: rebuild the file index from the disk after this many writes.
     """
 
     def __init__(self, root: str | Path, max_mb: float = 500.0, max_age_days: float = 30.0,
-                 queue_size: int = 32, prune_every: int = 50):
+                 queue_size: int = 32, prune_every: int = 50, rescan_every: int = 1000):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_mb * 1e6)
         self.max_age_s = max_age_days * 86400.0
         self.prune_every = prune_every
+        self.rescan_every = max(1, int(rescan_every))
+        self._index: collections.deque = collections.deque()   # (mtime, size, path), oldest first
+        self._bytes = 0
+        self._lock = threading.Lock()
         self.run = run_id()
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._written = 0
@@ -110,6 +118,10 @@ class ImageArchive(Closing):
         return True
 
     def _run(self) -> None:
+        try:
+            self.prune()                       # index what earlier runs left (off the service's start)
+        except Exception as exc:  # noqa: BLE001 - the archive must not stop the service
+            log.error("archive: cannot index %s: %s", self.root, exc)
         while True:
             item = self._q.get()
             try:
@@ -122,19 +134,46 @@ class ImageArchive(Closing):
     def _write(self, path: Path, img: np.ndarray, overlay) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            written = [path]
             _write_png(path, img)
             if overlay is not None:
                 from device.heatmap import draw_tile_overlay
 
-                _write_png(overlay_path(path), draw_tile_overlay(img, *overlay))
+                written.append(overlay_path(path))
+                _write_png(written[-1], draw_tile_overlay(img, *overlay))
             self._written += 1
-            if self._written % self.prune_every == 0:
+            if self._written % self.rescan_every == 0:
                 self.prune()
+            else:
+                with self._lock:
+                    for f in written:
+                        size = f.stat().st_size
+                        self._index.append((time.time(), size, f))
+                        self._bytes += size
+                    self._enforce()
         except Exception as exc:
             log.error("archive: cannot write %s: %s", path, exc)
 
+    def _enforce(self) -> int:
+        """Delete the oldest indexed files while over ``max_mb`` or older than ``max_age_days``."""
+        now, removed = time.time(), 0
+        while self._index and (self._bytes > self.max_bytes or now - self._index[0][0] > self.max_age_s):
+            _, size, p = self._index.popleft()
+            self._bytes -= size
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("archive: cannot delete %s: %s", p, exc)
+        if removed:
+            log.debug("archive: pruned %d file(s), %.1f MB kept", removed, self._bytes / 1e6)
+        return removed
+
     def prune(self) -> int:
-        """Delete files beyond the size and age limits, oldest first; returns how many."""
+        """Rebuild the file index from the disk and delete files beyond the size and age limits,
+        oldest first; returns how many."""
         files = []
         for p in self.root.rglob("*.png"):
             try:
@@ -143,20 +182,10 @@ class ImageArchive(Closing):
                 continue
             files.append((st.st_mtime, st.st_size, p))
         files.sort()
-        total = sum(f[1] for f in files)
-        now, removed = time.time(), 0
-        for mtime, size, p in files:
-            if total <= self.max_bytes and now - mtime <= self.max_age_s:
-                break
-            try:
-                p.unlink()
-                total -= size
-                removed += 1
-            except OSError as exc:
-                log.warning("archive: cannot delete %s: %s", p, exc)
-        if removed:
-            log.debug("archive: pruned %d file(s), %.1f MB kept", removed, total / 1e6)
-        return removed
+        with self._lock:
+            self._index = collections.deque(files)
+            self._bytes = sum(f[1] for f in files)
+            return self._enforce()
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop. Idempotent."""

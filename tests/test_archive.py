@@ -40,17 +40,33 @@ def test_context_manager_flush_and_closed_error(tmp_path):
         a.submit(_img(1), frame=6, decision="PASS")
 
 
-def test_archive_prunes_by_size_and_age(tmp_path):
-    a = ImageArchive(tmp_path / "a", max_mb=0.02, max_age_days=1.0, prune_every=1000)
+def _sizes(root) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in root.rglob("*.png")}
+
+
+def test_archive_stays_under_its_cap_after_every_write_and_prunes_by_age(tmp_path):
+    a = ImageArchive(tmp_path / "a", max_mb=0.05, max_age_days=1.0)
     rng = np.random.default_rng(0)
-    paths = [a.submit(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT") for i in range(6)]
-    assert all(paths) and a.flush(10.0)
-    files = sorted((tmp_path / "a").rglob("*.png"))
-    assert len(files) == 6
-    os.utime(paths[0], (time.time() - 3 * 86400,) * 2)
-    removed = a.prune()
+    paths = []
+    for i in range(12):                                    # ~12 kB each: the cap holds 4
+        paths.append(a.submit(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT"))
+        assert a.flush(10.0)
+        assert sum(_sizes(tmp_path / "a").values()) <= 0.05e6
+    kept = set(_sizes(tmp_path / "a"))
+    assert 2 <= len(kept) < 12 and kept == set(paths[len(paths) - len(kept):])   # the newest kept
+    oldest = paths[len(paths) - len(kept)]
+    os.utime(oldest, (time.time() - 3 * 86400,) * 2)
+    assert a.prune() == 1 and not os.path.exists(oldest)
     a.close()
-    kept = {str(p) for p in (tmp_path / "a").rglob("*.png")}
-    assert removed >= 1 and paths[0] not in kept
-    assert sum(os.path.getsize(p) for p in kept) <= 0.02e6
-    assert kept == set(paths[len(paths) - len(kept):])                  # the newest kept
+
+
+def test_a_restart_applies_the_limits_to_what_earlier_runs_left(tmp_path):
+    with ImageArchive(tmp_path / "a", max_mb=10) as a:
+        for i in range(8):
+            a.submit(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT")
+    assert len(_sizes(tmp_path / "a")) == 8
+    with ImageArchive(tmp_path / "a", max_mb=0.03) as b:
+        assert b.flush(10.0)
+        b.submit(_img(1), 0, "PASS")
+        assert b.flush(10.0)
+    assert sum(_sizes(tmp_path / "a").values()) <= 0.03e6
