@@ -232,6 +232,7 @@ def test_keep_days_prunes_old_rows_and_their_images_in_the_background(tmp_path):
             rid = _row(j, i)
             img = img_dir / f"{i}.png"
             img.write_bytes(b"png")
+            (img_dir / f"{i}_overlay.png").write_bytes(b"png")       # a tiled bundle's score overlay
             j.set_image(rid, str(img))
     _age_rows(path, 30, days=3)
     pruned = threading.Event()
@@ -246,7 +247,8 @@ def test_keep_days_prunes_old_rows_and_their_images_in_the_background(tmp_path):
         assert pruned.wait(30), "retention never ran"
         rows = j.decisions()
     assert [r["frame"] for r in rows] == list(range(30, 40))
-    assert sorted(int(p.stem) for p in img_dir.iterdir()) == list(range(30, 40))   # images went with rows
+    assert sorted(p.stem for p in img_dir.iterdir()) == sorted(   # images (and overlays) went with rows
+        [str(i) for i in range(30, 40)] + [f"{i}_overlay" for i in range(30, 40)])
     assert seen_threads and all(t != threading.current_thread().name for t in seen_threads)
     assert "start" not in [e["kind"] for e in Journal(path).events()]             # old events too
 
