@@ -255,6 +255,9 @@ def test_live_page_mqtt_metrics_and_learn_against_the_daemon(driver, daemon_bund
             assert run_action(driver, "deploy-learned") == "ok", text(driver, "#run-output")
             assert Path(bundle).resolve().name.startswith(version) and Path(bundle).is_symlink()
             screenshot(driver, tmp_path, "deployed")
+            driver.get(url + "/actions")                 # the marked part is learned: not offered again
+            assert version in text(driver, "#marked-good")
+            assert driver.find_element(By.ID, "run-learn").get_attribute("disabled") is not None
             logout(driver, url)
             audit = [(a["action"], a["status"]) for a in svc.store.actions()]
             assert ("learn", "ok") in audit and ("deploy", "ok") in audit

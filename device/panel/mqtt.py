@@ -32,6 +32,7 @@ from device.panel.reader import STAGES, JournalMissing, JournalReader
 log = logging.getLogger(__name__)
 
 SETTLE_S = 0.25     # the daemon sets a row's archived image right after inserting it
+FETCH = 500         # journal rows read at once per table
 CURSOR_KEYS = {"decision": "mqtt.cursor.decisions", "event": "mqtt.cursor.events"}
 
 
@@ -109,6 +110,8 @@ class MqttPublisher:
         self._early: set[int] = set()
         self.cursor = {"decision": 0, "event": 0}      # last acknowledged row id per table
         self.sent = {"decision": 0, "event": 0}        # last row id handed to paho
+        self.fetched = {"decision": 0, "event": 0}     # last row id read into the queue
+        self._queue: dict[str, collections.deque] = {"decision": collections.deque(), "event": collections.deque()}
         self.published = {"decision": 0, "event": 0}   # acknowledged messages (this process)
         self.connected = False
         self.connects = 0
@@ -240,7 +243,7 @@ class MqttPublisher:
                     log.warning("mqtt: stored %s cursor %d is past the journal's last row %d (new journal?); "
                                 "publishing from its start", table, self.cursor[table], top[table])
                     self.cursor[table] = 0
-            self.sent[table] = self.cursor[table]
+            self.sent[table] = self.fetched[table] = self.cursor[table]
         self._save_cursors(force=True)
 
     def _save_cursors(self, force: bool = False) -> None:
@@ -274,19 +277,34 @@ class MqttPublisher:
                 self._cond.wait(self.s.poll_s)
                 return
         self._maybe_status()
-        dec = self.reader.decisions_after(self.sent["decision"], room)
+        if not self._queue["decision"] and not self._queue["event"]:
+            self._refill()
+        n = 0
+        while n < room and self.connected and not self._stop.is_set():
+            qd, qe = self._queue["decision"], self._queue["event"]
+            if not qd and not qe:
+                break
+            table = "event" if qe and (not qd or qe[0]["ts"] <= qd[0]["ts"]) else "decision"
+            self._publish(table, self._queue[table].popleft())
+            n += 1
+        self._save_cursors()
+        if n == 0:
+            self._stop.wait(self.s.poll_s)
+
+    def _refill(self) -> None:
+        """Read up to FETCH new rows of each table (one read per table, not one per message),
+        merged by time: a table whose read was full bounds how far the other may go."""
+        got = {"decision": self.reader.decisions_after(self.fetched["decision"], FETCH),
+               "event": self.reader.events_after(self.fetched["event"], FETCH)}
+        dec = got["decision"]
         if dec and time.time() - dec[-1]["ts"] < SETTLE_S and dec[-1]["id"] >= self.reader.max_ids()[0]:
             dec.pop()      # the newest row may still get its image name: wait for the next frame or SETTLE_S
-        ev = self.reader.events_after(self.sent["event"], room)
-        items = sorted([("decision", r) for r in dec] + [("event", r) for r in ev], key=lambda x: (x[1]["ts"],
-                                                                                                  x[0] == "decision"))
-        for table, row in items[:room]:
-            if not self.connected or self._stop.is_set():
-                break
-            self._publish(table, row)
-        self._save_cursors()
-        if not items:
-            self._stop.wait(self.s.poll_s)
+        cutoff = min([rows[-1]["ts"] for rows in got.values() if len(rows) >= FETCH] or [float("inf")])
+        for table, rows in got.items():
+            keep = [r for r in rows if r["ts"] <= cutoff]
+            if keep:
+                self._queue[table].extend(keep)
+                self.fetched[table] = keep[-1]["id"]
 
     def _publish(self, table: str, row: dict[str, Any]) -> None:
         payload = decision_payload(row, self.archive_dir) if table == "decision" else event_payload(row)

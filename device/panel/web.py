@@ -296,7 +296,8 @@ class PanelWeb:
             rows = {}
         return self.page(request, "actions.html", status, good=good, defect=defect, rows=rows, preview=preview,
                          error=error, audit=self.svc.store.actions(40), busy=self.svc.runner.busy(),
-                         available=self.svc.runner.available(), last_learn=_last_learned_bundle(self.svc))
+                         available=self.svc.runner.available(), last_learn=_last_learned_bundle(self.svc),
+                         learned=_learned_rows(self.svc))
 
     async def mark(self, request: Request) -> Response:
         s, form, refused = await self.authorized_form(request)
@@ -328,9 +329,11 @@ class PanelWeb:
         return RedirectResponse(f"/actions/run/{aid}", 303)
 
     def build_learn(self, form):
-        ids = sorted(self.svc.store.marks("good"))
+        learned = _learned_rows(self.svc)
+        ids = sorted(set(self.svc.store.marks("good")) - set(learned))
         if not ids:
-            raise ValueError("no decision is marked as a good part yet")
+            raise ValueError("no part marked good is left to learn (each was learned into a version already)"
+                             if learned else "no decision is marked as a good part yet")
         return learn_argv(self.svc.runner.config_path, ids), {"rows": ids}
 
     def build_deploy(self, form):
@@ -422,6 +425,16 @@ def _frr(value) -> float:
     if not (math.isfinite(v) and 0.0 <= v < 1.0):
         raise ValueError(f"target false-reject rate must be in [0, 1), found {value!r}")
     return v
+
+
+def _learned_rows(svc) -> dict[int, str]:
+    """Journal rows already learned by a successful ``learn``, with the version it wrote."""
+    out: dict[int, str] = {}
+    for a in reversed(svc.store.actions(1000, ("learn",))):
+        if a["status"] == "ok":
+            version = learned_version(a.get("output") or "") or "?"
+            out.update({int(r): version for r in a["detail"].get("rows", [])})
+    return out
 
 
 def _last_learned_bundle(svc) -> str | None:
