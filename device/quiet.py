@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 ERROR_LINE = re.compile(r"^\s*([EF]\d{4} |ERROR|FATAL|Traceback|\w*Error\b)|error:", re.IGNORECASE)
 #: Informational lines of LiteRT / TensorFlow that are noise on the default output.
 NOISE_LINE = re.compile(r"^(INFO: |WARNING: All log messages before absl::InitializeLog|[IW]\d{4} )")
+_LOCK = threading.RLock()   # descriptors are process-wide: one capture at a time
 
 
 def verbose() -> bool:
@@ -45,11 +47,18 @@ def quiet_native(keep_errors_only: bool = False, fds: tuple[int, ...] = (1, 2)) 
         fds: descriptors to capture (1: stdout, 2: stderr).
 
     With debug logging, or when stdout/stderr are not real descriptors (some test runners), nothing
-    is captured. When the block raises, everything captured is written back first.
+    is captured. When the block raises, everything captured is written back first. Captures are
+    serialised (the descriptors are the process's); other threads' output during one is written
+    back after it, filtered the same way.
     """
     if verbose():
         yield
         return
+    with _LOCK:
+        yield from _captured(keep_errors_only, fds)
+
+
+def _captured(keep_errors_only: bool, fds: tuple[int, ...]) -> Iterator[None]:
     saved: list[tuple[int, int, object]] = []
     try:
         for stream in (sys.stdout, sys.stderr):
