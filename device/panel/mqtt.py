@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SETTLE_S = 0.25     # the daemon sets a row's archived image right after inserting it
 FETCH = 500         # journal rows read at once per table
+SAVE_EVERY_S = 0.2  # the cursors are stored this often (and at close); a crash re-publishes at most this much
+STATUS_CHECK_S = 0.5  # the status fields are compared this often (published on a change, or every status_every_s)
 CURSOR_KEYS = {"decision": "mqtt.cursor.decisions", "event": "mqtt.cursor.events"}
 
 
@@ -121,6 +123,7 @@ class MqttPublisher:
         self._last_status: tuple | None = None
         self._status_at = 0.0
         self._saved: dict | None = None      # cursors as last stored (None: not loaded yet)
+        self._saved_at = self._status_checked = 0.0
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "MqttPublisher":
@@ -247,8 +250,12 @@ class MqttPublisher:
         self._save_cursors(force=True)
 
     def _save_cursors(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._saved_at < SAVE_EVERY_S:
+            return
         with self._cond:
             cur = dict(self.cursor)
+        self._saved_at = now
         if force or cur != self._saved:
             for table, key in CURSOR_KEYS.items():
                 self.store.put(key, str(cur[table]))
@@ -325,6 +332,10 @@ class MqttPublisher:
         return {"state": "offline", "ts": time.time(), "time": iso(time.time()), "reason": "panel stopped"}
 
     def _maybe_status(self) -> None:
+        now = time.monotonic()
+        if self._last_status is not None and now - self._status_checked < STATUS_CHECK_S:
+            return
+        self._status_checked = now
         fields = self.status_fn()
         key = tuple((k, json.dumps(v, sort_keys=True)) for k, v in sorted(fields.items()) if k != "counters")
         now = time.monotonic()

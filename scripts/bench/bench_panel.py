@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import socket
 import sqlite3
@@ -200,10 +199,7 @@ def bench_pages(cfg: Path, port: int, journal: Path, n: int) -> dict:
             t0 = time.perf_counter()
             c.get("/metrics").raise_for_status()
             out["metrics_first_scrape_s"] = time.perf_counter() - t0
-            while "anomaly_score_count" not in c.get("/metrics").text:     # built in the background
-                if time.perf_counter() - t0 > 300:
-                    raise TimeoutError("histograms not built in 300 s")
-                time.sleep(0.1)
+            wait_warm(port)                                                # built in the background
             out["metrics_histograms_ready_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             c.get("/api/live").raise_for_status()
@@ -368,6 +364,20 @@ class Visitors(threading.Thread):
                 self.stop_ev.wait(1.0)
 
 
+def wait_warm(port: int, timeout: float = 300.0) -> float:
+    """Wait until the panel's /metrics carries the histograms (built once at start, in the
+    background); returns the seconds waited."""
+    import httpx
+
+    t0 = time.monotonic()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        while "anomaly_score_count" not in c.get("/metrics").text:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"histograms not built in {timeout} s")
+            time.sleep(0.1)
+    return time.monotonic() - t0
+
+
 def publisher_catch_up(port: int, journal: Path, frames: int, timeout: float = 120.0) -> dict:
     """After a daemon run: when the panel's publisher had the broker's acknowledgement for the
     run's last decision (polling /healthz; no subscriber process competing for the CPU)."""
@@ -404,7 +414,7 @@ def bench_daemon_with_panel(bundle: Path, journal: Path, archive: Path, tmp: Pat
                 vis = Visitors(port)
                 vis.start()
                 try:
-                    time.sleep(2.0)                       # the panel settled (first scrape, cursors)
+                    wait_warm(port)                       # steady state: histograms over the journal built
                     c0, w0 = cpu_s(p.pid), time.monotonic()
                     r = run_daemon(bundle, journal, frames, tmp)
                     r["panel_cpu_pct"] = 100 * (cpu_s(p.pid) - c0) / (time.monotonic() - w0)
@@ -522,7 +532,8 @@ def main(argv=None) -> int:
         return daemon_child(args)
     import shutil
 
-    res: dict = {"command": "python scripts/bench/bench_panel.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
+    res: dict = {"command": f"python scripts/bench/bench_panel.py --rows {args.rows} --requests {args.requests} "
+                            f"--backfill {args.backfill} --frames {args.frames} --pairs {args.pairs}",
                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "loadavg_1min": float(Path("/proc/loadavg").read_text().split()[0]),
                  "mqtt_backfill_rows": args.backfill}
