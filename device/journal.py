@@ -417,7 +417,7 @@ def _file_size(path: str) -> int:
 
 def _wal_allowance(max_bytes: float) -> float:
     """Bytes of the journal's cap left to the WAL (the rest is for the database file)."""
-    return min(4 * 1024 * 1024, max(64 * 1024, 0.1 * max_bytes))
+    return min(4 * 1024 * 1024, max(256 * 1024, 0.15 * max_bytes))
 
 
 class _Retention:
@@ -497,12 +497,12 @@ class _Retention:
 
     def _cap(self, db: sqlite3.Connection, stats: dict) -> None:
         """Under ``max_mb``: from 90 % of the database's share of the cap, delete the oldest rows down to
-        80 % in small batches, checkpointing between them so the WAL stays small. Freed pages are
+        85 % in small batches, checkpointing between them so the WAL stays small. Freed pages are
         reused by new rows, so the file stops growing; only a file left larger than its share (a lowered
         cap, an older journal) is shrunk, a few pages at a time."""
         target = self.max_bytes - _wal_allowance(self.max_bytes) - 64 * 1024
         if self._used(db) > 0.9 * target:
-            while not self._stop.is_set() and self._used(db) > 0.8 * target and self._delete(db, "", (), stats):
+            while not self._stop.is_set() and self._used(db) > 0.85 * target and self._delete(db, "", (), stats):
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             oldest = db.execute("SELECT MIN(ts) FROM decisions").fetchone()[0]
             if oldest is not None:     # events older than every kept decision, but keep the last 100

@@ -138,7 +138,9 @@ def sample(pid: int, tmp: Path, t0: float) -> dict:
             "SELECT COALESCE(MAX(id), 0), COUNT(*), COALESCE(MIN(id), 0) FROM decisions").fetchone()
     finally:
         db.close()
-    s["journal_mb"] = sum(p.stat().st_size for p in tmp.glob("journal.sqlite*") if p.exists()) / 1e6
+    sizes = {p.name: p.stat().st_size for p in tmp.glob("journal.sqlite*") if p.exists()}
+    s["journal_mb"] = sum(sizes.values()) / 1e6
+    s["journal_wal_mb"] = sizes.get("journal.sqlite-wal", 0) / 1e6
     s["archive_mb"] = du(tmp / "archive", "*.png") / 1e6
     return s
 
@@ -208,6 +210,7 @@ def summarise(samples: list[dict], end: dict, frames: int, journal_mb: float, ar
         "rss_slope_per_million_mb": slope,
         "fds_min": min(fds), "fds_max": max(fds), "threads_max": max(s["threads"] for s in samples),
         "journal_cap_mb": journal_mb, "journal_max_mb": max(s["journal_mb"] for s in samples),
+        "journal_wal_max_mb": max(s.get("journal_wal_mb", 0) for s in samples),
         "archive_cap_mb": archive_mb, "archive_max_mb": max(s["archive_mb"] for s in samples),
         "samples": len(samples), "wall_s": end["wall_s"], "exit_code": end["exit_code"],
         "pulse_dropped_events": end["pulse_dropped_events"], "service_log_lines": end["log_lines"],
