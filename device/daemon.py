@@ -163,11 +163,13 @@ class Daemon:
         self._dropped: collections.deque = collections.deque()   # (tags, reason) from the pulse thread
         self.journal_fault: JournalError | None = None
         self.handshake = None            # device.handshake.Handshake when [outputs] names its pins
-        self.drift = None                # device.drift.DriftMonitor while [drift] enabled
-        self.drift_ms: collections.deque = collections.deque(maxlen=1000)   # drift watch cost per frame
+        self.drift = None                # device.drift.DriftWorker (its DriftMonitor) while [drift] enabled
+        self.drift_level = "ok"          # the drift state last journaled (the alarm follows it)
+        self.drift_ms: collections.deque = collections.deque(maxlen=1000)   # the watch's cost per frame (its thread)
         self._missed: collections.deque = collections.deque()    # (t, reason) from the trigger's thread
         self._lock = None                # the camera lock (device.servicelock)
         self._refused = False            # start refused: another process holds the lock
+        self._shut = False
 
     def __enter__(self) -> "Daemon":
         return self
@@ -321,18 +323,28 @@ class Daemon:
         events, and a fresh drift watch (its start journaled as a ``drift`` event, so ``status``
         never shows the state of an earlier run)."""
         from device.capture import capture_mismatches
-        from device.drift import DriftMonitor
+        from device.drift import DriftMonitor, DriftWorker
 
         bundle = self.detector.bundle
         for line in capture_mismatches(self.cfg.camera, bundle.manifest):
             log.warning("capture conditions: %s", line)
             self.journal.event("warning", line)
+        self._stop_drift()
         d = self.cfg.drift
-        self.drift = DriftMonitor.from_bundle(bundle, self.detector.threshold.value, d) if d.enabled else None
-        self.drift_ms.clear()
-        msg = f"ok: watch started for bundle {bundle.short_digest} ({self.drift.describe()})" if self.drift else \
-            "off: [drift] enabled = false"
+        if d.enabled:
+            self.drift = DriftWorker(DriftMonitor.from_bundle(bundle, self.detector.threshold.value, d))
+        self.drift_level = "ok" if d.enabled else "off"
+        msg = f"ok: watch started for bundle {bundle.short_digest} ({self.drift.monitor.describe()})" if \
+            self.drift else "off: [drift] enabled = false"
         self.journal.event(DRIFT_EVENT, msg)
+
+    def _stop_drift(self) -> None:
+        """Evaluate the frames still queued for the drift watch, journal what they changed, stop it."""
+        if self.drift is not None:
+            self.drift.close()
+            self._journal_drift()
+            self.drift_ms.extend(self.drift.cost_ms)
+            self.drift = None
 
     # ----------------------------------------------------------------- camera faults
     def _next_backoff(self) -> float:
@@ -389,7 +401,7 @@ class Daemon:
         alarm = ((o.alarm_after_rejects > 0 and self.rejects_in_row >= o.alarm_after_rejects)
                  or (o.alarm_on_camera_fault and self.camera_fault_since is not None)
                  or (o.alarm_on_model_error and self.model_error)
-                 or (self.cfg.drift.alarm and self.drift is not None and self.drift.state.level == "drift"))
+                 or (self.cfg.drift.alarm and self.drift_level == "drift"))
         if self.outputs is not None:
             self.outputs.set_alarm(alarm)
 
@@ -400,6 +412,9 @@ class Daemon:
             self._journal_dropped()
         if self._missed:
             self._journal_missed()
+        if self.drift is not None and self.drift.changes:
+            self._journal_drift()
+            self._update_alarm()
         if not self.camera_up:
             end = time.monotonic() + self._next_backoff()
             while not self._stop.is_set() and time.monotonic() < end:
@@ -486,15 +501,20 @@ class Daemon:
             return None
 
     def _watch_drift(self, frame, result) -> None:
-        """Feed the drift watch (after the part was acted on); a state change is a ``drift`` event."""
-        if self.drift is None:
-            return
-        t0 = time.perf_counter()
-        change = self.drift.update(result, self._roi(frame))
-        self.drift_ms.append((time.perf_counter() - t0) * 1e3)
-        if change is not None:
+        """Hand the part to the drift watch (its own thread: the frame path only queues a reference)
+        and journal the state changes it reported since the last part."""
+        if self.drift is not None:
+            self.drift.submit(result.score, result.decision, self._roi(frame))
+        if self.drift is not None and self.drift.changes:
+            self._journal_drift()
+
+    def _journal_drift(self) -> None:
+        """Each drift state change as a ``drift`` event (main thread); the alarm follows the journaled state."""
+        while self.drift is not None and self.drift.changes:
+            change = self.drift.changes.popleft()
             (log.info if change.level == "ok" else log.warning)("drift watch: %s", change.message)
             self.journal.event(DRIFT_EVENT, change.message)
+            self.drift_level = change.level
 
     def _inspect(self, frame):
         """The frame's :class:`~device.detector.FrameResult`; a frame the source could not decode
@@ -639,6 +659,9 @@ class Daemon:
         """Handshake lines to their safe level, queued pulses fire, outputs go to the safe level,
         journal flushed, camera lock released. Idempotent. After a journal fault nothing more is
         written to the journal and the alarm stays raised."""
+        if self._shut:
+            return
+        self._shut = True
         self.notifier.stopping()
         if self.handshake is not None:
             self.handshake.close()             # READY off first: the PLC stops triggering
@@ -659,6 +682,7 @@ class Daemon:
         if self.journal is not None:
             if self.journal_fault is None and not self._refused:
                 try:
+                    self._stop_drift()
                     self._journal_dropped()
                     self._journal_missed()
                     self.journal.event("stop", f"{self.frames} parts")
@@ -667,6 +691,9 @@ class Daemon:
             if self._own_journal:
                 self.journal.close()
                 self.journal = None
+        if self.drift is not None:             # not journaled (journal fault): just stop the thread
+            self.drift.close()
+            self.drift = None
         if self._lock is not None:
             self._lock.close()                 # last: a deploy waiting on the journal sees the stop first
             self._lock = None

@@ -323,6 +323,89 @@ class DriftMonitor:
                 "signals": {k: {"level": v.level, **v.figures} for k, v in self.signals.items()}}
 
 
+# ---------------------------------------------------------------- off the frame path
+class DriftWorker:
+    """Feeds a :class:`DriftMonitor` from its own thread, so the frame loop only queues a reference
+    to the frame: the image statistics (OpenCV, which releases the GIL) and the score test run
+    beside the next part's capture and inference instead of before them. State changes wait in
+    :attr:`changes` for the caller to journal (the journal is written from one thread).
+
+    Args:
+        monitor: the monitor to feed.
+        queue_size: frames waiting; beyond it a frame is left out of the watch (counted in
+            :attr:`dropped`), never waited for.
+
+    Example:
+        >>> w = DriftWorker(DriftMonitor(np.linspace(0, 1, 100), 1.0, window=50))
+        >>> w.submit(0.3, "PASS", np.full((48, 64, 3), 100, np.uint8))
+        True
+        >>> w.flush(), w.monitor.frames
+        (True, 1)
+        >>> w.close()
+    """
+
+    def __init__(self, monitor: DriftMonitor, queue_size: int = 64):
+        import queue
+        import threading
+
+        self.monitor = monitor
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.changes: collections.deque = collections.deque()
+        self.cost_ms: collections.deque = collections.deque(maxlen=1000)    # per frame, in the worker
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
+        self._thread.start()
+
+    def submit(self, score: float | None, decision, image: np.ndarray | None) -> bool:
+        """Queue one decision and its frame (after the camera ROI); False when the queue is full."""
+        import queue
+
+        try:
+            self._q.put_nowait((score, None if decision is None else str(decision), image))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _run(self) -> None:
+        import time
+
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                t0 = time.perf_counter()
+                score, decision, image = item
+                change = self.monitor.update_values(score, decision, frame_stats(image) if image is not None else None)
+                self.cost_ms.append((time.perf_counter() - t0) * 1e3)
+                if change is not None:
+                    self.changes.append(change)
+            except Exception:  # noqa: BLE001 - the watch must never take the service down
+                log.exception("drift watch: a frame could not be evaluated")
+            finally:
+                self._q.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued frame was evaluated; False on timeout."""
+        import time
+
+        end = time.monotonic() + timeout
+        with self._q.all_tasks_done:
+            while self._q.unfinished_tasks:
+                left = end - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._q.all_tasks_done.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Evaluate what is queued, then stop the thread. Idempotent."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join(timeout)
+
+
 # ---------------------------------------------------------------- in the journal
 EVENT = "drift"            #: the journal event kind of a drift state change ("<level>: <reason>")
 

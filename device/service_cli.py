@@ -235,7 +235,7 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_selftest, log_level=_logging.INFO)
 
-    t = sub.add_parser("status", help="last decisions, rates, reject counts, camera state (from the journal)")
+    t = sub.add_parser("status", help="last decisions, rates, reject counts, camera and drift state (from the journal)")
     t.add_argument("--config", default=DEFAULT_CONFIG)
     t.add_argument("--journal", help="journal file (default: from the config)")
     t.add_argument("--last", type=count(0), default=10, help="decisions listed (default 10)")

@@ -233,3 +233,19 @@ def test_tiled_bundle_learns_from_its_archived_rejects(bundle_dir, line, tmp_pat
     overlay_path(rows[6]["image"]).unlink()            # as an older archive wrote it: the overlay is the image
     with pytest.raises(ConfigError, match=f"--from-journal {rows[6]['id']}: .*carries the score overlay"):
         learn(cfg, rows=[rows[6]["id"]], out=tmp_path / "c2")
+
+
+def test_bank_max_recorded_by_fit_is_the_cap(line, tmp_path):
+    """A bundle recording ``scoring.bank_max`` (the cap fit applied) grows up to it, then is
+    compressed to it; without it the subsampled bank keeps its size (the other tests)."""
+    from device.bundle import write_bundle
+    from device.learn import learn
+
+    parent = load_bundle(line["parent"])
+    assert len(parent.bank) == 40
+    for cap, want in ((100, 70), (55, 55)):                 # 40 rows + 30 learned images
+        body = parent.manifest.body()
+        body["scoring"] = {**body["scoring"], "bank_max": cap}
+        b = Path(write_bundle(tmp_path / f"p{cap}", body, dict(parent.files)))
+        res = learn(load_config(device_config(tmp_path, b)), good=[line["confirmed"]], out=tmp_path / f"c{cap}")
+        assert res["bank"]["cap"] == cap and res["bank"]["after"] == want == len(load_bundle(tmp_path / f"c{cap}").bank)
