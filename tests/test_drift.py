@@ -133,3 +133,20 @@ def test_bundle_without_image_stats_learns_reference_from_first_frames(drift_bun
     assert changes and changes[0][0] >= 150
     drift = [c for _, c in changes if c.level == "drift"]
     assert drift and "first 100 frames of this run" in drift[0].reason
+
+
+def test_worker_evaluates_off_the_caller_and_hands_back_changes():
+    from device.drift import DriftWorker
+
+    w = DriftWorker(DriftMonitor(None, reference={"brightness": {"median": 100.0}, "sharpness": {"median": 0.0}},
+                                 persist=2, stats_window=3), queue_size=4)
+    try:
+        grey = lambda v: np.full((48, 64, 3), v, np.uint8)            # noqa: E731
+        for v in (100, 100, 100, 150, 150, 150, 150):
+            assert w.submit(None, "REJECT", grey(v)) or w.flush()      # never blocks: full queue -> False
+        assert w.flush() and w.monitor.frames + w.dropped == 7
+        assert [c.level for c in w.changes] == ["drift"] and "brightness 150 vs 100" in w.changes[0].reason
+        assert len(w.cost_ms) == w.monitor.frames
+    finally:
+        w.close()
+        w.close()                                                      # idempotent
