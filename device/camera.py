@@ -355,6 +355,17 @@ class TimeoutSource(_Base):
         self.inner.close()
 
 
+def crop(image: np.ndarray, roi) -> np.ndarray:
+    """Camera-level region of interest ``(x, y, w, h)``, applied before the bundle's preprocessing."""
+    if roi is None:
+        return image
+    x, y, w, h = roi
+    H, W = image.shape[:2]
+    if x >= W or y >= H:
+        raise CameraError(f"[camera].roi {tuple(roi)} lies outside the {W}x{H} frame")
+    return image[y:y + h, x:x + w]
+
+
 SOURCES = Registry("camera source")
 """Frame-source plug-ins by ``[camera] source``: each a function ``(camera config) -> FrameSource``."""
 SOURCES.register("folder", lambda cam: FolderSource(cam.path, loop=cam.loop, max_pixels=max_pixels(cam)))

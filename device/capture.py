@@ -147,7 +147,7 @@ def _grab(cfg, src, trig, good: Path, start: int, count: int, gap: float, progre
           ) -> tuple[list[dict], int, tuple | None]:
     """The capture loop: ``(images written, triggers skipped for the minimum gap, first frame shape)``."""
     from device.camera import EndOfStream
-    from device.daemon import crop
+    from device.camera import crop
 
     images, skipped, first_shape, last = [], 0, None, -float("inf")
     while len(images) < count and not (stop and stop()):

@@ -396,7 +396,7 @@ def _bundle_problems(cfg: DeviceConfig) -> list[str]:
     from device.errors import AnomalyError
 
     try:
-        from device.daemon import build_detector
+        from device.detector import build_detector
 
         build_detector(cfg).close()
     except AnomalyError as exc:

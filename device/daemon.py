@@ -54,6 +54,8 @@ from device.camera import CameraError, EndOfStream, FrameSource, make_source
 from device.drift import EVENT as DRIFT_EVENT
 from device.config import DeviceConfig, load_config
 from core.decision import Decision
+from device.camera import crop  # noqa: F401 (the camera ROI, applied before the bundle's preprocessing)
+from device.detector import build_detector  # noqa: F401
 from device.errors import BundleError
 from device.journal import Journal, JournalError
 from device.notify import Notifier
@@ -61,32 +63,6 @@ from device.notify import Notifier
 log = logging.getLogger(__name__)
 
 EXIT_JOURNAL_FAULT = 3   # the journal cannot be written: exit non-zero so systemd restarts the service
-
-
-def build_detector(cfg: DeviceConfig):
-    """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector` with the
-    configured threshold, and run one warm-up inference (a model that cannot run fails now, not on
-    the first part).
-
-    Raises:
-        BundleError: the bundle is missing, fails verification or cannot be run.
-    """
-    from device.bundle import load_bundle
-    from device.detector import Detector
-
-    bundle = load_bundle(cfg.bundle.path)
-    thr = bundle.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
-    det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=thr)
-    h, w = bundle.input_spec.size
-    try:
-        score = det.score_batch(np.zeros((1, h, w, 3), np.uint8))
-    except Exception as exc:  # noqa: BLE001 - any failure here means the bundle cannot run
-        det.close()
-        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from None
-    if not np.isfinite(score).all():
-        det.close()
-        raise BundleError(f"{cfg.bundle.path}: test inference gave a non-finite score")
-    return det
 
 
 #: sections whose keys need a restart, but for these, which a reload applies
@@ -104,17 +80,6 @@ def _restart_only_kept(old: DeviceConfig, new: DeviceConfig) -> DeviceConfig:
             log.warning("reload: [%s] %s need a restart; keeping the running values", sec, ", ".join(changed))
             new = new.replace(**{sec: {k: a[k] for k in changed}})
     return new
-
-
-def crop(image: np.ndarray, roi) -> np.ndarray:
-    """Camera-level region of interest ``(x, y, w, h)``, applied before the bundle's preprocessing."""
-    if roi is None:
-        return image
-    x, y, w, h = roi
-    H, W = image.shape[:2]
-    if x >= W or y >= H:
-        raise CameraError(f"[camera].roi {tuple(roi)} lies outside the {W}x{H} frame")
-    return image[y:y + h, x:x + w]
 
 
 class Daemon:

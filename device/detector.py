@@ -208,6 +208,29 @@ class Detector:
         return Scores(scores=np.array([np.nan if s is None else s for s in out], np.float32))
 
 
+def build_detector(cfg) -> "Detector":
+    """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector` with the
+    configured threshold, and run one warm-up inference (a model that cannot run fails now, not on
+    the first part).
+
+    Raises:
+        BundleError: the bundle is missing, fails verification or cannot be run.
+    """
+    bundle = load_bundle(cfg.bundle.path)
+    thr = bundle.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
+    det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=thr)
+    h, w = bundle.input_spec.size
+    try:
+        score = det.score_batch(np.zeros((1, h, w, 3), np.uint8))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the bundle cannot run
+        det.close()
+        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from None
+    if not np.isfinite(score).all():
+        det.close()
+        raise BundleError(f"{cfg.bundle.path}: test inference gave a non-finite score")
+    return det
+
+
 def _check_interface(ext: TFLiteExtractor, bundle: Bundle) -> None:
     """The model must be the one the manifest describes (input shape and type, output width)."""
     m = bundle.manifest.extractor
@@ -248,4 +271,4 @@ def verify_runnable(bundle: Bundle, runtime: str | None = None) -> dict[str, Any
                 "feature_width": int(feats.shape[1])}
 
 
-__all__ = ["Detector", "FrameResult", "verify_runnable", "make_scorer"]
+__all__ = ["Detector", "FrameResult", "build_detector", "verify_runnable", "make_scorer"]

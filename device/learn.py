@@ -52,7 +52,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -126,7 +125,7 @@ def archived_frame(image: np.ndarray, roi) -> np.ndarray:
         >>> archived_frame(np.zeros((30, 40, 3), np.uint8), (4, 2, 40, 30)).shape     # already cropped
         (30, 40, 3)
     """
-    from device.daemon import crop
+    from device.camera import crop
 
     if roi is None:
         return image
@@ -398,17 +397,15 @@ def preview(cfg, det, days: float = 7.0, limit: int = 2000, learned_rows: Sequen
 
 # ---------------------------------------------------------------- the command
 def _lineage(parent, pdig: str, images: list[LearnImage], bank_info: dict, thr: dict) -> dict[str, Any]:
-    pm = _manifest_dict(parent)
-    ancestors = [pdig] + list((pm.get("lineage") or {}).get("ancestors", []))[:50]
-    return {"parent_digest": pdig, "parent_created": pm.get("created"), "created_by": "anomaly-device learn",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "method": (f"bank += features of {len(images)} confirmed-good image(s) from the parent's extractor; "
-                       f"compressed to cap {bank_info['cap']} ({bank_info['subsample']}, device.scoring.bank_rows, "
-                       f"seed {bank_info['seed']}); threshold: {thr['estimator']['kind']} at target FRR "
-                       f"{thr['target_frr']}"),
-            "images": [{"sha256": im.sha256, "source": im.source, **({"row": im.row} if im.row else {})}
-                       for im in images],
-            "n_images": len(images), "bank": bank_info, "ancestors": ancestors}
+    from device.versions import lineage_record
+
+    method = (f"bank += features of {len(images)} confirmed-good image(s) from the parent's extractor; "
+              f"compressed to cap {bank_info['cap']} ({bank_info['subsample']}, device.scoring.bank_rows, "
+              f"seed {bank_info['seed']}); threshold: {thr['estimator']['kind']} at target FRR {thr['target_frr']}")
+    return lineage_record(_manifest_dict(parent), pdig, "anomaly-device learn", method,
+                          images=[{"sha256": im.sha256, "source": im.source, **({"row": im.row} if im.row else {})}
+                                  for im in images],
+                          n_images=len(images), bank=bank_info)
 
 
 def build_child(parent, images: list[LearnImage], progress: Callable[[int, int], None] | None = None
@@ -481,7 +478,10 @@ def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: 
     stage = (lambda name: (lambda i, n: progress(name, i, n))) if progress else (lambda name: None)
     body, files, fig = build_child(parent, images, stage("features"))
     t1 = time.perf_counter()
-    path, name = _write_child(cfg, body, files, out, bundle_digest_of(parent), len(images))
+    from device.versions import store_version
+
+    source = f"learn from {bundle_digest_of(parent)[:16]} ({len(images)} images)"
+    path, name = store_version(cfg, body, files, source, out)
     child = load_bundle(path)
     t2 = time.perf_counter()
     running = child.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
@@ -499,24 +499,5 @@ def learn(cfg, good: Sequence[str | Path] = (), rows: Sequence[int] = (), days: 
     if deploy:
         from device.versions import deploy as do_deploy
 
-        res["deploy"] = do_deploy(cfg, path, source=f"learn from {res['parent'][:16]} ({len(images)} images)",
-                                  **deploy_kw)
+        res["deploy"] = do_deploy(cfg, path, source=source, **deploy_kw)
     return res
-
-
-def _write_child(cfg, body: dict, files: dict, out, parent_digest: str, n: int) -> tuple[Path, str]:
-    from device.bundle import write_bundle
-    from device.versions import Store, _now
-
-    if out is not None:
-        dest = write_bundle(out, body, files)
-        return Path(dest), Path(dest).name
-    store = Store.for_config(cfg)
-    with store.locked():
-        tmp = store.root / f".learn-{os.getpid()}-{time.monotonic_ns()}"
-        write_bundle(tmp, body, files)
-        name = store.add_written(tmp)
-        ix = store.read_index()
-        ix["versions"].setdefault(name, {"source": f"learn from {parent_digest[:16]} ({n} images)", "added": _now()})
-        store.write_index(ix)
-    return store.version_dir(name), name

@@ -186,6 +186,13 @@ class Store:
                               f"in {self.root} (have {', '.join(self.names()) or 'none'})")
         return names[0]
 
+    def locate(self, ref: str | Path) -> Path:
+        """A bundle directory, or a stored version named by a digest prefix (see :meth:`resolve`)."""
+        path = Path(ref)
+        if not path.exists() and os.sep not in str(ref):
+            path = self.version_dir(self.resolve(str(ref)))
+        return path
+
     def add(self, src: Path) -> str:
         """Copy bundle ``src`` in as a version (atomic; files 0644, dirs 0755); returns its name.
         A version with the same digest is reused."""
@@ -309,7 +316,7 @@ def verify_bundle(path: Path, cfg):
     Raises:
         BundleError: naming the file and the problem.
     """
-    from device.daemon import build_detector
+    from device.detector import build_detector
 
     det = build_detector(_with_bundle_path(cfg, Path(path)))
     try:
@@ -496,9 +503,7 @@ def deploy(cfg, bundle: str | Path, unit: str | None = DEFAULT_UNIT, wait_s: flo
     """
     with Store.for_config(cfg).locked():
         store, ix = _open_store(cfg)
-        path = Path(bundle)
-        if not path.exists() and os.sep not in str(bundle):
-            path = store.version_dir(store.resolve(str(bundle)))
+        path = store.locate(bundle)
         loaded = verify_bundle(path, cfg)
         name = store.add(path)
         load_bundle(store.version_dir(name))          # the copy's hashes
@@ -533,6 +538,48 @@ def rollback(cfg, unit: str | None = DEFAULT_UNIT, wait_s: float = 30.0, reload:
         out["warnings"] = capture_warnings(cfg, loaded.manifest)
         store.write_index(ix)
         return out
+
+
+# ---------------------------------------------------------------- versions derived on the device
+def lineage_record(parent_manifest: dict, parent_digest: str, created_by: str, method: str,
+                   **extra) -> dict[str, Any]:
+    """The ``lineage`` record of a version derived on the device (``learn``, ``deploy --target-frr``)
+    from a parent: its digest and creation time, the command, when (UTC), how, what else the
+    command records (``extra``), and the ancestors (newest first, at most 51).
+
+    Example:
+        >>> rec = lineage_record({"created": "2026-01-01T00:00:00Z"}, "ab" * 32, "anomaly-device learn", "bank += 2")
+        >>> rec["parent_digest"] == rec["ancestors"][0], rec["created_by"]
+        (True, 'anomaly-device learn')
+    """
+    ancestors = [parent_digest] + list((parent_manifest.get("lineage") or {}).get("ancestors", []))[:50]
+    return {"parent_digest": parent_digest, "parent_created": parent_manifest.get("created"),
+            "created_by": created_by, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": method, **extra, "ancestors": ancestors}
+
+
+def store_version(cfg, body: dict, files: dict, source: str, out: str | Path | None = None) -> tuple[Path, str]:
+    """Write a derived version (manifest body and files, :func:`device.bundle.write_bundle`) into the
+    versions store beside ``[bundle] path`` (or to ``out``), recorded with ``source``; nothing is
+    activated.
+
+    Returns:
+        ``(path, version name)``.
+    """
+    from device.bundle import write_bundle
+
+    if out is not None:
+        dest = Path(write_bundle(out, body, files))
+        return dest, dest.name
+    store = Store.for_config(cfg)
+    with store.locked():
+        tmp = store.root / f".new-{os.getpid()}-{time.monotonic_ns()}"
+        write_bundle(tmp, body, files)
+        name = store.add_written(tmp)
+        ix = store.read_index()
+        ix["versions"].setdefault(name, {"source": source, "added": _now()})
+        store.write_index(ix)
+    return store.version_dir(name), name
 
 
 def _bank_rows(path: Path, manifest: dict) -> int | None:

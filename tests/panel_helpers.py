@@ -137,14 +137,14 @@ def panel_config(tmp: Path, journal: Path, archive: Path | None = None, bundle: 
 def running_panel(cfg_path: Path, publish: bool = True):
     """A :class:`PanelService` served from a thread; yields ``(service, base_url)``."""
     from device.panel.service import PanelService
-    from device.panel.settings import load_panel_config
+    from device.panel.panel_config import load_panel_config
 
     with PanelService(load_panel_config(cfg_path), publish=publish) as svc:
         yield svc, svc.serve_in_thread()
 
 
 def add_user(cfg_path: Path, name: str = "ana", password: str = "line-1-operator") -> tuple[str, str]:
-    from device.panel.settings import load_panel_config
+    from device.panel.panel_config import load_panel_config
     from device.panel.store import PanelStore
 
     with PanelStore(load_panel_config(cfg_path).panel.store) as s:

@@ -109,7 +109,7 @@ def test_histograms_are_built_off_the_scrape_path(station):
     import threading
 
     from device.panel.service import PanelService
-    from device.panel.settings import load_panel_config
+    from device.panel.panel_config import load_panel_config
 
     tmp, j, cfg = station
     release = threading.Event()

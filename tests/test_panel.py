@@ -28,7 +28,8 @@ from panel_helpers import add_user, fake_bundle, panel_config, running_panel, wa
 
 from device.errors import ConfigError  # noqa: E402
 from device.journal import Journal  # noqa: E402
-from device.panel.settings import MqttSettings, PanelSettings, load_panel_config  # noqa: E402
+from device.panel.panel_config import load_panel_config  # noqa: E402
+from device.panel.settings import MqttSettings, PanelSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

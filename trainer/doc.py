@@ -10,38 +10,19 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 
 import numpy as np
 
-from device.errors import ConfigError
-from models.backbone import FEATURE_TAPS, pooled_features, set_trainable_from
+from models.backbone import pooled_features, set_trainable_from
 from models.doc import compactness_loss, descriptiveness_loss
-from trainer.options import DocOptions
+from trainer.options import DocOptions, check_trainable_reaches_taps
 
 log = logging.getLogger(__name__)
 
 
 DocConfig = DocOptions      # DOC's settings are declared once, with the other fit options
-
-
-def _depth(layer: str) -> float:
-    """Position of a MobileNetV2 layer by its block number (``out_relu`` is the deepest)."""
-    m = re.match(r"block_(\d+)_", layer)
-    return float(m.group(1)) if m else (-1.0 if layer.startswith(("Conv1", "bn_Conv1", "expanded_conv")) else 99.0)
-
-
-def check_trainable_reaches_taps(taps: str, train_from: str | None) -> None:
-    """Refuse a DOC set-up whose trainable layers all lie after the tapped features."""
-    if train_from is None:
-        return
-    deepest = max(FEATURE_TAPS[taps], key=_depth)
-    if _depth(train_from) > _depth(deepest):
-        raise ConfigError(f"DOC would change nothing: first trainable layer {train_from!r} lies after the "
-                          f"deepest feature tap {deepest!r}; train from an earlier block "
-                          f"(e.g. --train-from block_8_expand for tap b10) or use --no-doc")
 
 
 def _augment(tf, x):

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
 import typing
 from typing import Any, Literal, Optional
 
@@ -125,6 +126,29 @@ class FitConfig(_Options):
             raise ValueError("; ".join(problems(exc, InputSpec)) + hint) from None
 
 
+def _depth(layer: str) -> float:
+    """Position of a MobileNetV2 layer by its block number (``out_relu`` is the deepest)."""
+    m = re.match(r"block_(\d+)_", layer)
+    return float(m.group(1)) if m else (-1.0 if layer.startswith(("Conv1", "bn_Conv1", "expanded_conv")) else 99.0)
+
+
+def check_trainable_reaches_taps(taps: str, train_from: str | None) -> None:
+    """Refuse a DOC set-up whose trainable layers all lie after the tapped features."""
+    if train_from is None:
+        return
+    deepest = max(_feature_taps()[taps], key=_depth)
+    if _depth(train_from) > _depth(deepest):
+        raise ConfigError(f"DOC would change nothing: first trainable layer {train_from!r} lies after the "
+                          f"deepest feature tap {deepest!r}; train from an earlier block "
+                          f"(e.g. --train-from block_8_expand for tap b10) or use --no-doc")
+
+
+def _feature_taps() -> dict:
+    from models.backbone import FEATURE_TAPS
+
+    return FEATURE_TAPS
+
+
 # --------------------------------------------------------------------------------------- argparse
 def grid_arg(s: str):
     """``RxC`` tile grid (or ``N`` for N x N)."""
@@ -221,7 +245,5 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
     except ValidationError as exc:
         raise ConfigError("; ".join(_as_flags(ln, FitConfig) for ln in problems(exc, FitConfig))) from None
     if cfg.doc:
-        from trainer.doc import check_trainable_reaches_taps
-
         check_trainable_reaches_taps(cfg.taps, cfg.doc_cfg.train_from)
     return cfg

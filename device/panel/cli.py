@@ -20,7 +20,8 @@ DEFAULT_CONFIG = "/etc/anomaly-device/device.toml"
 def _panel(args) -> int:
     from device.errors import ConfigError
     from device.panel.service import PanelService
-    from device.panel.settings import load_panel_config, split_bind
+    from device.panel.panel_config import load_panel_config
+    from device.panel.settings import split_bind
 
     cfg = load_panel_config(args.config)
     if args.bind:
@@ -58,7 +59,7 @@ def read_new_password(stream=None, prompt=None) -> str:
 
 
 def _user(args) -> int:
-    from device.panel.settings import load_panel_config
+    from device.panel.panel_config import load_panel_config
     from device.panel.store import PanelStore
 
     cfg = load_panel_config(args.config)

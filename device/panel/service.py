@@ -19,7 +19,8 @@ from typing import Any
 from device.panel.actions import ActionRunner
 from device.panel.auth import RateLimiter
 from device.panel.reader import JournalMissing, JournalReader
-from device.panel.settings import PanelConfig, is_loopback, split_bind
+from device.panel.panel_config import PanelConfig
+from device.panel.settings import is_loopback, split_bind
 from device.panel.store import PanelStore
 
 log = logging.getLogger(__name__)

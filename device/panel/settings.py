@@ -19,11 +19,10 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -188,31 +187,3 @@ class MqttSettings(_Section):
                                   f"({exc.strerror or exc})") from exc
             return lines[0] if lines else ""
         return self.password or None
-
-
-@dataclasses.dataclass(frozen=True)
-class PanelConfig:
-    """What the panel reads from the device's config file: the whole validated config (its
-    ``[panel]`` and ``[mqtt]`` sections included) and the file it came from."""
-
-    device: Any                    # device.config.DeviceConfig
-    source_file: str
-
-    @property
-    def panel(self) -> PanelSettings:
-        return self.device.panel
-
-    @property
-    def mqtt(self) -> MqttSettings:
-        return self.device.mqtt
-
-
-def load_panel_config(path: str | Path) -> PanelConfig:
-    """Read and validate the device config file, ``[panel]`` and ``[mqtt]`` included.
-
-    Raises:
-        ConfigError: unreadable file, TOML syntax error, or every problem of every section.
-    """
-    from device.config import load_config
-
-    return PanelConfig(device=load_config(path), source_file=str(path))
