@@ -6,6 +6,7 @@ subclasses, which ``anomaly-device`` prints as one line and exits 2.
 Example:
     $ anomaly-device capture --config device.toml --out data/ --count 200 --interval-ms 500
     $ anomaly-device deploy bundle/ --config device.toml
+    $ anomaly-device deploy --config device.toml --target-frr 0.005
     $ anomaly-device bundles --config device.toml
     $ anomaly-device learn --config device.toml --from-journal 1841 1907 --deploy
     $ anomaly-device rollback --config device.toml
@@ -119,11 +120,32 @@ def _activation_lines(out: dict) -> list[str]:
 
 
 def _deploy(args) -> int:
+    from device.errors import ConfigError
     from device.versions import deploy
 
-    out = deploy(_cfg(args), args.bundle, unit=_unit(args), wait_s=args.wait, reload=not args.no_reload)
+    kw = {"unit": _unit(args), "wait_s": args.wait, "reload": not args.no_reload}
+    if args.target_frr is not None:
+        from device.retarget import retarget
+
+        res = retarget(_cfg(args), args.target_frr, args.bundle, **kw)
+        _print(res, args.json, lambda: _retarget_lines(res))
+        return 0
+    if not args.bundle:
+        raise ConfigError("deploy: give the bundle to deploy (a folder, or a stored version's digest prefix), or "
+                          "--target-frr RATE to re-target the active version's threshold")
+    out = deploy(_cfg(args), args.bundle, **kw)
     _print(out, args.json, lambda: _activation_lines(out))
     return 0
+
+
+def _retarget_lines(res: dict) -> list[str]:
+    t = res["threshold"]
+    lines = [f"re-targeted version {res['version']} (parent {res['parent'][:16]}): threshold {t['old']:.6g} -> "
+             f"{t['new']:.6g}, target FRR {t['old_target_frr']:g} -> {t['target_frr']:g} "
+             f"({t['achieved_frr']:.2%} of {t['n_calibration']} calibration parts above it)"]
+    if t.get("note"):
+        lines.append(f"  note: {t['note']}")
+    return lines + _activation_lines(res["deploy"])
 
 
 def _rollback(args) -> int:
@@ -226,8 +248,13 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_capture)
 
-    d = sub.add_parser("deploy", help="verify a bundle, store it as a version, activate it, reload the service")
-    d.add_argument("bundle", help="bundle directory, or a stored version's digest prefix")
+    d = sub.add_parser("deploy", help="verify a bundle, store it as a version, activate it, reload the service; "
+                                      "with --target-frr: a new version at another threshold")
+    d.add_argument("bundle", nargs="?", help="bundle directory, or a stored version's digest prefix (with "
+                                             "--target-frr: default the active version)")
+    d.add_argument("--target-frr", type=float, metavar="RATE",
+                   help="deploy a new version of BUNDLE (default: the active one) whose threshold is re-derived "
+                        "at this false-reject rate from its calibration scores (0 <= RATE < 1)")
     _service_opts(d)
     d.set_defaults(func=_deploy)
 

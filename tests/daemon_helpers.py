@@ -9,7 +9,11 @@ noise images (far from the bank -> REJECT), so decisions are known in advance.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -17,6 +21,7 @@ import numpy as np
 import pytest
 
 FRAME_HW = (48, 64)
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANOMALY_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
 N_BANK = 24
@@ -161,3 +166,77 @@ def wait_rows(journal: Path, n: int, timeout: float, alive=lambda: True) -> int:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{journal}: {got} of {n} rows after {timeout:g} s")
         time.sleep(0.01)                      # poll interval of the wait, not a synchronisation
+
+
+@contextlib.contextmanager
+def service_process(cfg: Path, stderr=subprocess.PIPE):
+    """The real service, ``anomaly-device run --config cfg``, as a process (it takes the camera lock
+    itself, so ``deploy`` signals it); yields the ``Popen``. On exit it is stopped with SIGTERM
+    (killed after 30 s); ``returncode`` then says how it ended."""
+    p = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                         env=env_no_notify(), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        yield p
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def journal_rows(journal: Path, sql: str, args=()) -> list[tuple]:
+    """Rows of ``sql`` on the journal opened read-only (never competing with the writer); ``[]``
+    while the service is still creating it."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.OperationalError:          # no journal file yet
+        return []
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+class FaultySource:
+    """A looping folder source that fails on cue (a camera fault without hardware): read number
+    ``fail_read`` and open number ``fail_open`` raise (``"<name>: read timed out"``, ``"<name>:
+    still unplugged"``); after ``dead_after`` reads every read and every reopen fails for good
+    (``"<name>: read failed"``, ``"<name>: device gone"``), calling ``on_open_failure`` first."""
+
+    def __init__(self, path, fail_read: int | None = None, fail_open: int | None = None,
+                 dead_after: int | None = None, name: str = "flaky"):
+        from device.camera import FolderSource
+
+        self.inner, self.name, self.reads, self.opens = FolderSource(path, loop=True), name, 0, 0
+        self.fail_read, self.fail_open, self.dead_after = fail_read, fail_open, dead_after
+        self.on_open_failure = None
+
+    def open(self):
+        from device.camera import CameraError
+
+        self.opens += 1
+        gone = self.dead_after is not None and self.opens > 1
+        if gone or self.opens == self.fail_open:
+            if self.on_open_failure:
+                self.on_open_failure()
+            raise CameraError(f"{self.name}: {'device gone' if gone else 'still unplugged'}")
+        self.inner.open()
+
+    def read(self):
+        from device.camera import CameraError
+
+        self.reads += 1
+        if self.dead_after is not None and self.reads > self.dead_after:
+            raise CameraError(f"{self.name}: read failed")
+        if self.reads == self.fail_read:
+            raise CameraError(f"{self.name}: read timed out")
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()

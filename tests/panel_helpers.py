@@ -152,6 +152,21 @@ def add_user(cfg_path: Path, name: str = "ana", password: str = "line-1-operator
     return name, password
 
 
+def hidden(html: str, name: str = "csrf") -> str:
+    """The value of the page's hidden form field ``name`` (the CSRF token by default)."""
+    import re
+
+    m = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert m, f"no hidden {name} field in the page"
+    return m.group(1)
+
+
+def login(client, user: str, password: str):
+    """Log ``client`` (an ``httpx.Client`` on the panel) in through the login form; returns the response."""
+    token = hidden(client.get("/login").text)
+    return client.post("/login", data={"csrf": token, "username": user, "password": password, "next": "/actions"})
+
+
 # ------------------------------------------------------------------------------------ mosquitto
 class Broker:
     """A real Mosquitto on a free 127.0.0.1 port with persistence (sessions survive a restart)."""

@@ -20,11 +20,11 @@ import pytest
 pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra)")
 pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
 
-from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_image, pin_edges,  # noqa: F401,E402
-                            pulses, wait_rows, write_config, write_frames)
+from daemon_helpers import (FaultySource, bundle_dir, defect_image, env_no_notify, normal_image,  # noqa: F401,E402
+                            pin_edges, pulses, wait_rows, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
-from device.camera import CameraError, FolderSource  # noqa: E402
+from device.camera import FolderSource  # noqa: E402
 from device.config import load_config  # noqa: E402
 from device.daemon import Daemon  # noqa: E402
 from device.errors import BundleError  # noqa: E402
@@ -242,37 +242,13 @@ def test_service_process_signals(bundle_dir, tmp_path, sig, code):
     assert frames == list(range(len(frames)))
 
 
-class FlakySource:
-    """A folder source whose reads 4-6 fail and whose first reopen fails too."""
-
-    def __init__(self, path):
-        self.inner = FolderSource(path, loop=True)
-        self.name = "flaky"
-        self.reads = self.opens = 0
-
-    def open(self):
-        self.opens += 1
-        if self.opens == 2:
-            raise CameraError("flaky: still unplugged")
-        self.inner.open()
-
-    def read(self):
-        self.reads += 1
-        if self.reads == 4:
-            raise CameraError("flaky: read timed out")
-        return self.inner.read()
-
-    def close(self):
-        self.inner.close()
-
-
 def test_camera_fails_then_recovers(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", "NNNNNNNN")
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
                        'retry_initial_s = 0.05\nretry_max_s = 0.2', tmp_path / "j.sqlite",
                        outputs(rate=0.0, extra='safe_level = "active"\n'))
     factory = MockFactory()
-    src = FlakySource(tmp_path / "frames")
+    src = FaultySource(tmp_path / "frames", fail_read=4, fail_open=2)
     d, pin, t0 = run_daemon(cfg, factory, source=src, max_frames=8)
     alarm = factory.pin(27)
     alarm.clear_states()
@@ -439,32 +415,6 @@ def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
     assert "pca_components.npy" in capsys.readouterr().err
 
 
-class DeadAfter:
-    """A folder source that dies for good after ``n`` reads (and cannot be reopened)."""
-
-    def __init__(self, path, n):
-        self.inner, self.n, self.name, self.reads, self.opens = FolderSource(path, loop=True), n, "dying", 0, 0
-
-    on_open_failure = None
-
-    def open(self):
-        self.opens += 1
-        if self.opens > 1:
-            if self.on_open_failure:
-                self.on_open_failure()
-            raise CameraError("dying: device gone")
-        self.inner.open()
-
-    def read(self):
-        self.reads += 1
-        if self.reads > self.n:
-            raise CameraError("dying: read failed")
-        return self.inner.read()
-
-    def close(self):
-        self.inner.close()
-
-
 def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", "NNN")
     sock_path = str(tmp_path / "wd.sock")
@@ -487,7 +437,7 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
                        'retry_initial_s = 0.05\nretry_max_s = 0.1', tmp_path / "j.sqlite",
                        outputs(rate=50.0) + "\n[service]\ncamera_fault_grace_s = 0.4\n")
     n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
-    src = DeadAfter(tmp_path / "frames", 5)
+    src = FaultySource(tmp_path / "frames", dead_after=5, name="dying")
     d, pin, t0 = run_daemon(cfg, source=src, notifier=n)
     src.on_open_failure = lambda: src.opens >= 12 and d.request_stop()   # ~1 s of retries at <= 0.1 s
     assert run_bounded(d) == 0

@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra)")
 pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
 
-from daemon_helpers import bundle_dir, write_config, write_frames  # noqa: F401,E402
+from daemon_helpers import FaultySource, bundle_dir, write_config, write_frames  # noqa: F401,E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from lifecycle_helpers import derived_bundle, part, phases, pin_times, scene, wait_until, write_pngs  # noqa: E402
 
@@ -166,36 +166,14 @@ def test_handshake_edges_follow_the_journal_rows(bundle_dir, tmp_path):  # noqa:
     journal.close()
 
 
-class FlakyOnce:
-    """Looping folder source whose 4th read fails (camera fault) and first reopen fails too."""
-
-    def __init__(self, path):
-        self.inner, self.name, self.reads, self.opens = FolderSource(path, loop=True), "flaky", 0, 0
-
-    def open(self):
-        self.opens += 1
-        if self.opens == 2:
-            raise CameraError("flaky: still unplugged")
-        self.inner.open()
-
-    def read(self):
-        self.reads += 1
-        if self.reads == 4:
-            raise CameraError("flaky: read timed out")
-        return self.inner.read()
-
-    def close(self):
-        self.inner.close()
-
-
 def test_handshake_lines_safe_on_camera_fault_and_back(bundle_dir, tmp_path):  # noqa: F811
     write_frames(tmp_path / "frames", "NNDN")
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
                        'retry_initial_s = 0.05\nretry_max_s = 0.1', tmp_path / "j.sqlite",
                        f'[trigger]\nrate_hz = 50\n\n[outputs]\nreject_pin = 17\n{HS_TOML}result_mode = "toggle"\n')
     factory = MockFactory()
-    d = Daemon(load_config(cfg), pin_factory=factory, notifier=Notifier(env={}), source=FlakyOnce(tmp_path / "frames"),
-               max_frames=8)
+    d = Daemon(load_config(cfg), pin_factory=factory, notifier=Notifier(env={}),
+               source=FaultySource(tmp_path / "frames", fail_read=4, fail_open=2), max_frames=8)
     assert d.run(signals=False) == 0
     j = Journal(tmp_path / "j.sqlite")
     rows, ev = j.decisions(), j.events(100)

@@ -24,7 +24,8 @@ pytest.importorskip("starlette", reason="the panel needs the panel extra (pip in
 httpx = pytest.importorskip("httpx", reason="panel tests need httpx (dev extra)")
 pytest.importorskip("cv2", reason="panel tests write archive images with OpenCV (device extra)")
 
-from panel_helpers import add_user, fake_bundle, panel_config, running_panel, wait_until, write_rows  # noqa: E402
+from panel_helpers import (add_user, fake_bundle, hidden, login, panel_config, running_panel, wait_until,  # noqa: E402
+                           write_rows)
 
 from device.errors import ConfigError  # noqa: E402
 from device.journal import Journal  # noqa: E402
@@ -53,17 +54,6 @@ def sql(path: Path, q: str, args=()):
         return db.execute(q, args).fetchall()
     finally:
         db.close()
-
-
-def hidden(html: str, name: str = "csrf") -> str:
-    m = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert m, f"no hidden {name} field in the page"
-    return m.group(1)
-
-
-def login(c: httpx.Client, user: str, password: str) -> httpx.Response:
-    token = hidden(c.get("/login").text)
-    return c.post("/login", data={"csrf": token, "username": user, "password": password, "next": "/actions"})
 
 
 # ------------------------------------------------------------------------------------ settings

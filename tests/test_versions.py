@@ -1,12 +1,11 @@
 """Versioned bundles: first deploy, adoption of a plain directory, bad bundles, rollback, pruning,
-the listing, and deploy/rollback against a running service confirmed from its journal."""
+the listing, and deploy/rollback against a running service confirmed from its journal; a threshold
+change (``deploy --target-frr``) as a deployed version."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 pytest.importorskip("gpiozero", reason="the service needs gpiozero (device extra)")
 pytest.importorskip("cv2", reason="the service needs OpenCV (device extra)")
 
-from daemon_helpers import bundle_dir, env_no_notify, write_config, write_frames  # noqa: F401,E402
+from daemon_helpers import (bundle_dir, env_no_notify, journal_rows, service_process, write_config,  # noqa: F401,E402
+                            write_frames)
 from lifecycle_helpers import wait_until  # noqa: E402
 
 from device.bundle import bundle_digest, load_bundle, write_bundle  # noqa: E402
@@ -140,28 +140,17 @@ def test_service_lock_and_holder(tmp_path):
     assert pid.exists() and holder(pid) is None                 # a stale file is not a running service
 
 
-def service(cfg: Path) -> subprocess.Popen:
-    """The real service: ``anomaly-device run`` (it takes the camera lock itself)."""
-    return subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfg)], cwd=ROOT,
-                            env=env_no_notify(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def _digests_since(journal: Path, row: int) -> set[str]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return {d for d, in db.execute("SELECT bundle_digest FROM decisions WHERE id > ?", (row,))}
-    except sqlite3.OperationalError:      # the service is still creating its tables
-        return set()
-    finally:
-        db.close()
+    return {d for d, in journal_rows(journal, "SELECT bundle_digest FROM decisions WHERE id > ?", (row,))}
 
 
 def _last_row(journal: Path) -> int:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
-    finally:
-        db.close()
+    return journal_rows(journal, "SELECT COALESCE(MAX(id), 0) FROM decisions")[0][0]
+
+
+def _first_decisions(journal: Path, p, digest: str) -> None:
+    wait_until(lambda: digest in _digests_since(journal, 0) or p.poll() is not None, 60, "the service's first decisions")
+    assert p.poll() is None, p.stderr.read()[-2000:]
 
 
 def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_path):  # noqa: F811
@@ -172,11 +161,8 @@ def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_
     journal = Path(cfg.journal.path)
     b1 = bundle_digest(bundle_dir)
     deploy(cfg, bundle_dir, unit=None)
-    p = service(device_cfg)
-    try:
-        wait_until(lambda: journal.exists() and b1 in _digests_since(journal, 0) or p.poll() is not None,
-                   60, "the service's first decisions")
-        assert p.poll() is None, p.stderr.read()[-2000:]
+    with service_process(device_cfg) as p:
+        _first_decisions(journal, p, b1)
         assert holder(Path(cfg.journal.path).parent / "anomaly-device.pid") == {"pid": p.pid, "command": "run"}
         _refused_while_running(device_cfg, tmp_path, p.pid)
         b2 = variant(bundle_dir, tmp_path / "b2", 0.5)
@@ -206,12 +192,6 @@ def test_deploy_and_rollback_with_a_running_service(bundle_dir, device_cfg, tmp_
         assert bundle_digest(cfg.bundle.path) == b1 and p.poll() is None
         hist = Store(Path(cfg.bundle.path)).read_index()["history"]
         assert hist[-1]["result"] == "reload_failed" and hist[-1]["reverted_to"] == b1[:16]
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
     assert p.returncode == 0, p.stderr.read()[-2000:]
     assert holder(Path(cfg.journal.path).parent / "anomaly-device.pid") is None
 
@@ -225,11 +205,7 @@ def _refused_while_running(device_cfg: Path, tmp_path: Path, pid: int) -> None:
         assert r.returncode == 2 and len(err) == 1, r.stderr
         assert f"held by `anomaly-device run` (pid {pid})" in err[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "cap").exists()
-    db = sqlite3.connect(f"file:{load_config(device_cfg).journal.path}?mode=ro", uri=True)
-    try:
-        kinds = [k for k, in db.execute("SELECT kind FROM events ORDER BY id")]
-    finally:
-        db.close()
+    kinds = [k for k, in journal_rows(Path(load_config(device_cfg).journal.path), "SELECT kind FROM events ORDER BY id")]
     assert kinds.count("start_refused") == 1 and "stop" not in kinds and kinds.count("start") == 1
 
 
@@ -242,3 +218,55 @@ def test_deploy_warns_when_the_camera_differs_from_the_capture_record(bundle_dir
     out = deploy(load_config(device_cfg), captured, unit=None)
     assert out["status"] == "switched"
     assert any("[camera].source is 'folder'" in w and "'picamera2'" in w for w in out["warnings"])
+
+
+def test_threshold_change_is_a_deployed_version(bundle_dir, device_cfg, capsys):  # noqa: F811
+    """`deploy --target-frr` against a running service: a new version of the active one whose threshold is
+    the bundle's calibration quantile, with its lineage; the journal's decisions carry its digest and
+    threshold; rollback returns to the parent. Refused: a config that overrides the threshold, a bad rate."""
+    from core.threshold import calibrate_threshold
+    from device.cli import main
+
+    cfg = load_config(device_cfg)
+    journal = Path(cfg.journal.path)
+    b1 = bundle_digest(bundle_dir)
+    deploy(cfg, bundle_dir, unit=None)
+    cal = load_bundle(bundle_dir).calibration_scores
+    want = calibrate_threshold(cal, 0.25)
+    assert want < load_bundle(bundle_dir).threshold.value
+    with service_process(device_cfg) as p:
+        _first_decisions(journal, p, b1)
+        mark = _last_row(journal)
+        assert main(["deploy", "--config", str(device_cfg), "--target-frr", "0.25", "--json", "--unit", ""]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["deploy"]["status"] == "confirmed" and res["deploy"]["reload"] == f"SIGHUP pid {p.pid}"
+        assert res["parent"] == b1 and res["threshold"]["new"] == pytest.approx(want)
+        new = res["digest"]
+        assert bundle_digest(cfg.bundle.path) == new != b1
+        rows = journal_rows(journal, "SELECT bundle_digest, threshold, threshold_source FROM decisions WHERE id > ? "
+                            "AND bundle_digest = ?", (mark, new))
+        assert rows and all(thr == pytest.approx(want) and src == "bundle" for _, thr, src in rows)
+        m = load_bundle(cfg.bundle.path).manifest
+        assert m.threshold.value == pytest.approx(want) and m.threshold.target_frr == 0.25
+        assert m.threshold.previous["digest"] == b1
+        lin = m.lineage
+        assert lin["parent_digest"] == b1 and lin["created_by"] == "anomaly-device deploy --target-frr 0.25"
+        assert lin["changed"]["threshold.target_frr"] == [0.0, 0.25] and lin["when"].endswith("Z")
+        assert load_bundle(cfg.bundle.path).files["bank.npy"] == load_bundle(bundle_dir).files["bank.npy"]
+        (v,) = [v for v in list_versions(cfg) if v["active"]]
+        assert v["parent"] == b1[:16] and v["threshold"] == pytest.approx(want) and "--target-frr" in v["source"]
+        mark = _last_row(journal)
+        assert main(["rollback", "--config", str(device_cfg), "--unit", ""]) == 0
+        assert "confirmed" in capsys.readouterr().out
+        wait_until(lambda: _last_row(journal) > mark + 2, 30, "decisions after the rollback")
+        assert b1 in _digests_since(journal, mark)
+    assert p.returncode == 0, p.stderr.read()[-2000:]
+    for argv, says in ((["--target-frr", "1.5"], "--target-frr"), ([], "--target-frr RATE")):
+        assert main(["deploy", "--config", str(device_cfg), "--unit", "", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    device_cfg.write_text(device_cfg.read_text().replace("[bundle]\n", "[bundle]\ntarget_frr = 0.1\n", 1))
+    assert main(["deploy", "--config", str(device_cfg), "--target-frr", "0.25", "--unit", ""]) == 2
+    err = capsys.readouterr().err
+    assert "[bundle].target_frr = 0.1 overrides the threshold of every version" in err
+    assert bundle_digest(cfg.bundle.path) == b1

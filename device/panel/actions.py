@@ -1,7 +1,7 @@
 """Actions that change the inspection, run as the same commands an operator types.
 
 The panel never changes a bundle, the config or the journal itself: learning, deploying, rolling
-back and re-targeting the threshold run ``anomaly-device learn|deploy|rollback …`` as a
+back and re-targeting the threshold (``deploy --target-frr``) run ``anomaly-device learn|deploy|rollback …`` as a
 subprocess (an argument list, no shell), one at a time, under the panel's own identity. Each run
 is recorded in the panel store with the user, the time, the command, its exit code and its output,
 which the page shows while it runs.
@@ -38,7 +38,7 @@ class Busy(Exception):
 # --------------------------------------------------------------------------- the commands
 # The life-cycle commands of device/lifecycle_cli.py: `learn --config F --from-journal ROW...`
 # (writes a new version, prints its preview, deploys nothing), `deploy VERSION --config F`,
-# `rollback --config F`.
+# `deploy --config F --target-frr RATE` (a new version at another threshold, deployed), `rollback --config F`.
 def learn_argv(config: str, rows: list[int]) -> list[str]:
     """``learn`` on journal rows an operator confirmed good (their archived images)."""
     return ["learn", "--config", config, "--from-journal", *[str(int(r)) for r in rows]]
@@ -54,11 +54,13 @@ def rollback_argv(config: str) -> list[str]:
 
 
 def threshold_argv(config: str, target_frr: float) -> list[str]:
-    """Re-target the active bundle's threshold at ``target_frr``.
+    """Re-target the active bundle's threshold at ``target_frr``: ``deploy --target-frr`` writes a
+    new version whose threshold is read from the bundle's calibration scores, with its lineage, and
+    deploys it like any version (:mod:`device.retarget`).
 
-    TODO(lifecycle): issue 12's commands have no threshold re-target yet; this is the form the panel
-    will run once ``deploy`` accepts ``--target-frr`` (a new version whose manifest threshold is read
-    from its calibration scores). Until then the page offers the preview only.
+    Example:
+        >>> threshold_argv("device.toml", 0.005)
+        ['deploy', '--config', 'device.toml', '--target-frr', '0.005']
     """
     return ["deploy", "--config", config, "--target-frr", repr(float(target_frr))]
 
