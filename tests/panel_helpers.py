@@ -69,8 +69,12 @@ def part_image(i: int, defect: bool):
 def write_rows(journal, archive: Path | None, pattern: str, start_frame: int = 0, threshold: float = 0.5,
                tiles: bool = True) -> list[int]:
     """Journal one decision per letter of ``pattern`` (P pass, R reject, E error) as the daemon does:
-    rejects get an archived PNG and (``tiles``) a 2x2 tile grid. Returns the row ids."""
+    rejects and errors get an archived PNG (the clean frame) and, for rejects with ``tiles``, a 2x2
+    tile grid and the score-overlay picture beside the frame (:func:`device.archive.overlay_path`).
+    Returns the row ids."""
     import cv2
+
+    from device.archive import overlay_path
 
     ids = []
     for k, c in enumerate(pattern):
@@ -87,6 +91,8 @@ def write_rows(journal, archive: Path | None, pattern: str, start_frame: int = 0
             p = archive / time.strftime("%Y%m%d") / f"{i:09d}_{decision.lower()}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(p), part_image(i, True))
+            if grid:
+                cv2.imwrite(str(overlay_path(p)), 255 - part_image(i, True))
             journal.set_image(rid, str(p))
         ids.append(rid)
     return ids

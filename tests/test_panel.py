@@ -127,17 +127,26 @@ def test_live_api_counts_equal_the_journal(station):
             return live
         live = check()
         assert live["state"]["service"] == "running" and live["state"]["camera"] == "ok"
-        assert live["last_image"]["decision"] in ("REJECT", "ERROR")
+        assert live["state"]["drift"] == "unknown"                 # no drift event yet
+        last = live["last_image"]                                  # a tiled reject: frame and overlay beside it
+        assert last["decision"] == "REJECT" and last["overlay"] is True
+        html = c.get("/").text
+        assert f'src="/image/{last["id"]}/overlay"' in html and 'id="last-overlay-wrap" hidden' not in html
         j = Journal(jpath)                         # the daemon goes on writing
         write_rows(j, tmp / "archive", "RRPE", start_frame=100)
         j.event("camera_fault", "no frame in 2 s")
+        j.event("drift", "warning: brightness 120 vs 100 (+20 %, limit 15 %)")
         check()
         live = wait_until(lambda: (lv := c.get("/api/live").json())["state"]["camera"] == "fault" and lv, 5,
                           "the camera fault on the live page (state is cached 0.25 s)")
         assert live["state"]["alarm"] and live["state"]["alarm_reasons"] == ["camera fault"]
+        assert (live["state"]["drift"], live["state"]["drift_message"]) == \
+            ("warning", "brightness 120 vs 100 (+20 %, limit 15 %)")       # device.drift.journal_state
+        assert live["last_image"]["decision"] == "ERROR" and live["last_image"]["overlay"] is False
         j.close()
         html = c.get("/").text
         assert 'id="count-total-parts"' in html and "/static/panel.js" in html
+        assert 'id="last-overlay-wrap" hidden' in html
 
 
 def test_gallery_filters_and_paging(station):
@@ -177,6 +186,8 @@ def test_gallery_filters_and_paging(station):
 
 
 def test_detail_and_archived_image(station):
+    from device.archive import overlay_path
+
     tmp, cfg = station
     jpath = tmp / "journal.sqlite"
     (rid, score, thr, img), = sql(jpath, "SELECT id, score, threshold, image FROM decisions WHERE decision = 'REJECT' "
@@ -186,13 +197,20 @@ def test_detail_and_archived_image(station):
         assert f"Decision #{rid}" in html and f"{score:.6g}" in html and "from bundle" in html
         assert 'id="detail-overlay"' in html                   # the tile grid drawn over the image
         r = c.get(f"/image/{rid}")
-        assert r.status_code == 200 and r.content == Path(img).read_bytes()
+        assert r.status_code == 200 and r.content == Path(img).read_bytes()      # the clean frame
+        assert f'src="/image/{rid}/overlay"' in html            # and the archive's overlay beside it
+        r = c.get(f"/image/{rid}/overlay")
+        assert r.status_code == 200 and r.content == overlay_path(img).read_bytes() != Path(img).read_bytes()
+        overlay_path(img).unlink()                              # untiled, or an older archive: no overlay
+        assert c.get(f"/image/{rid}/overlay").status_code == 404
+        assert 'id="detail-overlay-image"' not in c.get(f"/decision/{rid}").text
         assert c.get("/decision/99999").status_code == 404
         j = Journal(jpath)                                      # an image path outside the archive
         (bad,) = write_rows(j, None, "R", start_frame=500)
         j.set_image(bad, "/etc/passwd")
         j.close()
         assert c.get(f"/image/{bad}").status_code == 404
+        assert c.get(f"/image/{bad}/overlay").status_code == 404
 
 
 def test_trends_render_svg_charts(station):

@@ -122,6 +122,10 @@ def test_live_page_follows_the_journal(driver, tmp_path):
         wait_until(lambda: driver.execute_script("return document.getElementById('last-image').naturalWidth") > 0,
                    10, "the last archived image to load")
         assert driver.find_elements(By.CSS_SELECTOR, "#last-overlay rect"), "tile overlay not drawn"
+        # the clean frame and, beside it, the score overlay the archive wrote (shown once a tiled reject came)
+        wait_until(lambda: driver.execute_script("var w = document.getElementById('last-overlay-wrap'); return "
+                                                 "!w.hidden && document.getElementById('last-overlay-image')"
+                                                 ".naturalWidth > 0"), 10, "the archived score overlay to load")
         j.event("camera_fault", "no frame in 2 s")
         wait_text(driver, "#camera-state", "fault")
         wait_text(driver, "#alarm-state", "ON")
@@ -153,8 +157,9 @@ def test_gallery_detail_login_marks_action_logout(driver, tmp_path):
         rid = want[0]
         tiles[0].click()
         wait_text(driver, "#detail-title", lambda t: t.startswith(f"Decision #{rid}"))
-        wait_until(lambda: driver.execute_script("return document.getElementById('detail-image').naturalWidth") > 0,
-                   10, "the detail image to load")
+        for img in ("detail-image", "detail-overlay-image"):      # the clean frame and the archive's overlay
+            wait_until(lambda: driver.execute_script(f"return document.getElementById('{img}').naturalWidth") > 0,
+                       10, f"the detail view's {img} to load")
         assert not driver.find_elements(By.ID, "mark-good")          # marks need a login
         screenshot(driver, tmp_path, "detail")
 

@@ -399,6 +399,11 @@ class JournalReader:
         return cum, total, acc + per[-1]
 
     # ------------------------------------------------------------------ state
+    def last_event(self, kind: str) -> dict[str, Any] | None:
+        """The newest event of ``kind``, as :meth:`device.journal.Journal.last_event` gives it (so
+        :func:`device.drift.journal_state` reads the panel's view as it reads the journal)."""
+        return self.last_event_of((kind,))
+
     def last_event_of(self, kinds: tuple[str, ...]) -> dict[str, Any] | None:
         q = ",".join("?" * len(kinds))
         r = self.db().execute(f"SELECT * FROM events WHERE kind IN ({q}) ORDER BY id DESC LIMIT 1", kinds).fetchone()
@@ -410,10 +415,10 @@ class JournalReader:
         svc = self.last_event_of(tuple(SERVICE_EVENTS))
         cam = self.last_event_of(tuple(CAMERA_EVENTS))
         model = self.last_event_of(("model_error", "model_ok"))
-        from device.drift import EVENT, parse_event     # the drift watch's own event format
+        from device.drift import journal_state      # the one parser of the drift watch's events
 
-        drift_ev = self.last_event_of((EVENT,))
-        drift, drift_reason = parse_event(drift_ev["message"]) if drift_ev else ("unknown", None)
+        drift_st = journal_state(self) or {"level": "unknown", "reason": None}
+        drift, drift_reason = drift_st["level"], drift_st["reason"]
         camera = CAMERA_EVENTS[cam["kind"]] if cam else "unknown"
         model_error = bool(model and model["kind"] == "model_error")
         explicit = self.last_event_of(("alarm_on", "alarm_off", "alarm"))

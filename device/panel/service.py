@@ -250,24 +250,29 @@ class PanelService:
         img = self.reader.last_with_image()
         out["last_image"] = ({"id": img["id"], "decision": img["decision"], "score": img["score"],
                               "threshold": img["threshold"], "ts": img["ts"], "tile_grid": img.get("tile_grid"),
-                              "worst_tile": img.get("worst_tile")} if img else None)
+                              "worst_tile": img.get("worst_tile"),
+                              "overlay": self.image_path(img, overlay=True) is not None} if img else None)
         out["latency_ms"] = self.reader.stage_medians(200)
         out["mqtt"] = self.publisher.info() if self.publisher else None
         out["events"] = self.reader.recent_events(8)
         return out
 
-    def image_path(self, row: dict[str, Any]) -> Path | None:
-        """The archived image of a decision, only if it lies inside the archive folder."""
+    def image_path(self, row: dict[str, Any], overlay: bool = False) -> Path | None:
+        """The archived image of a decision (``overlay``: the score-overlay picture the archive writes
+        beside a tiled bundle's clean frame, :func:`device.archive.overlay_path`), only if it exists
+        and lies inside the archive folder."""
+        from device.archive import overlay_path
+
         archive = self.cfg.device.journal.archive_dir
         if not row.get("image") or not archive:
             return None
         root = Path(archive).resolve()
+        name = overlay_path(row["image"]) if overlay else Path(row["image"])
         try:
-            p = Path(row["image"]).resolve()
+            p = name.resolve()
             p.relative_to(root)
         except (ValueError, OSError):
-            log.warning("decision %s: image %s is outside the archive %s; not served", row.get("id"),
-                        row.get("image"), root)
+            log.warning("decision %s: image %s is outside the archive %s; not served", row.get("id"), name, root)
             return None
         return p if p.is_file() else None
 

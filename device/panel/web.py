@@ -1,9 +1,11 @@
 """The panel's web app (Starlette, Jinja2 templates, assets served from the package).
 
 Pages: ``/`` live, ``/trends``, ``/rejects`` (gallery) and ``/decision/<id>`` (detail), ``/actions``
-(login required), ``/login``; JSON: ``/api/live``, ``/api/actions/<id>``; ``/metrics`` (Prometheus);
-``/healthz``. Every state-changing request is a POST carrying the session's CSRF token; actions
-need a login and, when the page is open to the LAN with ``lan_readonly``, a client on this machine.
+(login required), ``/login``; archived pictures: ``/image/<id>`` (the clean frame) and
+``/image/<id>/overlay`` (a tiled bundle's score overlay beside it); JSON: ``/api/live``,
+``/api/actions/<id>``; ``/metrics`` (Prometheus); ``/healthz``. Every state-changing request is a
+POST carrying the session's CSRF token; actions need a login and, when the page is open to the LAN
+with ``lan_readonly``, a client on this machine.
 
 Example:
     >>> app = create_app(service)          # doctest: +SKIP
@@ -208,18 +210,20 @@ class PanelWeb:
         mark = self.svc.store.marks(ids=[rid]).get(rid)
         has_image = self.svc.image_path(row) is not None
         return self.page(request, "detail.html", row=row, mark=mark, has_image=has_image,
+                         has_overlay=has_image and self.svc.image_path(row, overlay=True) is not None,
                          has_digest="bundle_digest" in cols, configured_digest=self.svc.bundle_digest(),
                          stages=[s for s in ("capture_ms", "preprocess_ms", "inference_ms", "knn_ms", "decision_ms")
                          if s in row])
 
-    def image(self, request: Request) -> Response:
+    def image(self, request: Request, overlay: bool = False) -> Response:
+        """The archived clean frame of a decision, or (``overlay``) its score-overlay picture."""
         try:
             row = self.svc.reader.decision(request.path_params["id"])
         except JournalMissing:
             row = None
-        p = self.svc.image_path(row) if row else None
+        p = self.svc.image_path(row, overlay) if row else None
         if p is None:
-            return PlainTextResponse("no archived image for this decision", 404)
+            return PlainTextResponse(f"no archived {'overlay' if overlay else 'image'} for this decision", 404)
         return FileResponse(p, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
     def metrics(self, request: Request) -> Response:
@@ -384,7 +388,9 @@ class PanelWeb:
         return [
             Route("/", self.live), Route("/api/live", self.api_live), Route("/trends", self.trends),
             Route("/rejects", self.rejects), Route("/decision/{id:int}", self.detail),
-            Route("/image/{id:int}", self.image), Route("/metrics", self.metrics), Route("/healthz", self.healthz),
+            Route("/image/{id:int}", self.image),
+            Route("/image/{id:int}/overlay", functools.partial(self.image, overlay=True)),
+            Route("/metrics", self.metrics), Route("/healthz", self.healthz),
             Route("/login", self.login, methods=["GET", "POST"]), Route("/logout", self.logout, methods=["POST"]),
             Route("/actions", self.actions_page), Route("/decision/{id:int}/mark", self.mark, methods=["POST"]),
             *[Route(f"/actions/{name}", functools.partial(self.start_action, action=name, build=build),

@@ -79,6 +79,11 @@
       document.getElementById("last-image").src = "/image/" + im.id;
       document.getElementById("last-image-link").href = "/decision/" + im.id;
       drawOverlay(document.getElementById("last-overlay"), im.tile_grid, im.threshold);
+      var ow = document.getElementById("last-overlay-wrap");
+      if (ow) {
+        ow.hidden = !im.overlay;
+        document.getElementById("last-overlay-image").src = im.overlay ? "/image/" + im.id + "/overlay" : "/static/none.svg";
+      }
     }
     var ev = document.getElementById("events");
     if (ev && data.events) {
