@@ -43,8 +43,8 @@ def overlay_path(image: str | Path) -> Path:
         >>> overlay_path("/a/20260101/20260101T120000-3fa2_000000012_reject.png").name
         '20260101T120000-3fa2_000000012_reject_overlay.png'
     """
-    p = Path(image)
-    return p.with_name(p.stem + "_overlay" + p.suffix)
+    root, ext = os.path.splitext(str(image))
+    return Path(root + "_overlay" + ext)
 
 
 def run_id() -> str:
@@ -66,6 +66,7 @@ class ImageArchive(Closing):
     def __init__(self, root: str | Path, max_mb: float = 500.0, max_age_days: float = 30.0,
                  queue_size: int = 32, prune_every: int = 50, rescan_every: int = 1000):
         self.root = Path(root)
+        self._root = str(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = int(max_mb * 1e6)
         self.max_age_s = max_age_days * 86400.0
@@ -97,14 +98,16 @@ class ImageArchive(Closing):
             raise ClosedError(f"archive {self.root} is closed")
         if image is None:
             return None
-        path = self.root / time.strftime("%Y%m%d") / f"{self.run}_{frame:09d}_{decision.lower()}.png"
+        # str, not Path: pathlib interns every name it parses, and each frame's name is new (a service
+        # writing millions of them grows the interpreter's table of interned strings)
+        path = os.path.join(self._root, time.strftime("%Y%m%d"), f"{self.run}_{frame:09d}_{decision.lower()}.png")
         try:
             self._q.put_nowait((path, image, overlay))
         except queue.Full:
             self.dropped += 1
             log.warning("archive queue full: image of frame %d not saved (%d dropped)", frame, self.dropped)
             return None
-        return str(path)
+        return path
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued image is written; False on timeout."""
@@ -131,15 +134,15 @@ class ImageArchive(Closing):
             finally:
                 self._q.task_done()
 
-    def _write(self, path: Path, img: np.ndarray, overlay) -> None:
+    def _write(self, path: str, img: np.ndarray, overlay) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             written = [path]
             _write_png(path, img)
             if overlay is not None:
                 from device.heatmap import draw_tile_overlay
 
-                written.append(overlay_path(path))
+                written.append(str(overlay_path(path)))
                 _write_png(written[-1], draw_tile_overlay(img, *overlay))
             self._written += 1
             if self._written % self.rescan_every == 0:
@@ -147,7 +150,7 @@ class ImageArchive(Closing):
             else:
                 with self._lock:
                     for f in written:
-                        size = f.stat().st_size
+                        size = os.stat(f).st_size
                         self._index.append((time.time(), size, f))
                         self._bytes += size
                     self._enforce()
@@ -161,7 +164,7 @@ class ImageArchive(Closing):
             _, size, p = self._index.popleft()
             self._bytes -= size
             try:
-                p.unlink()
+                os.unlink(p)
                 removed += 1
             except FileNotFoundError:
                 pass
@@ -175,12 +178,16 @@ class ImageArchive(Closing):
         """Rebuild the file index from the disk and delete files beyond the size and age limits,
         oldest first; returns how many."""
         files = []
-        for p in self.root.rglob("*.png"):
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            files.append((st.st_mtime, st.st_size, p))
+        for folder, _, names in os.walk(self._root):
+            for name in names:
+                if not name.endswith(".png"):
+                    continue
+                f = os.path.join(folder, name)
+                try:
+                    st = os.stat(f)
+                except OSError:
+                    continue
+                files.append((st.st_mtime, st.st_size, f))
         files.sort()
         with self._lock:
             self._index = collections.deque(files)
@@ -195,12 +202,12 @@ class ImageArchive(Closing):
             self._thread.join(timeout)
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
+def _write_png(path: str, img: np.ndarray) -> None:
     """Write an RGB or grey uint8 image as PNG (temporary file + rename: never a half file)."""
     import cv2
 
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    tmp = path.with_suffix(".tmp.png")
+    tmp = os.path.splitext(path)[0] + ".tmp.png"
     if not cv2.imwrite(str(tmp), bgr):
         raise OSError("cv2.imwrite returned False")
     os.replace(tmp, path)
