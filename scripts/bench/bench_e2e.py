@@ -142,14 +142,14 @@ def make_reference(kind: str, size: tuple[int, int], n: int, seed: int, tmp: Pat
 def capture_models():
     """Record the candidate Keras extractors and the float TFLite blob that ``fit`` makes.
 
-    ``fit`` imports ``convert`` at call time and calls ``_keras_features`` from its module,
+    ``fit`` imports ``convert`` at call time and calls ``keras_rows`` from its module,
     so wrapping both sees every candidate model (in validation order) and the float blob.
     """
     import trainer.convert as conv_mod
     import trainer.pipeline as pl
 
     seen = {"models": [], "float_blob": None, "int8_model": None}
-    orig_feat, orig_conv = pl._keras_features, conv_mod.convert
+    orig_feat, orig_conv = pl.keras_rows, conv_mod.convert
 
     def feat(model, x, *args, **kw):
         if not any(m is model for m in seen["models"]):
@@ -163,11 +163,11 @@ def capture_models():
         seen["int8_model"] = model
         return blob
 
-    pl._keras_features, conv_mod.convert = feat, conv
+    pl.keras_rows, conv_mod.convert = feat, conv
     try:
         yield seen
     finally:
-        pl._keras_features, conv_mod.convert = orig_feat, orig_conv
+        pl.keras_rows, conv_mod.convert = orig_feat, orig_conv
 
 
 def l2(f: np.ndarray) -> np.ndarray:
