@@ -65,6 +65,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TF, reason="TensorFlow (trainer extra) not installed")
 def test_converter_and_interpreter_print_nothing_by_default():
     """A real (tiny) conversion and interpreter, in a fresh process whose output is a pipe (as under
