@@ -23,6 +23,9 @@ Layout beside the config's ``[bundle] path`` (here ``/var/lib/anomaly-device/bun
 * **rollback** re-activates the version that was active before the current one was deployed
   (a stack: deploys push, rollbacks pop), the same way.
 * The last ``[bundle] keep_versions`` versions are kept; the active and previous ones never go.
+* In a group-shared folder (setgid: the operator panel's set-up, docs/INTEGRATION.md) the versions
+  folder and each version are 02775 and the lock 0664, so the service's user, the panel's user and
+  an operator in the group can each deploy, learn and roll back, whatever their umask.
 
 Example:
     >>> cfg = load_config("/etc/anomaly-device/device.toml")      # doctest: +SKIP
@@ -44,6 +47,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -74,6 +78,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _chmod_own(path: Path, mode: int) -> None:
+    """``chmod`` a file this user owns (another user's file keeps the mode its owner gave it)."""
+    if os.stat(path).st_uid == os.geteuid():
+        os.chmod(path, mode)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -107,6 +117,22 @@ class Store:
     def root(self) -> Path:
         return self.active.parent / (self.active.name + VERSIONS_SUFFIX)
 
+    @property
+    def shared(self) -> bool:
+        """The active path's folder is group-shared (setgid, as docs/INTEGRATION.md sets up
+        ``bundles/`` for the operator panel): the service's user, the panel's user and an operator,
+        each in the group, all write versions, so folders and the lock stay group-writable (and a
+        user never changes the mode of a file another one owns)."""
+        try:
+            return bool(self.active.parent.stat().st_mode & stat.S_ISGID)
+        except OSError:
+            return False
+
+    @property
+    def dir_mode(self) -> int:
+        """Mode of the versions folder and of each version: 0755, or 02775 in a shared folder."""
+        return 0o2775 if self.shared else 0o755
+
     @classmethod
     def for_config(cls, cfg) -> "Store":
         if not cfg.bundle.path:
@@ -118,10 +144,11 @@ class Store:
     def locked(self, timeout_s: float = 30.0):
         """Exclusive lock on the store (one deploy / rollback / learn at a time)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
-        fd = os.open(str(self.root / ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        _chmod_own(self.root, self.dir_mode)
+        fd = os.open(str(self.root / ".lock"), os.O_RDWR | os.O_CREAT, 0o664)
         end = time.monotonic() + timeout_s
         try:
+            _chmod_own(self.root / ".lock", 0o664 if self.shared else 0o644)
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,7 +239,7 @@ class Store:
                 os.chmod(tmp / entry, 0o644)
                 with open(tmp / entry, "rb") as f:
                     os.fsync(f.fileno())
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, self.dir_mode)
             _fsync_dir(tmp)
             if dest.exists():               # a broken leftover with this name
                 shutil.rmtree(dest)
@@ -227,7 +254,7 @@ class Store:
         """Move a bundle just written inside the store (``write_bundle`` into a dot-directory of
         :attr:`root`) into place as a version; returns its name."""
         name = bundle_digest(path)[:DIGEST_CHARS]
-        os.chmod(path, 0o755)
+        os.chmod(path, self.dir_mode)
         for f in path.iterdir():
             os.chmod(f, 0o644)
         dest = self.version_dir(name)

@@ -270,3 +270,69 @@ def test_threshold_change_is_a_deployed_version(bundle_dir, device_cfg, capsys):
     err = capsys.readouterr().err
     assert "[bundle].target_frr = 0.1 overrides the threshold of every version" in err
     assert bundle_digest(cfg.bundle.path) == b1
+
+
+def test_a_group_shared_bundles_folder_stays_writable_for_the_group(bundle_dir, tmp_path):  # noqa: F811
+    """The panel's set-up (docs/INTEGRATION.md): bundles in a setgid folder that the service's user and
+    the panel's user (UMask=0077) share through their group. Whoever deploys first, folders and the
+    lock stay group-writable; as root, a second user of the group then deploys a threshold change."""
+    import grp
+    import pwd
+    import tempfile
+
+    from device.retarget import retarget
+
+    base = Path(tempfile.mkdtemp(prefix="versions-shared-"))     # outside pytest's 0700 folders
+    try:
+        os.chmod(base, 0o755)
+        shared = base / "bundles"
+        shared.mkdir()
+        os.chmod(shared, 0o2770)
+        cfg_path = write_config(base / "d.toml", shared / "active", f'source = "folder"\npath = "{base}"',
+                                base / "journal.sqlite")
+        cfg = load_config(cfg_path)
+        old = os.umask(0o077)
+        try:
+            first = deploy(cfg, bundle_dir, unit=None)
+        finally:
+            os.umask(old)
+        store = Store(shared / "active")
+        assert store.shared and stat.S_IMODE(store.root.stat().st_mode) == 0o2775
+        assert stat.S_IMODE((store.root / ".lock").stat().st_mode) == 0o664
+        assert stat.S_IMODE(store.version_dir(first["version"]).stat().st_mode) == 0o2775
+        if os.geteuid() != 0:
+            return
+        try:
+            nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+        except KeyError:
+            return
+        for f in [shared, *shared.rglob("*")]:
+            os.lchown(f, -1, nogroup)
+        assert as_user(nobody, nogroup, lambda: retarget(cfg, 0.25, unit=None)) == 0       # as the panel would
+        assert load_bundle(cfg.bundle.path).manifest.lineage["parent_digest"] == bundle_digest(bundle_dir)
+        assert rollback(cfg, unit=None)["version"] == first["version"]      # and back, as the first user
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_user(uid: int, gid: int, fn) -> int:
+    """Run ``fn`` in a forked child as ``uid`` with the one group ``gid`` (modules it needs imported
+    first: the child may not read the checkout's interpreter); returns its exit status (1: it raised)."""
+    import traceback
+
+    from device import detector, retarget  # noqa: F401  (imported before dropping privileges)
+
+    pid = os.fork()
+    if pid == 0:                                   # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgroups([gid])
+            os.setgid(gid)
+            os.setuid(uid)
+            fn()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
