@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +243,58 @@ class FaultySource:
 
     def close(self):
         self.inner.close()
+
+
+def ready_notifier():
+    """A notifier without a socket whose ``is_ready`` event tells the test the daemon is ready."""
+    from device.notify import Notifier
+
+    class ReadyNotifier(Notifier):
+        def __init__(self):
+            super().__init__(env={})
+            self.is_ready = threading.Event()
+
+        def ready(self, status: str = "") -> bool:
+            self.is_ready.set()
+            return super().ready(status)
+
+    return ReadyNotifier()
+
+
+class NotifyListener:
+    """systemd's notify socket, for tests: collects ``(monotonic time, message)`` of every datagram sent
+    to ``path`` until :meth:`close` (a context manager); :meth:`notifier` gives the daemon's side."""
+
+    def __init__(self, path: Path):
+        self.path, self.messages = str(path), []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.messages.append((time.monotonic(), self._sock.recv(4096).decode()))
+            except socket.timeout:
+                if self._done.is_set():
+                    return
+
+    def notifier(self, watchdog_usec: int = 100000):
+        from device.notify import Notifier
+
+        return Notifier(env={"NOTIFY_SOCKET": self.path, "WATCHDOG_USEC": str(watchdog_usec)})
+
+    def close(self) -> None:
+        """Read what was sent, then stop. Idempotent."""
+        self._done.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def __enter__(self) -> "NotifyListener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -110,6 +110,27 @@ def derived_bundle(base: Path, dest: Path, train, calib=None, target_frr: float 
     return Path(write_bundle(dest, body, files))
 
 
+def drift_replay(bundle, frames, **monitor_kw):
+    """Frames through the device path (:meth:`Detector.inspect`) into a drift monitor with the
+    bundle's references (``monitor_kw`` overrides its attributes); returns ``(monitor, [(frame index,
+    DriftState)])`` of every change of state. ``bundle``: a loaded bundle or its folder."""
+    from device.bundle import load_bundle
+    from device.detector import Detector
+    from device.drift import DriftMonitor
+
+    b = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
+    m = DriftMonitor.from_bundle(b, b.threshold.value)
+    for k, v in monitor_kw.items():
+        setattr(m, k, v)
+    changes = []
+    with Detector(b) as det:
+        for i, img in enumerate(frames):
+            c = m.update(det.inspect(img), img)
+            if c:
+                changes.append((i, c))
+    return m, changes
+
+
 def write_pngs(folder: Path, images, start: int = 0) -> list[Path]:
     import cv2
 

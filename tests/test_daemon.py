@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import pytest
 pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra)")
 pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
 
-from daemon_helpers import (FaultySource, bundle_dir, defect_image, env_no_notify, normal_image,  # noqa: F401,E402
-                            pin_edges, pulses, wait_rows, write_config, write_frames)
+from daemon_helpers import (FaultySource, NotifyListener, bundle_dir, defect_image, env_no_notify,  # noqa: F401,E402
+                            normal_image, pin_edges, pulses, ready_notifier, wait_rows, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
 from device.camera import FolderSource  # noqa: E402
@@ -301,32 +300,13 @@ def test_sighup_reload_keeps_old_bundle_when_new_is_bad(bundle_dir, tmp_path):
 
 def test_sd_notify_ready_after_bundle_and_camera_then_watchdog(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", PATTERN)
-    sock_path = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(sock_path)
-    srv.settimeout(0.2)
-    msgs, done = [], threading.Event()
-
-    def reader():
-        while True:
-            try:
-                msgs.append(srv.recv(4096).decode())
-            except socket.timeout:
-                if done.is_set():
-                    return
-
-    rd = threading.Thread(target=reader)
-    rd.start()
     cfg = write_config(tmp_path / "d.toml", bundle_dir,
                        f'source = "folder"\npath = "{tmp_path / "frames"}"\nloop = true',
                        tmp_path / "j.sqlite", outputs(rate=50.0))
-    n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
-    d, pin, t0 = run_daemon(cfg, notifier=n, max_frames=30)
-    assert run_bounded(d) == 0
-    done.set()
-    rd.join()
-    srv.close()
-    first = [m.split("\n")[0] for m in msgs]
+    with NotifyListener(tmp_path / "notify.sock") as listener:
+        d, pin, t0 = run_daemon(cfg, notifier=listener.notifier(), max_frames=30)
+        assert run_bounded(d) == 0
+    first = [m.split("\n")[0] for _, m in listener.messages]
     assert "READY=1" in first and first[-1] == "STOPPING=1"
     i_ready = first.index("READY=1")
     assert all(not m.startswith("WATCHDOG") for m in first[:i_ready])
@@ -417,33 +397,15 @@ def test_projected_bundle_same_decisions(bundle_dir, tmp_path, capsys):
 
 def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     write_frames(tmp_path / "frames", "NNN")
-    sock_path = str(tmp_path / "wd.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(sock_path)
-    srv.settimeout(0.2)
-    got, done = [], threading.Event()
-
-    def reader():
-        while True:
-            try:
-                got.append((time.monotonic(), srv.recv(4096).decode()))
-            except socket.timeout:
-                if done.is_set():
-                    return
-
-    rd = threading.Thread(target=reader)
-    rd.start()
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"\n'
                        'retry_initial_s = 0.05\nretry_max_s = 0.1', tmp_path / "j.sqlite",
                        outputs(rate=50.0) + "\n[service]\ncamera_fault_grace_s = 0.4\n")
-    n = Notifier(env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "100000"})
     src = FaultySource(tmp_path / "frames", dead_after=5, name="dying")
-    d, pin, t0 = run_daemon(cfg, source=src, notifier=n)
-    src.on_open_failure = lambda: src.opens >= 12 and d.request_stop()   # ~1 s of retries at <= 0.1 s
-    assert run_bounded(d) == 0
-    done.set()
-    rd.join()
-    srv.close()
+    with NotifyListener(tmp_path / "wd.sock") as listener:
+        d, pin, t0 = run_daemon(cfg, source=src, notifier=listener.notifier())
+        src.on_open_failure = lambda: src.opens >= 12 and d.request_stop()   # ~1 s of retries at <= 0.1 s
+        assert run_bounded(d) == 0
+    got = listener.messages
     fault = [e for e in Journal(tmp_path / "j.sqlite").events() if e["kind"] == "camera_fault"]
     assert len(fault) == 1 and "read failed" in fault[0]["message"]
     pings = [t for t, m in got if m == "WATCHDOG=1"]
@@ -453,18 +415,6 @@ def test_watchdog_fed_only_within_camera_fault_grace(bundle_dir, tmp_path):
     during = [t - t_fault for t in pings if t > t_fault]
     assert during and max(during) < 0.4 + 0.15     # fed while retrying within the grace...
     assert any(0.2 < x for x in during)            # ...for most of it, then no more (systemd restarts us)
-
-
-class ReadyNotifier(Notifier):
-    """A notifier without a socket that tells the test when the daemon is ready."""
-
-    def __init__(self):
-        super().__init__(env={})
-        self.is_ready = threading.Event()
-
-    def ready(self, status: str = "") -> bool:
-        self.is_ready.set()
-        return super().ready(status)
 
 
 def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
@@ -478,7 +428,7 @@ def test_gpio_photo_eye_trigger_and_reject_archive(bundle_dir, tmp_path):
                                            f'path = "{tmp_path / "j.sqlite"}"\narchive_dir = "{tmp_path / "archive"}"\n'
                                            'archive_pass_every = 2\n', 1))
     factory = MockFactory()
-    notifier = ReadyNotifier()
+    notifier = ready_notifier()
     d, pin, t0 = run_daemon(cfg, factory, max_frames=4, notifier=notifier)
     eye = factory.pin(4)
     presses, problems = [], []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,11 +23,11 @@ import pytest
 pytest.importorskip("gpiozero", reason="daemon tests need gpiozero (device extra)")
 pytest.importorskip("cv2", reason="daemon tests need OpenCV (device extra)")
 
-from daemon_helpers import FaultySource, bundle_dir, write_config, write_frames  # noqa: F401,E402
+from daemon_helpers import FaultySource, bundle_dir, ready_notifier, write_config, write_frames  # noqa: F401,E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from lifecycle_helpers import derived_bundle, part, phases, pin_times, scene, wait_until, write_pngs  # noqa: E402
 
-from device.camera import CameraError, FolderSource  # noqa: E402
+from device.camera import FolderSource  # noqa: E402
 from device.config import load_config  # noqa: E402
 from device.daemon import Daemon  # noqa: E402
 from device.journal import Journal  # noqa: E402
@@ -50,16 +49,6 @@ class TimedJournal(Journal):
         row = super().decision(*a, **kw)
         self.committed[row] = time.monotonic()
         return row
-
-
-class ReadyNotifier(Notifier):
-    def __init__(self):
-        super().__init__(env={})
-        self.is_ready = threading.Event()
-
-    def ready(self, status: str = "") -> bool:
-        self.is_ready.set()
-        return super().ready(status)
 
 
 class HoldRead:
@@ -107,7 +96,7 @@ def test_handshake_edges_follow_the_journal_rows(bundle_dir, tmp_path):  # noqa:
     cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{frames}"', tmp_path / "j.sqlite",
                        '[trigger]\nmode = "gpio"\npin = 4\nbounce_ms = 0\ntimeout_s = 0.05\n\n'
                        f'[outputs]\nreject_pin = 17\nalarm_pin = 27\n{HS_TOML}')
-    factory, journal, notifier = MockFactory(), TimedJournal(tmp_path / "j.sqlite"), ReadyNotifier()
+    factory, journal, notifier = MockFactory(), TimedJournal(tmp_path / "j.sqlite"), ready_notifier()
     src = HoldRead(frames, hold=3)
     d = Daemon(load_config(cfg), pin_factory=factory, notifier=notifier, journal=journal, source=src,
                max_frames=len(expected))

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("cv2", reason="drift statistics need OpenCV (device extra)")
 
 from daemon_helpers import bundle_dir  # noqa: F401,E402
-from lifecycle_helpers import derived_bundle, part, phases, scene  # noqa: E402
+from lifecycle_helpers import derived_bundle, drift_replay, part, phases, scene  # noqa: E402
 
 from device.drift import DriftMonitor, frame_stats, image_stats, ks_2samp  # noqa: E402
 
@@ -74,30 +74,12 @@ def drift_bundle(bundle_dir, tmp_path_factory):  # noqa: F811
     return with_stats, without
 
 
-def replay(bundle_path, frames, monitor_kw=None):
-    """Frames through the device path (Detector.inspect) into a monitor; returns (monitor, [(i, state)])."""
-    from device.bundle import load_bundle
-    from device.detector import Detector
-
-    b = load_bundle(bundle_path)
-    m = DriftMonitor.from_bundle(b, b.threshold.value)
-    for k, v in (monitor_kw or {}).items():
-        setattr(m, k, v)
-    changes = []
-    with Detector(b) as det:
-        for i, img in enumerate(frames):
-            c = m.update(det.inspect(img), img)
-            if c:
-                changes.append((i, c))
-    return m, changes
-
-
 def stable_frames(n, seed=7):
     return [part(p, seed=seed * 10000 + i) for i, p in enumerate(phases(n, seed))]
 
 
 def test_stable_replay_raises_nothing(drift_bundle):
-    m, changes = replay(drift_bundle[0], stable_frames(500))
+    m, changes = drift_replay(drift_bundle[0], stable_frames(500))
     assert changes == [] and m.state.level == "ok"
     s = m.summary()
     assert s["signals"]["scores"]["n"] >= 50 and s["signals"]["scores"]["p"] > 1e-3
@@ -108,7 +90,7 @@ def test_brightness_ramp_raises_drift(drift_bundle):
     n0, ramp = 100, 300
     gains = np.r_[np.ones(n0), np.linspace(1.0, 1.6, ramp)]
     frames = [part(p, seed=i, gain=g) for i, (p, g) in enumerate(zip(phases(n0 + ramp, 8), gains))]
-    m, changes = replay(drift_bundle[0], frames)
+    m, changes = drift_replay(drift_bundle[0], frames)
     assert changes and all(i >= n0 for i, _ in changes)             # nothing before the ramp
     first_drift = next(i for i, c in changes if c.level == "drift")
     assert "brightness" in dict(changes)[first_drift].reason
@@ -119,7 +101,7 @@ def test_brightness_ramp_raises_drift(drift_bundle):
 def test_scene_switch_raises_drift(drift_bundle):
     n0 = 120
     frames = stable_frames(n0, seed=9) + [scene(i) for i in range(80)]
-    m, changes = replay(drift_bundle[0], frames)
+    m, changes = drift_replay(drift_bundle[0], frames)
     assert changes and all(i >= n0 for i, _ in changes)
     drift = [(i, c) for i, c in changes if c.level == "drift"]
     assert drift and drift[0][0] - n0 < 25
@@ -128,7 +110,7 @@ def test_scene_switch_raises_drift(drift_bundle):
 
 def test_bundle_without_image_stats_learns_reference_from_first_frames(drift_bundle):
     frames = stable_frames(150, seed=11) + [part(p, seed=i, gain=0.6) for i, p in enumerate(phases(100, 12))]
-    m, changes = replay(drift_bundle[1], frames)
+    m, changes = drift_replay(drift_bundle[1], frames)
     assert "first 100 frames" in m.describe()
     assert changes and changes[0][0] >= 150
     drift = [c for _, c in changes if c.level == "drift"]

@@ -5,9 +5,6 @@ calibration features, and tiled (per-position) bundles."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,6 @@ from device.config import load_config  # noqa: E402
 from device.detector import Detector  # noqa: E402
 from device.errors import ConfigError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_FRR = 0.05
 
 
@@ -149,24 +145,15 @@ def test_from_journal_with_preview_after_a_real_service_run(line, tmp_path, caps
 
 
 def test_learn_runs_with_tensorflow_blocked_and_deploys(line, tmp_path):
-    cfg = device_config(tmp_path, tmp_path / "state" / "bundle")
+    from no_tensorflow import device_cli_without_tensorflow
+
     from device.versions import deploy
 
+    cfg = device_config(tmp_path, tmp_path / "state" / "bundle")
+
     deploy(load_config(cfg), line["parent"], unit=None)
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc, json
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        from device.cli import main
-        rc = main(["learn", "--config", {str(cfg)!r}, "--good", {str(line["confirmed"])!r}, "--deploy",
-                   "--unit", ""])
-        assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules), "TF got imported"
-        sys.exit(rc)
-    """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = device_cli_without_tensorflow(["learn", "--config", str(cfg), "--good", str(line["confirmed"]), "--deploy",
+                                       "--unit", ""])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "new version" in r.stdout and "deploy: version" in r.stdout
     active = load_bundle(load_config(cfg).bundle.path)

@@ -6,6 +6,7 @@ published while it was away. Every wait synchronises on message counts or journa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,6 +65,25 @@ def status_fn():
     return {"service": "running", "camera": "ok", "alarm": False, "drift": "ok", "counters": {}, "bundle": {}}
 
 
+@contextlib.contextmanager
+def subscribed(tmp_path: Path, topic: str):
+    """A real broker and a persistent test subscriber on ``topic``; yields ``(broker, subscriber)``."""
+    with broker(tmp_path / "broker") as b:
+        sub = Subscriber(b.port, topic)
+        try:
+            yield b, sub
+        finally:
+            sub.close()
+
+
+@contextlib.contextmanager
+def publisher(tmp_path: Path, jpath: Path, port: int, archive: str | None = None, **kw):
+    """The panel's publisher over the journal, its cursor in the panel store; yields ``(reader, publisher)``."""
+    with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
+            MqttPublisher(settings(port, **kw), reader, store, status_fn, archive) as pub:
+        yield reader, pub
+
+
 def ids(sub: Subscriber) -> list[int]:
     return [m["id"] for m in sub.of("decision")]
 
@@ -76,33 +96,28 @@ def journal_ids(path: Path, table: str = "decisions") -> list[int]:
 def test_every_decision_and_event_once_in_order(tmp_path):
     jpath, n = tmp_path / "journal.sqlite", 300
     Journal(jpath).close()
-    with broker(tmp_path / "broker") as b:
-        sub = Subscriber(b.port, "anomaly/L1/S3/#")
-        try:
-            with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
-                    MqttPublisher(settings(b.port), reader, store, status_fn, str(tmp_path / "archive")) as pub:
-                w = Writer(jpath, tmp_path / "archive", n)
-                w.start()
-                j = Journal(jpath)
-                j.event("ready", "replay")
-                w.join(60)
-                j.event("stop", f"{n} parts")
-                j.close()
-                wait_until(lambda: len(sub.of("decision")) >= n and len(sub.of("event")) >= 2, 30,
-                           lambda: f"{n} decisions and 2 events at the subscriber (publisher {pub.info()}, "
-                                   f"subscriber {len(sub.of('decision'))} decisions, {len(sub.of('event'))} events)")
-                assert pub.wait_published(n, 2, timeout=10)
-            assert ids(sub) == journal_ids(jpath) == list(range(1, n + 1))
-            assert [e["kind"] for e in sub.of("event")] == ["ready", "stop"]
-            d = sub.of("decision")[4]
-            assert set(d) == DECISION_KEYS and d["decision"] == "REJECT" and d["image"].endswith("_reject.png")
-            assert d["latency_ms"]["knn"] == pytest.approx(1.2) and d["worst_tile"] == [32, 24, 32, 24]
-            status = sub.of("status")
-            assert status[0]["state"] == "online" and status[-1]["state"] == "offline"   # clean close
-            with PanelStore(tmp_path / "panel.sqlite") as store:       # the cursor is persisted
-                assert store.get("mqtt.cursor.decisions") == str(n) and store.get("mqtt.cursor.events") == "2"
-        finally:
-            sub.close()
+    with subscribed(tmp_path, "anomaly/L1/S3/#") as (b, sub):
+        with publisher(tmp_path, jpath, b.port, str(tmp_path / "archive")) as (reader, pub):
+            w = Writer(jpath, tmp_path / "archive", n)
+            w.start()
+            j = Journal(jpath)
+            j.event("ready", "replay")
+            w.join(60)
+            j.event("stop", f"{n} parts")
+            j.close()
+            wait_until(lambda: len(sub.of("decision")) >= n and len(sub.of("event")) >= 2, 30,
+                       lambda: f"{n} decisions and 2 events at the subscriber (publisher {pub.info()}, "
+                               f"subscriber {len(sub.of('decision'))} decisions, {len(sub.of('event'))} events)")
+            assert pub.wait_published(n, 2, timeout=10)
+        assert ids(sub) == journal_ids(jpath) == list(range(1, n + 1))
+        assert [e["kind"] for e in sub.of("event")] == ["ready", "stop"]
+        d = sub.of("decision")[4]
+        assert set(d) == DECISION_KEYS and d["decision"] == "REJECT" and d["image"].endswith("_reject.png")
+        assert d["latency_ms"]["knn"] == pytest.approx(1.2) and d["worst_tile"] == [32, 24, 32, 24]
+        status = sub.of("status")
+        assert status[0]["state"] == "online" and status[-1]["state"] == "offline"   # clean close
+        with PanelStore(tmp_path / "panel.sqlite") as store:       # the cursor is persisted
+            assert store.get("mqtt.cursor.decisions") == str(n) and store.get("mqtt.cursor.events") == "2"
 
 
 def test_broker_outage_loses_nothing_and_duplicates_nothing(tmp_path):
@@ -110,72 +125,56 @@ def test_broker_outage_loses_nothing_and_duplicates_nothing(tmp_path):
     and every row reaches the subscriber exactly once, in order."""
     jpath, n = tmp_path / "journal.sqlite", 600
     Journal(jpath).close()
-    with broker(tmp_path / "broker") as b:
-        sub = Subscriber(b.port, "anomaly/L1/S3/decision")
-        try:
-            with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
-                    MqttPublisher(settings(b.port, qos=2), reader, store, status_fn) as pub:
-                w = Writer(jpath, tmp_path / "archive", n, rate_hz=250)
-                w.start()
-                wait_until(lambda: len(ids(sub)) >= 100, 30, "100 decisions before the outage")
-                b.stop()
-                wait_until(lambda: not pub.info()["connected"], 10, "the publisher to see the outage")
-                at_stop = w.written
-                wait_until(lambda: w.written >= at_stop + 100, 30, "100 more rows journaled during the outage")
-                b.start()
-                w.join(60)
-                wait_until(lambda: len(ids(sub)) >= n, 60,
-                           lambda: f"{n} decisions after the restart (publisher {pub.info()}, subscriber "
-                                   f"{len(ids(sub))}, missing {sorted(set(range(1, n + 1)) - set(ids(sub)))[:20]}, "
-                                   f"connected {sub.connected.is_set()})")
-                assert pub.wait_published(n, timeout=10)
-                assert pub.info()["connects"] >= 2
-            got = ids(sub)
-            assert got == list(range(1, n + 1)), (len(got), len(set(got)))
-        finally:
-            sub.close()
+    with subscribed(tmp_path, "anomaly/L1/S3/decision") as (b, sub):
+        with publisher(tmp_path, jpath, b.port, qos=2) as (reader, pub):
+            w = Writer(jpath, tmp_path / "archive", n, rate_hz=250)
+            w.start()
+            wait_until(lambda: len(ids(sub)) >= 100, 30, "100 decisions before the outage")
+            b.stop()
+            wait_until(lambda: not pub.info()["connected"], 10, "the publisher to see the outage")
+            at_stop = w.written
+            wait_until(lambda: w.written >= at_stop + 100, 30, "100 more rows journaled during the outage")
+            b.start()
+            w.join(60)
+            wait_until(lambda: len(ids(sub)) >= n, 60,
+                       lambda: f"{n} decisions after the restart (publisher {pub.info()}, subscriber "
+                               f"{len(ids(sub))}, missing {sorted(set(range(1, n + 1)) - set(ids(sub)))[:20]}, "
+                               f"connected {sub.connected.is_set()})")
+            assert pub.wait_published(n, timeout=10)
+            assert pub.info()["connects"] >= 2
+        got = ids(sub)
+        assert got == list(range(1, n + 1)), (len(got), len(set(got)))
 
 
 def test_panel_restart_resumes_at_the_stored_cursor(tmp_path):
     jpath = tmp_path / "journal.sqlite"
     j = Journal(jpath)
     write_rows(j, None, "P" * 50)
-    with broker(tmp_path / "broker") as b:
-        sub = Subscriber(b.port, "anomaly/L1/S3/decision")
-        try:
-            for _ in range(2):                # two panel processes, one after the other
-                with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
-                        MqttPublisher(settings(b.port), reader, store, status_fn) as pub:
-                    top = reader.max_ids()[0]
-                    assert pub.wait_published(top, timeout=20)
-                write_rows(j, None, "PRP" * 10)                  # written while no panel runs
-            with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
-                    MqttPublisher(settings(b.port), reader, store, status_fn) as pub:
-                assert pub.wait_published(110, timeout=20)
-            wait_until(lambda: len(ids(sub)) >= 110, 20, "110 decisions")
-            assert ids(sub) == list(range(1, 111))
-        finally:
-            sub.close()
-            j.close()
+    with subscribed(tmp_path, "anomaly/L1/S3/decision") as (b, sub):
+        for _ in range(2):                # two panel processes, one after the other
+            with publisher(tmp_path, jpath, b.port) as (reader, pub):
+                top = reader.max_ids()[0]
+                assert pub.wait_published(top, timeout=20)
+            write_rows(j, None, "PRP" * 10)                  # written while no panel runs
+        with publisher(tmp_path, jpath, b.port) as (reader, pub):
+            assert pub.wait_published(110, timeout=20)
+        wait_until(lambda: len(ids(sub)) >= 110, 20, "110 decisions")
+        assert ids(sub) == list(range(1, 111))
+    j.close()
 
 
 def test_no_backfill_starts_after_the_last_row(tmp_path):
     jpath = tmp_path / "journal.sqlite"
     j = Journal(jpath)
     write_rows(j, None, "P" * 20)
-    with broker(tmp_path / "broker") as b:
-        sub = Subscriber(b.port, "anomaly/L1/S3/decision")
-        try:
-            with JournalReader(jpath) as reader, PanelStore(tmp_path / "panel.sqlite") as store, \
-                    MqttPublisher(settings(b.port, backfill=False), reader, store, status_fn) as pub:
-                wait_until(lambda: pub.info()["connected"], 10, "the publisher to connect")
-                write_rows(j, None, "RP")
-                assert pub.wait_published(22, timeout=20)
-            wait_until(lambda: len(ids(sub)) >= 2, 10, "2 decisions")
-            assert ids(sub) == [21, 22]
-        finally:
-            sub.close()
-            j.close()
+    with subscribed(tmp_path, "anomaly/L1/S3/decision") as (b, sub):
+        with publisher(tmp_path, jpath, b.port, backfill=False) as (reader, pub):
+            wait_until(lambda: pub.info()["connected"], 10, "the publisher to connect")
+            write_rows(j, None, "RP")
+            assert pub.wait_published(22, timeout=20)
+        wait_until(lambda: len(ids(sub)) >= 2, 10, "2 decisions")
+        assert ids(sub) == [21, 22]
+    j.close()
 
 
 def test_retained_status_and_last_will_of_the_panel_process(tmp_path):

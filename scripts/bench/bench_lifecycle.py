@@ -32,8 +32,6 @@ import json
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -93,12 +91,7 @@ def big_parent(base: Path, dest: Path, n_bank: int, n_cal: int = 200) -> Path:
 
 # ---------------------------------------------------------------- learn
 LEARN = textwrap.dedent("""
-    import importlib.abc, json, sys, time
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                raise ImportError("blocked: " + name)
-    sys.meta_path.insert(0, Block())
+    import json, sys, time
     from device.config import load_config
     from device.learn import learn
     t = time.perf_counter()
@@ -114,11 +107,11 @@ LEARN = textwrap.dedent("""
 def bench_learn(parent: Path, tmp: Path, n_images: int) -> dict:
     from daemon_helpers import write_config
     from lifecycle_helpers import part, phases, write_pngs
+    from no_tensorflow import run_without_tensorflow
 
     write_pngs(tmp / "confirmed", [part(p, seed=7 * 10 ** 6 + i, bar=True) for i, p in enumerate(phases(n_images, 3))])
     cfg = write_config(tmp / "learn.toml", parent, f'source = "folder"\npath = "{tmp}"', tmp / "j.sqlite")
-    r = subprocess.run([sys.executable, "-c", LEARN, str(cfg), str(tmp / "confirmed"), str(tmp / "child")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    r = run_without_tensorflow(LEARN, cfg, tmp / "confirmed", tmp / "child", timeout=3600)      # as on the Pi
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -163,20 +156,10 @@ def drift_bundle(base: Path, dest: Path) -> Path:
     return derived_bundle(base, dest, train, calib, target_frr=0.02)
 
 
-def _replay(bundle, frames, **kw) -> list[tuple[int, str]]:
-    from device.detector import Detector
-    from device.drift import DriftMonitor
+def _replay(bundle, frames) -> list[tuple[int, str]]:
+    from lifecycle_helpers import drift_replay
 
-    m = DriftMonitor.from_bundle(bundle, bundle.threshold.value)
-    for k, v in kw.items():
-        setattr(m, k, v)
-    out = []
-    with Detector(bundle) as det:
-        for i, img in enumerate(frames):
-            c = m.update(det.inspect(img), img)
-            if c:
-                out.append((i, c.level))
-    return out
+    return [(i, c.level) for i, c in drift_replay(bundle, frames)[1]]
 
 
 def _first(changes, level, after) -> int | None:
@@ -349,9 +332,7 @@ def bench_handshake(base: Path, tmp: Path, parts: int) -> dict:
 def bench_deploy(base: Path, tmp: Path) -> dict:
     """``anomaly-device run`` as a process at 50 parts/s; ``deploy`` of a new bundle: the command's
     time to the journal's confirmation, and deploy start -> the first decision row with the new digest."""
-    import sqlite3
-
-    from daemon_helpers import env_no_notify, write_config, write_frames
+    from daemon_helpers import journal_rows, service_process, write_config, write_frames
     from device.bundle import bundle_digest, load_bundle, write_bundle
     from device.config import load_config
     from device.versions import deploy
@@ -366,32 +347,18 @@ def bench_deploy(base: Path, tmp: Path) -> dict:
     body = b.manifest.body()
     body["threshold"] = {**body["threshold"], "value": body["threshold"]["value"] * 1.01}
     new = Path(write_bundle(tmp / "b2", body, dict(b.files)))
-    p = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(cfgp)], cwd=ROOT,
-                         env=env_no_notify(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = tmp / "state" / "journal.sqlite"
-    try:
+    with service_process(cfgp) as p:
         end = time.monotonic() + 60
-        while time.monotonic() < end and p.poll() is None:
-            try:
-                if journal.exists() and sqlite3.connect(journal).execute("SELECT COUNT(*) FROM decisions").fetchone()[0]:
-                    break
-            except sqlite3.Error:      # the service is still creating its journal
-                pass
+        while time.monotonic() < end and p.poll() is None and not journal_rows(journal, "SELECT 1 FROM decisions"):
             time.sleep(0.05)
         t_wall, t0 = time.time(), time.monotonic()
         out = deploy(cfg, new, unit=None, wait_s=30)
         dt = time.monotonic() - t0
         if out["status"] != "confirmed" or bundle_digest(new) != out["digest"]:
             raise RuntimeError(f"deploy: {out['status']} ({out.get('detail')})")
-        (ts,), = sqlite3.connect(journal).execute("SELECT MIN(ts) FROM decisions WHERE bundle_digest = ?",
-                                                   (out["digest"],)).fetchall()
+        (ts,), = journal_rows(journal, "SELECT MIN(ts) FROM decisions WHERE bundle_digest = ?", (out["digest"],))
         return {"deploy_command_s": round(dt, 3), "deploy_to_first_decision_s": round(ts - t_wall, 3)}
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # ---------------------------------------------------------------- report
