@@ -4,7 +4,6 @@ truncated. Mock pins against journal rows; waits synchronise on the source or th
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from daemon_helpers import (bundle_dir, defect_image, env_no_notify, normal_imag
                             pulses, write_config, write_frames)
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
 from test_daemon import check_pulses_match_journal, outputs, run_bounded, run_daemon  # noqa: E402
+from mount_helpers import IS_ROOT, mount, small_tmpfs  # noqa: E402
 from test_faults_frames import bad_folder, huge_png, write_video  # noqa: E402
 
 from device.camera import CameraError, FolderSource, VideoSource  # noqa: E402
@@ -29,7 +29,6 @@ from device.daemon import EXIT_JOURNAL_FAULT  # noqa: E402
 from device.journal import Journal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def folder_cfg(bundle, tmp_path, frames, **out):
@@ -235,20 +234,10 @@ def _service(cfg: Path, timeout: float = 120) -> subprocess.CompletedProcess:
                           env=env_no_notify(), capture_output=True, text=True, timeout=timeout)
 
 
-def _mount(*args) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def tmpfs(tmp_path):
-    if not IS_ROOT:
-        pytest.skip("a small tmpfs needs root (the injected disk-full test covers the logic)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)):
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with small_tmpfs(tmp_path / "small", "400k") as mnt:
+        yield mnt
 
 
 def test_service_on_a_full_filesystem_exits_3_with_one_line(bundle_dir, tmp_path, tmpfs):
@@ -275,10 +264,10 @@ def test_service_with_a_read_only_journal_refuses_to_start_with_one_line(bundle_
     ro.mkdir()
     with Journal(ro / "j.sqlite") as j:
         j.event("stop", "old run")
-    if not _mount("--bind", str(ro), str(ro)):
+    if not mount("--bind", str(ro), str(ro)):
         pytest.skip("cannot bind-mount here")
     try:
-        assert _mount("-o", "remount,ro,bind", str(ro))
+        assert mount("-o", "remount,ro,bind", str(ro))
         write_frames(tmp_path / "frames", "N")
         cfg = write_config(tmp_path / "d.toml", bundle_dir, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                            ro / "j.sqlite", outputs(rate=0.0, extra='pin_factory = "mock"\n'))

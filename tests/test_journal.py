@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from mount_helpers import IS_ROOT, mount, small_tmpfs
+
 from device.journal import Journal, JournalError, open_readonly
 from device.lifecycle import ClosedError
 
 ROOT = Path(__file__).resolve().parents[1]
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _row(j: Journal, i: int = 0, **kw) -> int:
@@ -159,20 +160,10 @@ def test_read_only_journal_is_a_journal_error(tmp_path):
     j.close()
 
 
-def _mount(*args) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    if not IS_ROOT:
-        pytest.skip("mounting a small tmpfs needs root (the injected-fault tests cover this case)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)):
-        pytest.skip("cannot mount a tmpfs here (container without CAP_SYS_ADMIN)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+@pytest.fixture(name="small_tmpfs")
+def small_tmpfs_fixture(tmp_path):
+    with small_tmpfs(tmp_path / "small") as mnt:
+        yield mnt
 
 
 def test_real_full_filesystem(small_tmpfs):
@@ -185,16 +176,16 @@ def test_real_full_filesystem(small_tmpfs):
         assert r.summary()["decisions"] > 0
 
 
-def test_real_read_only_mount(tmp_path):
+def test_real_read_onlymount(tmp_path):
     if not IS_ROOT:
         pytest.skip("a read-only bind mount needs root")
     d = tmp_path / "ro"
     d.mkdir()
     _make_journal(d / "j.sqlite")
-    if not _mount("--bind", str(d), str(d)):
+    if not mount("--bind", str(d), str(d)):
         pytest.skip("cannot bind-mount here")
     try:
-        assert _mount("-o", "remount,ro,bind", str(d))
+        assert mount("-o", "remount,ro,bind", str(d))
         with pytest.raises(JournalError, match=r"j\.sqlite.*read-only"):
             with Journal(d / "j.sqlite") as j:
                 _row(j)
