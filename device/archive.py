@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device.lifecycle import ClosedError, Closing
+from device.lifecycle import ClosedError, Closing, wait_drained
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,7 @@ class ImageArchive(Closing):
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued image is written; False on timeout."""
-        end = time.monotonic() + timeout
-        with self._q.all_tasks_done:
-            while self._q.unfinished_tasks:
-                left = end - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._q.all_tasks_done.wait(left)
-        return True
+        return wait_drained(self._q, self._thread, timeout)
 
     def _run(self) -> None:
         try:

@@ -388,16 +388,9 @@ class DriftWorker:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued frame was evaluated; False on timeout."""
-        import time
+        from device.lifecycle import wait_drained
 
-        end = time.monotonic() + timeout
-        with self._q.all_tasks_done:
-            while self._q.unfinished_tasks:
-                left = end - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return False
-                self._q.all_tasks_done.wait(left)
-        return True
+        return wait_drained(self._q, self._thread, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Evaluate what is queued, then stop the thread. Idempotent."""

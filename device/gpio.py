@@ -78,6 +78,30 @@ def _bounded_mock_pin():
     return BoundedMockPin
 
 
+def next_due(cond: threading.Condition, heap: list, clock: Callable[[], float], stopped: Callable[[], bool]):
+    """The timer loop of the output threads (reject pulses, handshake pulse ends): with ``cond``
+    held, wait until the earliest entry of ``heap`` (``(time, ...)`` tuples) is due by ``clock``,
+    then pop it. Returns ``(entry, now)``, or ``None`` once ``stopped()``; ``cond`` is notified
+    whenever the heap or the stop flag changes.
+
+    Example:
+        >>> cond, heap = threading.Condition(), [(0.0, "now")]
+        >>> with cond:
+        ...     next_due(cond, heap, lambda: 1.0, lambda: False)
+        ((0.0, 'now'), 1.0)
+    """
+    while not stopped():
+        if not heap:
+            cond.wait()
+            continue
+        now = clock()
+        if heap[0][0] > now:
+            cond.wait(heap[0][0] - now)
+            continue
+        return heapq.heappop(heap), now
+    return None
+
+
 class PulseScheduler:
     """Timed pulses on one ``DigitalOutputDevice`` from a dedicated thread.
 
@@ -196,16 +220,8 @@ class PulseScheduler:
 
     def _run(self) -> None:
         with self._cond:
-            while not self._stop:
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                t, _, width, tag = self._heap[0]
-                now = self.clock()
-                if t > now:
-                    self._cond.wait(t - now)
-                    continue
-                heapq.heappop(self._heap)
+            while (due := next_due(self._cond, self._heap, self.clock, lambda: self._stop)) is not None:
+                (t, _, width, tag), now = due
                 if width >= 0:      # rising edge: the falling one keeps the full width even if late
                     self._active += 1
                     heapq.heappush(self._heap, (now + width, next(self._seq), -1.0, tag))

@@ -67,17 +67,11 @@ class _Timer:
             self._cond.notify()
 
     def _run(self) -> None:
+        from device.gpio import next_due
+
         with self._cond:
-            while not self._stop:
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                t = self._heap[0][0]
-                now = self.clock()
-                if t > now:
-                    self._cond.wait(t - now)
-                    continue
-                _, _, fn = heapq.heappop(self._heap)
+            while (due := next_due(self._cond, self._heap, self.clock, lambda: self._stop)) is not None:
+                (_, _, fn), _ = due
                 try:
                     fn()
                 except Exception:  # a dead pin must not kill the timer

@@ -34,3 +34,32 @@ class Closing:
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+def wait_drained(q, thread, timeout: float) -> bool:
+    """Wait until every item put on ``q`` (a :class:`queue.Queue` that ``thread`` works off, calling
+    ``task_done()`` for each) has been handled; False on timeout or when the thread has died.
+    The ``flush()`` of the background writers (image archive, drift watch).
+
+    Example:
+        >>> import queue, threading
+        >>> q = queue.Queue()
+        >>> def work():
+        ...     while True:
+        ...         q.get()
+        ...         q.task_done()
+        >>> t = threading.Thread(target=work, daemon=True)
+        >>> t.start(); q.put(1); q.put(2)
+        >>> wait_drained(q, t, 5.0)
+        True
+    """
+    import time
+
+    end = time.monotonic() + timeout
+    with q.all_tasks_done:
+        while q.unfinished_tasks:
+            left = end - time.monotonic()
+            if left <= 0 or not thread.is_alive():
+                return False
+            q.all_tasks_done.wait(left)
+    return True
