@@ -571,12 +571,9 @@ def main(argv=None) -> int:
                                                args.pairs))
         finally:
             stop(broker)
-    res = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
-    if not args.no_md:
-        update_markdown(res)
-    print(json.dumps(res, indent=1, sort_keys=True))
+    from benchmd import save_results
+
+    save_results(res, args.out, None if args.no_md else update_markdown)
     return 0
 
 

@@ -276,12 +276,9 @@ def main(argv=None) -> int:
         samples, end = soak(cfg, tmp, args.frames, args.sample_s)
         res.update(summarise(samples, end, args.frames, args.journal_mb, args.archive_mb))
         Path(args.out).with_suffix(".samples.json").write_text(json.dumps(samples) + "\n")
-    res = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
-    if not args.no_md:
-        update_markdown(res)
-    print(json.dumps(res, indent=1, sort_keys=True))
+    from benchmd import save_results
+
+    save_results(res, args.out, None if args.no_md else update_markdown)
     return 0
 
 
