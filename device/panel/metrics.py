@@ -140,9 +140,7 @@ class JournalCollector:
             if top < t.last_id or etop < t.last_event_id:
                 log.warning("journal %s: row ids went back; counters start again", self.reader.path)
                 t = self._totals = Counts()
-            d = self.reader.count_range(t.last_id, top)
-            t.parts, t.rejects, t.errors, t.passes = (t.parts + d.parts, t.rejects + d.rejects,
-                                                      t.errors + d.errors, t.passes + d.passes)
+            t.add(self.reader.count_range(t.last_id, top))
             t.missed_triggers += self.reader.missed_range(t.last_event_id, etop)
             t.last_id, t.last_event_id = top, etop
             return dataclasses.replace(t)

@@ -25,14 +25,8 @@ class PanelConfig:
 
     device: Any                    # device.config.DeviceConfig
     source_file: str
-
-    @property
-    def panel(self) -> PanelSettings:
-        return self.device.panel
-
-    @property
-    def mqtt(self) -> MqttSettings:
-        return self.device.mqtt
+    panel: PanelSettings           # device.panel
+    mqtt: MqttSettings             # device.mqtt
 
 
 def load_panel_config(path: str | Path) -> PanelConfig:
@@ -41,4 +35,5 @@ def load_panel_config(path: str | Path) -> PanelConfig:
     Raises:
         ConfigError: unreadable file, TOML syntax error, or every problem of every section.
     """
-    return PanelConfig(device=load_config(path), source_file=str(path))
+    cfg = load_config(path)
+    return PanelConfig(device=cfg, source_file=str(path), panel=cfg.panel, mqtt=cfg.mqtt)

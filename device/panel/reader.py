@@ -41,26 +41,39 @@ class JournalMissing(Exception):
 
 @dataclasses.dataclass
 class Counts:
-    """Decisions by kind up to row ``last_id``; missed triggers from the events."""
+    """Decisions by kind up to row ``last_id``; missed triggers from the events up to ``last_event_id``.
+
+    Example:
+        >>> c = Counts(parts=10, rejects=2, errors=1)
+        >>> c.add(Counts(parts=3, rejects=1)); (c.parts, c.rejects, c.passes)
+        (13, 3, 9)
+    """
 
     parts: int = 0
     rejects: int = 0
     errors: int = 0
-    passes: int = 0
+
+    @property
+    def passes(self) -> int:
+        """The other decisions: a journal's decision is PASS, REJECT or ERROR (its CHECK constraint)."""
+        return self.parts - self.rejects - self.errors
+
+    def add(self, other: "Counts") -> None:
+        """Add ``other``'s decisions and missed triggers (the row marks are the caller's)."""
+        self.parts += other.parts
+        self.rejects += other.rejects
+        self.errors += other.errors
+        self.missed_triggers += other.missed_triggers
+
     last_id: int = 0
     missed_triggers: int = 0
     last_event_id: int = 0
 
 
 def _add(c: Counts, rows) -> None:
+    """Add ``(decision, count)`` rows of a GROUP BY to ``c``."""
     for decision, n in rows:
-        c.parts += n
-        if decision == "REJECT":
-            c.rejects += n
-        elif decision == "ERROR":
-            c.errors += n
-        elif decision == "PASS":
-            c.passes += n
+        c.add(Counts(parts=n, rejects=n if decision == "REJECT" else 0, errors=n if decision == "ERROR" else 0))
 
 
 def decode_row(row: sqlite3.Row | dict) -> dict[str, Any]:
@@ -190,11 +203,7 @@ class JournalReader:
                 c = Counts()
                 self._counts_mark = (lo, elo)
                 self._windows = {k: v for k, v in self._windows.items() if top >= v[2].last_id}
-            delta = self.count_range(c.last_id, top)
-            c.parts += delta.parts
-            c.rejects += delta.rejects
-            c.errors += delta.errors
-            c.passes += delta.passes
+            c.add(self.count_range(c.last_id, top))
             c.last_id = top
             c.missed_triggers += self.missed_range(c.last_event_id, etop)
             c.last_event_id = etop
