@@ -11,9 +11,11 @@ and builds the bundle of the returned candidate.
    lasts: features of the normal and defective images (:class:`~trainer.features.FeatureCache`),
    then every candidate of that pass scored by **cross-fitting** (each normal image and the
    defects drawn on it are scored against a bank without that image's fold);
-4. :func:`trainer.selection.select` among the candidates within the latency budget, cost =
-   estimated ms per frame: the best validation AUROC ships unless a cheaper candidate is shown
-   equivalent; if none fits the budget, the fastest is named;
+4. :func:`trainer.selection.select_robust` among the candidates within the latency budget: a
+   candidate is rated by its worst defect family (surface marks / shape / layout), cost =
+   estimated ms per frame; the best ships unless a cheaper candidate is shown equivalent; if none
+   fits the budget, the fastest is named (with the *default* budget, a candidate over it ships when
+   the best within it is clearly worse, loudly);
 5. k is refined on the winner (its k variants were scored on the same features: no extra pass);
    DOC is a refinement the caller evaluates with a fine-tuned trunk registered in the cache
    (``FeatureCache.register`` + :func:`score_pass`), see ``trainer.candidates.refinements``.
@@ -33,7 +35,7 @@ import numpy as np
 
 from trainer.candidates import (Candidate, LatencyModel, SearchClock, default_budget_ms, default_min_defect_px,
                                 derive_space, feature_dim, group_by_network)
-from trainer.selection import Selection, cross_fit, fold_of, select
+from trainer.selection import Selection, cross_fit, fold_of, select_robust
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +290,7 @@ def search(images: Sequence, cfg: SearchConfig, cache=None,
     if not results:
         raise RuntimeError(f"the search time budget ({cfg.time_budget_s:.0f} s) allowed no candidate; "
                            f"raise --time-budget")
-    return _choose(results, variants, syn, budget, min_px, clock, t0)
+    return _choose(results, variants, syn, budget, min_px, clock, t0, strict_budget=cfg.budget_ms is not None)
 
 
 REFINE_KS = (1, 3, 5, 10)
@@ -299,16 +301,27 @@ def _result(c: Candidate, sc: dict, cfg: SearchConfig, hw, n_bank: int, budget: 
     return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= budget)
 
 
-def _select(rs: list) -> Selection:
-    labels = np.r_[np.zeros(len(rs[0].normal)), np.ones(len(rs[0].defect))]
-    return select([r.candidate.name for r in rs], labels, np.stack([np.r_[r.normal, r.defect] for r in rs]),
-                  cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
+def _select(rs: list, family: np.ndarray, source: np.ndarray) -> Selection:
+    """Worst-family rule (``select_robust``): cost = estimated ms per frame, then complexity."""
+    return select_robust([r.candidate.name for r in rs], np.stack([r.normal for r in rs]),
+                         np.stack([r.defect for r in rs]), family, source,
+                         cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
+
+
+BUDGET_YIELD_GAP = 0.02   # default budget only: the best candidate over budget ships when it is this much better
 
 
 def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
-            t0: float) -> SearchResult:
+            t0: float, strict_budget: bool = True) -> SearchResult:
     """Stage 1: selection among the candidates within budget (the fastest when none is);
-    stage 2: the winner against its k variants (k = 1 unless another k is shown better)."""
+    stage 2: the winner against its k variants (k = 1 unless another k is shown better).
+
+    With the *default* budget (``strict_budget`` False) the budget yields when the best candidate
+    over it beats the best within it by more than ``BUDGET_YIELD_GAP`` worst-family AUROC with
+    z > 3: a detector that meets the frame rate but cannot see the defects is no default."""
+    from trainer.synth import family_of
+
+    family = np.array([family_of(k) for k in syn.kinds])
     fits = [r for r in results if r.within_budget]
     over = not fits
     if over:
@@ -316,10 +329,19 @@ def _choose(results: list, variants: dict, syn, budget: float, min_px: float, cl
         log.warning("no candidate meets the %.2f ms budget; the fastest is %s (%.2f ms)", budget,
                     fastest.candidate.name, fastest.latency["x86_ms"])
         fits = [fastest]
-    sel = _select(fits)
-    win = next(r for r in fits if r.candidate.name == sel.chosen)
+    sel = _select(fits, family, syn.source)
+    if not strict_budget and len(fits) < len(results):
+        overall = _select(results, family, syn.source)
+        gap = overall.aurocs[overall.chosen] - sel.aurocs[sel.chosen]
+        if overall.chosen not in sel.aurocs and gap > BUDGET_YIELD_GAP:
+            log.warning("default latency budget %.2f ms exceeded: %s is better by %.3f worst-family AUROC than the "
+                        "best within budget (%s); set --budget-ms to enforce it", budget, overall.chosen, gap, sel.chosen)
+            overall.reason += (f"; over the default {budget:.2f} ms budget because the best within it ({sel.chosen}) "
+                               f"is {gap:.3f} worse")
+            sel, over = overall, True
+    win = next(r for r in results if r.candidate.name == sel.chosen)
     if variants.get(win.candidate.name):
-        sel_k = _select([win] + variants[win.candidate.name])
+        sel_k = _select([win] + variants[win.candidate.name], family, syn.source)
         if sel_k.chosen != win.candidate.name:
             win = next(r for r in variants[win.candidate.name] if r.candidate.name == sel_k.chosen)
             sel.reason += f"; then {sel_k.reason}"

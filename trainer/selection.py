@@ -233,6 +233,82 @@ def _reason(names, auc, ib, pick, tied_others, vs, cost, margin) -> str:
     return head + f"; not significantly better than {shown} (a tie, not a win)"
 
 
+def family_aurocs(normal: np.ndarray, defect: np.ndarray, family: np.ndarray) -> dict:
+    """{family: AUROC of the normals against that family's defects} for one candidate.
+
+    Example:
+        >>> family_aurocs(np.zeros(3), np.array([1.0, -1.0]), np.array(["a", "b"]))
+        {'a': 1.0, 'b': 0.0}
+    """
+    from core.metrics import auroc
+
+    fam = np.asarray(family)
+    y = lambda m: np.r_[np.zeros(len(normal)), np.ones(int(m.sum()))]   # noqa: E731
+    return {f: auroc(y(fam == f), np.r_[normal, defect[fam == f]]) for f in sorted(set(fam.tolist()))}
+
+
+def _worst_family(normal: np.ndarray, defect: np.ndarray, fam: np.ndarray, fams: list) -> float:
+    from core.metrics import auroc
+
+    n = len(normal)
+    return min(auroc(np.r_[np.zeros(n), np.ones(int((fam == f).sum()))], np.r_[normal, defect[fam == f]])
+               for f in fams)
+
+
+def select_robust(names: Sequence[str], normal: np.ndarray, defect: np.ndarray, family: np.ndarray,
+                  source: np.ndarray, cost: Sequence[float] | None = None, complexity: Sequence | None = None,
+                  margin: float = EQUIVALENCE_MARGIN, z: float = Z_TIE, min_effect: float = MIN_EFFECT,
+                  n_boot: int = 200, seed: int = 0) -> Selection:
+    """:func:`select` on the *worst defect family* instead of all defects pooled.
+
+    The product's real defects are unknown, so a candidate is rated by the family of synthetic
+    defects it handles worst (surface marks, shape changes, layout changes: see
+    ``trainer.synth``): a configuration that excels at large shape changes but misses small
+    marks (or the reverse) is not preferred over one that is good at both. Standard errors of
+    the differences come from a bootstrap over source images (a normal image and the defects
+    drawn on it are resampled together).
+
+    Args:
+        names: (m,) candidate names.
+        normal: (m, n) cross-fitted scores of the n normal images, one row per candidate.
+        defect: (m, d) scores of the d synthetic defects.
+        family: (d,) family of each defect; source: (d,) index of the normal image it was drawn on.
+    """
+    normal, defect = np.atleast_2d(normal), np.atleast_2d(defect)
+    fam, src = np.asarray(family), np.asarray(source)
+    fams = sorted(set(fam.tolist()))
+    stat = np.array([_worst_family(normal[i], defect[i], fam, fams) for i in range(len(names))])
+    rng = np.random.default_rng(seed)
+    n = normal.shape[1]
+    boots = np.empty((n_boot, len(names)))
+    by_src = [np.flatnonzero(src == j) for j in range(n)]
+    for b in range(n_boot):
+        pick = rng.integers(0, n, n)
+        d_idx = np.concatenate([by_src[j] for j in pick])
+        boots[b] = [_worst_family(normal[i, pick], defect[i, d_idx], fam[d_idx], fams) for i in range(len(names))]
+    return _select_from_stat(list(names), stat, boots, cost, complexity, margin, z, min_effect)
+
+
+def _select_from_stat(names, stat, boots, cost, complexity, margin, z, min_effect) -> Selection:
+    ib = int(np.argmax(stat))
+    cost = list(cost) if cost is not None else [0.0] * len(names)
+    complexity = list(complexity) if complexity is not None else [()] * len(names)
+    vs, tied, equiv = {}, [], []
+    for i, n in enumerate(names):
+        d, se = float(stat[ib] - stat[i]), float(np.std(boots[:, ib] - boots[:, i], ddof=1))
+        vs[n] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
+        if d <= max(min_effect, z * se):
+            tied.append(i)
+        if d + z * se <= margin:
+            equiv.append(i)
+    pick = min(equiv, key=lambda i: (cost[i], complexity[i], -stat[i]))
+    reason = _reason(names, stat, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin)
+    return Selection(chosen=names[pick], best=names[ib], tie=len(tied) > 1, tied=[names[i] for i in tied],
+                     equivalent=[names[i] for i in equiv], aurocs={n: float(a) for n, a in zip(names, stat)},
+                     se={n: float(np.std(boots[:, i], ddof=1)) for i, n in enumerate(names)}, vs_best=vs,
+                     reason=reason.replace("validation AUROC", "worst-family validation AUROC"))
+
+
 def clearly_worse(labels: np.ndarray, scores: np.ndarray, z: float = Z_PRUNE, min_gap: float = 0.02) -> np.ndarray:
     """Boolean mask of candidates to prune: below the leader by > ``z`` SE and > ``min_gap`` AUROC.
 

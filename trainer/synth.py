@@ -173,10 +173,24 @@ def synthetic_defects(images, kinds=DEFECT_KINDS, seed: int = 0, per_image: int 
 #            object's outline or layout.
 # A defect that changes nothing (mean change under its mask < MIN_CHANGE grey levels) is redrawn.
 
-SURFACE_KINDS = ("scratch", "spot", "crack", "stain", "texture")
-SHAPE_KINDS = ("cutpaste", "warp", "missing", "stretch")
+SURFACE_KINDS = ("scratch", "spot", "crack", "stain", "texture", "uneven")
+SHAPE_KINDS = ("cutpaste", "warp", "missing", "stretch", "chip")
 LAYOUT_KINDS = ("elastic",)
 VALIDATION_KINDS = SURFACE_KINDS + SHAPE_KINDS + LAYOUT_KINDS
+
+
+def family_of(kind: str) -> str:
+    """``surface``, ``shape`` or ``layout``: the family a validation defect kind belongs to.
+
+    Example:
+        >>> family_of("scratch"), family_of("elastic")
+        ('surface', 'layout')
+    """
+    base = kind.split("_")[0]
+    for name, kinds in (("surface", SURFACE_KINDS), ("shape", SHAPE_KINDS), ("layout", LAYOUT_KINDS)):
+        if base in kinds:
+            return name
+    raise ValueError(f"unknown validation defect kind {kind!r}; expected one of {VALIDATION_KINDS}")
 MIN_CHANGE = 2.0
 
 
@@ -330,13 +344,47 @@ def v_elastic(img, rng, centre, size, strength):
     h, w = img.shape[:2]
     sigma = max(2.0, size / 3)
     amp = rng.uniform(0.06, 0.15) * min(h, w)
-    field = [cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), sigma) for _ in range(2)]
+    f = max(1.0, sigma / 4)               # smooth at low resolution, then upsample: same field, O(h w) cost
+    lh, lw = max(2, int(round(h / f))), max(2, int(round(w / f)))
+    field = [cv2.resize(cv2.GaussianBlur(rng.uniform(-1, 1, (lh, lw)).astype(np.float32), (0, 0), sigma / f),
+                        (w, h), interpolation=cv2.INTER_LINEAR) for _ in range(2)]
     peak = max(float(np.abs(field[0]).max()), float(np.abs(field[1]).max()), 1e-6)
     dx, dy = (f * (amp / peak) for f in field)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     out = cv2.remap(np.ascontiguousarray(_f32(img)), xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     mask = (np.hypot(dx, dy) > 0.3 * amp).astype(np.uint8) * 255
     return np.clip(out, 0, 255).astype(np.uint8), mask
+
+
+def v_uneven(img, rng, centre, size, strength):
+    """Uneven surface or coating: a soft, large brightness change (sigma = size / 2) over a big
+    part of the frame, 0.5-1.2 x the amplitude of a spot: no edge anywhere."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = max(2.0, size / 2)
+    weight = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * s * s)).astype(np.float32)
+    mask = (weight > 0.5).astype(np.uint8) * 255
+    return _shift(img, weight, rng.uniform(0.5, 1.2) * _signed(img, centre, strength, rng)), mask
+
+
+def v_chip(img, rng, centre, size, strength):
+    """A chipped edge or broken corner: an irregular bite out of the frame border, filled with the
+    darkest or brightest level found along that border (the background behind the part)."""
+    cv2 = _cv2()
+    h, w = img.shape[:2]
+    side = int(rng.integers(4))
+    edge = [(rng.uniform(0, w), 0.0), (rng.uniform(0, w), h - 1.0), (0.0, rng.uniform(0, h)), (w - 1.0, rng.uniform(0, h))][side]
+    n = int(rng.integers(5, 9))
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    rad = size / 2 * rng.uniform(0.5, 1.0, n)
+    pts = np.stack([edge[0] + rad * np.cos(ang), edge[1] + rad * np.sin(ang)], 1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.int32(np.round(pts))], 255, cv2.LINE_AA)
+    x = _f32(img)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]).mean(axis=1)
+    level = float(np.percentile(border, 2) if rng.random() < 0.7 else np.percentile(border, 98))
+    wgt = _soft(mask, 0.5)[..., None]
+    return np.clip(x * (1 - wgt) + level * wgt, 0, 255).astype(np.uint8), mask
 
 
 def v_missing(img, rng, centre, size, strength):
@@ -351,7 +399,8 @@ def v_missing(img, rng, centre, size, strength):
 
 VALIDATION_DRAW: dict[str, Callable] = {"scratch": v_scratch, "spot": v_spot, "crack": v_crack, "stain": v_stain,
                                         "texture": v_texture, "cutpaste": v_cutpaste, "warp": v_warp,
-                                        "missing": v_missing, "stretch": v_stretch, "elastic": v_elastic}
+                                        "missing": v_missing, "stretch": v_stretch, "elastic": v_elastic,
+                                        "uneven": v_uneven, "chip": v_chip}
 
 
 def content_map(img: np.ndarray) -> np.ndarray:
@@ -398,7 +447,7 @@ def validation_defects(images: Sequence[np.ndarray], kinds: Sequence[str] = VALI
         >>> imgs = [rng.integers(0, 255, (48, 48), dtype=np.uint8) for _ in range(2)]
         >>> v = validation_defects(imgs, seed=1)
         >>> len(v.images), sorted(set(v.kinds)) == sorted(VALIDATION_KINDS)
-        (20, True)
+        (24, True)
     """
     rng = np.random.default_rng(seed)
     out = ValidationDefects([], [], [], [], [], [])
@@ -425,7 +474,7 @@ def _draw_validation(img, kind, rng, pmap, min_px, max_frac, shape_frac, strengt
         raise ValueError(f"unknown validation defect kind {kind!r}; expected one of {VALIDATION_KINDS}")
     h, w = img.shape[:2]
     short = min(h, w)
-    if kind in LAYOUT_KINDS:
+    if kind in LAYOUT_KINDS or kind == "uneven":
         lo, hi = 0.3 * short, 1.0 * short
     elif kind in SHAPE_KINDS:
         lo, hi = max(min_px, shape_frac[0] * short), shape_frac[1] * short

@@ -327,258 +327,109 @@ def per_candidate(arrays: dict, names: list, kinds_keep=None) -> dict:
 
 
 def selection_outcome(arrays, names, table, costs, kinds_keep=None) -> dict:
-    """Spearman rho and regret of: argmax of new validation, the tie rule, argmax of the old one."""
+    """Spearman rho and regret of: argmax of the new validation, the selection rule, argmax of the old one.
+
+    ``regret_se``: paired DeLong standard error of (best real - chosen real) on the test set, so a
+    regret can be read against the noise of the real measurement itself."""
     from scipy.stats import spearmanr
 
-    from trainer.selection import select
+    from trainer.selection import compare, select
 
     real = np.array([table[n]["real"] for n in names])
-    best_real = float(real.max())
-    out = {}
+    ib = int(real.argmax())
+    out = {"best_real": float(real[ib]), "best_real_name": names[ib], "n_candidates": len(names)}
     for key in ("syn", "old"):
         v = np.array([table[n][key] for n in names])
-        ok = np.isfinite(v)
-        out[f"{key}_spearman"] = float(spearmanr(v[ok], real[ok]).statistic)
         pick = int(np.nanargmax(v))
+        out[f"{key}_spearman"] = float(spearmanr(v, real).statistic)
         out[f"{key}_argmax"] = names[pick]
-        out[f"{key}_argmax_regret"] = best_real - float(real[pick])
+        out[f"{key}_argmax_regret"] = float(real[ib] - real[pick])
+        out[f"{key}_argmax_regret_se"] = compare(arrays["y"], arrays[f"{names[ib]}|real"],
+                                                 arrays[f"{names[pick]}|real"])["se"]
     kinds = arrays["syn_kinds"]
     keep = np.ones(len(kinds), bool) if kinds_keep is None else np.isin(kinds, kinds_keep)
-    normal0 = arrays[f"{names[0]}|normal"]
-    labels = np.r_[np.zeros(len(normal0)), np.ones(int(keep.sum()))]
+    n0 = len(arrays[f"{names[0]}|normal"])
+    labels = np.r_[np.zeros(n0), np.ones(int(keep.sum()))]
     S = np.stack([np.r_[arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep]] for n in names])
     sel = select(names, labels, S, cost=[costs[n]["x86_ms"] for n in names],
                  complexity=[costs[n]["complexity"] for n in names])
     out.update({"rule_chosen": sel.chosen, "rule_tie": sel.tie, "rule_n_tied": len(sel.tied),
-                "rule_regret": best_real - table[sel.chosen]["real"], "rule_reason": sel.reason,
-                "best_real": best_real, "best_real_name": names[int(real.argmax())],
-                "n_candidates": len(names)})
+                "rule_n_equivalent": len(sel.equivalent), "rule_regret": float(real[ib] - table[sel.chosen]["real"]),
+                "rule_reason": sel.reason})
+    out.update(robust_outcome(arrays, names, table, costs, keep, real))
     return out
 
 
-MIXES = {"all": None, "surface": ("scratch", "spot", "crack", "stain", "texture"),
-         "shape": ("cutpaste", "warp", "missing")}
+def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
+    """The worst-family rule (``trainer.selection.select_robust``): rho of the worst-family AUROC, its
+    argmax regret and the rule's choice (bootstrap SEs, equivalence test, estimated latency as cost)."""
+    from scipy.stats import spearmanr
+
+    from trainer.selection import family_aurocs, select_robust
+    from trainer.synth import family_of
+
+    fam = np.array([family_of(k) for k in arrays["syn_kinds"][keep]])
+    stat = np.array([min(family_aurocs(arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep], fam).values()) for n in names])
+    pick = int(np.argmax(stat))
+    sel = select_robust(names, np.stack([arrays[f"{n}|normal"] for n in names]),
+                        np.stack([arrays[f"{n}|syn"][keep] for n in names]), fam, arrays["syn_source"][keep],
+                        cost=[costs[n]["x86_ms"] for n in names], complexity=[costs[n]["complexity"] for n in names],
+                        n_boot=100)
+    return {"robust_spearman": float(spearmanr(stat, real).statistic), "robust_argmax": names[pick],
+            "robust_argmax_regret": float(real.max() - real[pick]), "robust_rule_chosen": sel.chosen,
+            "robust_rule_regret": float(real.max() - table[sel.chosen]["real"]), "robust_rule_tie": sel.tie,
+            "robust_rule_reason": sel.reason}
 
 
-def analyse_main(args, command: str) -> int:
-    flat = {}
-    for name in args.sets:
-        if not (args.work / f"scores_{name}.npz").exists():
-            log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
-            continue
-        arrays, meta = load_scores(args.work, name)
-        names = [c["name"] for c in meta["candidates"]]
-        costs = candidate_costs(meta)
-        for mix, kinds in MIXES.items():
-            table = per_candidate(arrays, names, kinds)
-            res = selection_outcome(arrays, names, table, costs, kinds)
-            for k, v in res.items():
-                flat[f"{name}.{mix}.{k}"] = v
-            print(f"{name:8s} {mix:8s} rho new {res['syn_spearman']:+.2f} old {res['old_spearman']:+.2f} | "
-                  f"regret argmax new {res['syn_argmax_regret']:.4f} old {res['old_argmax_regret']:.4f} "
-                  f"rule {res['rule_regret']:.4f} ({res['rule_chosen']}, tie {res['rule_tie']}, "
-                  f"{res['rule_n_tied']} tied) best {res['best_real']:.4f} {res['best_real_name']}", flush=True)
-        if args.verbose:
-            table = per_candidate(arrays, names)
+def product_names(meta: dict) -> list[str]:
+    """Candidates of the recommended space: input sizes by frame size (``input_sizes``), every grid."""
+    from trainer.candidates import input_sizes
+
+    sizes = input_sizes(meta["frame_hw"])
+    return [c["name"] for c in meta["candidates"] if c.get("grid") or c["size"] in sizes]
+
+
+def analyse_set(work: Path, name: str, kinds, verbose: bool = False) -> dict:
+    """Before/after figures of one data set, over the recommended space and over every size."""
+    arrays, meta = load_scores(work, name)
+    costs = candidate_costs(meta)
+    flat = {f"selection.{name}.n_train": meta["n_train"], f"selection.{name}.n_test": meta["n_test"],
+            f"selection.{name}.n_test_defective": meta["n_test_defective"],
+            f"selection.{name}.min_defect_px": meta["min_defect_px"],
+            f"selection.{name}.n_synthetic": int(np.isin(arrays["syn_kinds"], kinds).sum()),
+            f"selection.{name}.forward_seconds_per_candidate": meta["seconds"] / max(1, len(meta["candidates"]))}
+    for space, names in (("product", product_names(meta)), ("all_sizes", [c["name"] for c in meta["candidates"]])):
+        table = per_candidate(arrays, names, kinds)
+        res = selection_outcome(arrays, names, table, costs, kinds)
+        flat.update({f"selection.{name}.{space}.{k}": v for k, v in res.items()})
+        print(f"{name:8s} {space:9s} n={len(names):3d} | before: rho {res['old_spearman']:+.2f} regret "
+              f"{res['old_argmax_regret']:.4f} | pooled: rho {res['syn_spearman']:+.2f} regret "
+              f"{res['syn_argmax_regret']:.4f} ± {res['syn_argmax_regret_se']:.4f} (rule {res['rule_regret']:.4f}) | "
+              f"worst-family: rho {res['robust_spearman']:+.2f} regret {res['robust_argmax_regret']:.4f} "
+              f"(rule {res['robust_rule_regret']:.4f}, {res['robust_rule_chosen']}) | best {res['best_real']:.4f} "
+              f"{res['best_real_name']}", flush=True)
+        if verbose:
             for n in sorted(names, key=lambda n: -table[n]["real"]):
                 t = table[n]
                 print(f"   {n:40s} real {t['real']:.4f} syn {t['syn']:.4f} old {t['old']:.4f} "
                       + " ".join(f"{k[4:]}={v:.3f}" for k, v in t.items() if k.startswith("syn_"))
-                      + f" cost {costs[n]['x86_ms']:.2f}")
-    (args.work / "analysis.json").write_text(json.dumps(flat, indent=1, default=str))
+                      + f" est {costs[n]['x86_ms']:.2f} ms")
+    return flat
+
+
+def analyse_main(args, command: str) -> int:
+    from trainer.synth import VALIDATION_KINDS
+
+    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+    flat = {"selection.validation_kinds": ",".join(kinds)}
+    for name in args.sets:
+        if not (args.work / f"scores_{name}.npz").exists():
+            log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
+            continue
+        flat.update(analyse_set(args.work, name, kinds, args.verbose))
+    if not args.no_write:
+        merge_results(flat, command)
     return 0
-
-
-# ---------------------------------------------------------------------------- small-data threshold
-
-
-THRESHOLD_CANDIDATES = {   # the configuration each set's threshold study scores with
-    "mt": dict(size=224, taps="b13+out", pooling="grid3"),
-    "brick": dict(size=96, taps="b6", pooling="patch", scoring="gauss", grid=(16, 16), working_size=(1024, 1024)),
-    "demo": dict(size=96, taps="b13+out", pooling="max"),
-}
-
-
-def _threshold_pool(name: str, seed: int, work: Path) -> dict:
-    """Normal pool, held-out pools and real defects for the threshold study."""
-    if name == "mt":
-        d = load_set("mt", seed, 10 ** 6, 10 ** 6, work)   # every image: 666 train + test (286 good, 392 defective)
-        normals = d["train"] + [x for x, y in zip(d["test"], d["y"]) if y == 0]
-        return {"normals": normals, "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1]}
-    if name == "demo":
-        d = _demo(work, seed, 10 ** 6, 10 ** 6)
-        return {"normals": d["train"], "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1],
-                "shifted": [x for x, y in zip(d["test"], d["y"]) if y == 0]}
-    import bench_tiles as bt
-
-    q, rng = bt._quadrants("brick"), np.random.default_rng(seed + 100)
-    d = _brick(seed + 100, 0, 100)
-    return {"normals": [bt.make_frame(q["train_a"], rng) for _ in range(250)], "shifted": d["test"][:50],
-            "defects": d["test"][50:]}
-
-
-def _draw_scores(c, pool: dict, tr: np.ndarray, ho: np.ndarray, cache, net, seed: int) -> dict:
-    """Cross-fitted scores of the n training images, today's 80/20 split, and the held-out /
-    shifted / defective images against both banks."""
-    from trainer.selection import fold_of
-
-    normals = pool["normals"]
-    n = len(tr)
-    fold = fold_of(n, 10, seed)
-    cal = np.sort(np.random.default_rng(seed).permutation(n)[:max(1, int(round(0.2 * n)))])
-    sets = {"train": [normals[i] for i in tr], "held": [normals[i] for i in ho], "defects": pool["defects"],
-            **({"shifted": pool["shifted"]} if "shifted" in pool else {})}
-    from trainer.search import network_inputs, patch_score_matrix
-
-    srcs = {k: network_inputs(v, c) for k, v in sets.items()}
-    T = srcs["train"].per_item
-    if c.pooling == "patch":
-        got = patch_score_matrix(c, srcs, cache, net, fold, seed, extra_banks=[~np.isin(np.arange(n), cal)])
-        nf = fold.max() + 1
-        out = {"cv": got["train"][np.arange(n), fold], "old_cal": got["train"][cal, nf + 1]}
-        for k in sets:
-            if k != "train":
-                out[f"{k}_full"], out[f"{k}_old"] = got[k][:, nf], got[k][:, nf + 1]
-        return out
-    from trainer.features import Head, compose
-
-    heads = sorted({Head(c.pooling, (l,)) for l in c.layers}, key=lambda h: h.key())
-    f = {k: compose(cache.get(s, net, heads), c.layers, c.pooling) for k, s in srcs.items()}
-    item = np.repeat(np.arange(n), T)
-    cv, = __import__("trainer.selection", fromlist=["cross_fit"]).cross_fit(
-        f["train"], item, [(f["train"], np.arange(n))], lambda b: _scorer(c, b), fold, rows_per_item=T)
-    full, old = _scorer(c, f["train"]), _scorer(c, f["train"][~np.isin(item, cal)])
-    out = {"cv": cv, "old_cal": old.score(f["train"].reshape(n, T, -1)[cal].reshape(-1, f["train"].shape[1])
-                                          ).reshape(-1, T).max(1)}
-    for k in sets:
-        if k != "train":
-            out[f"{k}_full"] = full.score(f[k]).reshape(-1, T).max(1)
-            out[f"{k}_old"] = old.score(f[k]).reshape(-1, T).max(1)
-    return out
-
-
-def threshold_study(name: str, args, cache, n_small: int = 30, target: float = 0.01) -> dict:
-    """FRR on held-out good images of today's held-out max vs cross-fitted estimators, over draws."""
-    from core.threshold import calibrate_threshold
-    from trainer.calibration import estimate_threshold, frr_and_miss
-    from trainer.candidates import Candidate
-    from trainer.features import Network
-
-    c = Candidate(**THRESHOLD_CANDIDATES[name])
-    net = Network(c.alpha, c.size, str(shared() / "weights" / W035))
-    pool = _threshold_pool(name, args.seed, args.work)
-    rows = []
-    for d in range(args.draws):
-        rng = np.random.default_rng(1000 + d)
-        perm = rng.permutation(len(pool["normals"]))
-        tr, ho = np.sort(perm[:n_small]), np.sort(perm[n_small:n_small + args.n_held])
-        sc = _draw_scores(c, pool, tr, ho, cache, net, 1000 + d)
-        ests = {"holdout_max (today)": (calibrate_threshold(sc["old_cal"], target), "old"),
-                "order": (estimate_threshold(sc["cv"], target, "order")["value"], "full"),
-                "gauss": (float(sc["cv"].mean() + 2.326 * sc["cv"].std(ddof=1)), "full"),
-                "tail (auto)": (estimate_threshold(sc["cv"], target, "auto")["value"], "full")}
-        for est, (t, bank) in ests.items():
-            r = {"draw": d, "estimator": est, **frr_and_miss(t, sc[f"held_{bank}"], sc.get(f"defects_{bank}"))}
-            if f"shifted_{bank}" in sc:
-                r["frr_shifted"] = frr_and_miss(t, sc[f"shifted_{bank}"])["frr"]
-            rows.append(r)
-        log.info("%s draw %d: %s", name, d, {r["estimator"]: round(r["frr"], 3) for r in rows[-len(ests):]})
-        cache.drop_memory()
-    return summarise_threshold(name, rows, n_small, target)
-
-
-def summarise_threshold(name: str, rows: list, n: int, target: float) -> dict:
-    out = {}
-    for est in dict.fromkeys(r["estimator"] for r in rows):
-        rs = [r for r in rows if r["estimator"] == est]
-        key = f"threshold.{name}.n{n}.{est.split(' ')[0]}"
-        for m in ("frr", "miss", "frr_shifted"):
-            v = [r[m] for r in rs if m in r]
-            if v:
-                out[f"{key}.{m}_mean"] = float(np.mean(v))
-                out[f"{key}.{m}_max"] = float(np.max(v))
-        out[f"{key}.draws"] = len(rs)
-        print(f"{name:6s} n={n} {est:22s} FRR mean {np.mean([r['frr'] for r in rs]):.3f} max "
-              f"{np.max([r['frr'] for r in rs]):.3f}  miss {np.mean([r.get('miss', np.nan) for r in rs]):.3f}"
-              + (f"  shifted FRR {np.mean([r['frr_shifted'] for r in rs]):.3f}" if "frr_shifted" in rs[0] else ""),
-              flush=True)
-    out[f"threshold.{name}.target_frr"] = target
-    return out
-
-
-# ---------------------------------------------------------------------------- latency constants
-
-LATENCY_TRUNKS = ((0.35, 96, "out_relu"), (0.35, 160, "out_relu"), (0.35, 224, "out_relu"),
-                  (1.0, 96, "out_relu"), (1.0, 224, "out_relu"), (0.35, 96, "block_6_expand_relu"))
-PI4_MOBILENETV2_1_224_INT8_4T_MS = (17.0, 20.0)   # docs: GUIDE.md device speeds (Pi 4, LiteRT, XNNPACK, 4 threads)
-
-
-def _time_call(fn, n: int = 60) -> float:
-    for _ in range(5):
-        fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
-
-
-def latency_constants() -> dict:
-    """int8 LiteRT ms (1 thread) of whole trunks -> inference = fixed + ns/MAC * MACs; k-NN and Gaussian ns per
-    multiply-add; the Pi 4 inference factor from the documented Pi 4 time of MobileNetV2 1.0/224 int8."""
-    from device.extractor import TFLiteExtractor
-    from device.scoring import GaussianScorer, KNNScorer
-    from models.backbone import FEATURE_TAPS, build_extractor
-    from trainer.candidates import trunk_macs
-    from trainer.convert import convert
-
-    out, pts = {}, []
-    for alpha, size, layer in LATENCY_TRUNKS:
-        w = str(shared() / "weights" / (W035 if alpha == 0.35 else W100))
-        taps = next(k for k, v in FEATURE_TAPS.items() if v == [layer])
-        model, _ = build_extractor(alpha, (size, size), w, taps, "max")
-        rep = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
-        ext = TFLiteExtractor(convert(model, rep, "int8"), num_threads=1)
-        x = rep[:1]
-        ms = _time_call(lambda: ext(x))
-        macs = trunk_macs(alpha, size, layer)
-        pts.append((macs, ms))
-        out[f"latency.int8_ms.a{alpha:g}_{size}_{layer}"] = ms
-        out[f"latency.mmacs.a{alpha:g}_{size}_{layer}"] = macs / 1e6
-        log.info("int8 a%g %d up to %s: %.3f ms (%.0f MMAC)", alpha, size, layer, ms, macs / 1e6)
-    A = np.array([[1.0, m] for m, _ in pts])
-    fixed, per_mac = np.linalg.lstsq(A, np.array([t for _, t in pts]), rcond=None)[0]
-    rng = np.random.default_rng(0)
-    bank = rng.normal(size=(10000, 1280)).astype(np.float32)
-    q = rng.normal(size=(1, 1280)).astype(np.float32)
-    knn = _time_call(lambda: KNNScorer(bank, 1).score(q), 20)   # includes building: subtract below
-    build = _time_call(lambda: KNNScorer(bank, 1), 20)
-    g = GaussianScorer(rng.normal(size=(5000, 96)).astype(np.float32))
-    rows = rng.normal(size=(36864, 96)).astype(np.float32)
-    gms = _time_call(lambda: g.score(rows), 10)
-    x86_1_224 = out["latency.int8_ms.a1_224_out_relu"]
-    out.update({"latency_model.inf_fixed_ms": float(max(fixed, 0.0)), "latency_model.inf_ns_per_mac": float(per_mac * 1e6),
-                "latency_model.knn_ns_per_madd": float(max(knn - build, 1e-3) * 1e6 / (10000 * 1280)),
-                "latency_model.gauss_ns_per_madd": float(gms * 1e6 / (36864 * 96 * 96)),
-                "latency_model.pi4_inference_factor": float(np.mean(PI4_MOBILENETV2_1_224_INT8_4T_MS) / x86_1_224),
-                "latency_model.basis": (f"x86: int8 LiteRT 1 thread measured here (MobileNetV2 1.0/224: {x86_1_224:.2f} ms); "
-                                        f"Pi 4: documented MobileNetV2 1.0/224 int8, 4 threads, "
-                                        f"{PI4_MOBILENETV2_1_224_INT8_4T_MS[0]:g}-{PI4_MOBILENETV2_1_224_INT8_4T_MS[1]:g} ms "
-                                        f"(GUIDE.md) -> inference factor; numpy stages x8 (single-thread A72 vs x86 core, "
-                                        f"estimate as in bench_audit.py)")})
-    return out
-
-
-def merge_results(update: dict, command: str) -> None:
-    """Merge flat keys into selection_research.json (other parts' keys are kept)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    cur = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
-    cur.update(update)
-    cur.setdefault("commands", [])
-    cur["commands"] = [c for c in cur["commands"] if c != command] + [command]
-    cur["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    OUT_JSON.write_text(json.dumps(cur, indent=1, sort_keys=True, default=str))
 
 
 def main(argv=None) -> int:
@@ -594,6 +445,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-defect-px", type=float, default=None)
     ap.add_argument("--no-alpha1", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="analyse: print every candidate")
+    ap.add_argument("--no-write", action="store_true", help="analyse: print only, do not update the results JSON")
     ap.add_argument("--kinds", nargs="+", default=None, help="scores: synthetic kinds (default all)")
     ap.add_argument("--strength", nargs=2, type=float, default=(0.4, 2.0), help="scores: defect amplitude range (x image std)")
     ap.add_argument("--tag", default="", help="scores: suffix of the output (e.g. _elastic: extra kinds, merged)")
