@@ -130,6 +130,8 @@ class ImageArchive(Closing):
     def _write(self, path: str, img: np.ndarray, overlay) -> None:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            with self._lock:                   # room first: the cap holds while the file is written
+                self._enforce(reserve=(img.nbytes + 4096) * (2 if overlay is not None else 1))
             written = [path]
             _write_png(path, img)
             if overlay is not None:
@@ -150,10 +152,11 @@ class ImageArchive(Closing):
         except Exception as exc:
             log.error("archive: cannot write %s: %s", path, exc)
 
-    def _enforce(self) -> int:
-        """Delete the oldest indexed files while over ``max_mb`` or older than ``max_age_days``."""
+    def _enforce(self, reserve: int = 0) -> int:
+        """Delete the oldest indexed files while over ``max_mb`` (less ``reserve`` bytes about to be
+        written: a PNG is never much larger than its pixels) or older than ``max_age_days``."""
         now, removed = time.time(), 0
-        while self._index and (self._bytes > self.max_bytes or now - self._index[0][0] > self.max_age_s):
+        while self._index and (self._bytes + reserve > self.max_bytes or now - self._index[0][0] > self.max_age_s):
             _, size, p = self._index.popleft()
             self._bytes -= size
             try:

@@ -41,17 +41,38 @@ def test_context_manager_flush_and_closed_error(tmp_path):
 
 
 def _sizes(root) -> dict[str, int]:
-    return {str(p): p.stat().st_size for p in root.rglob("*.png")}
+    """Size of every PNG (temporary ones included) under ``root``; files deleted meanwhile skipped."""
+    out = {}
+    for p in root.rglob("*.png"):
+        try:
+            out[str(p)] = p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def test_archive_stays_under_its_cap_after_every_write_and_prunes_by_age(tmp_path):
     a = ImageArchive(tmp_path / "a", max_mb=0.05, max_age_days=1.0)
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(12):                                    # ~12 kB each: the cap holds 4
+    peak = []
+
+    def watch():                                           # the cap holds while files are being written too
+        while not done.is_set():
+            peak.append(sum(_sizes(tmp_path / "a").values()))
+
+    import threading
+
+    done = threading.Event()
+    th = threading.Thread(target=watch)
+    th.start()
+    for i in range(12):                                    # ~12 kB each: the cap holds 3
         paths.append(a.submit(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), i, "REJECT"))
         assert a.flush(10.0)
         assert sum(_sizes(tmp_path / "a").values()) <= 0.05e6
+    done.set()
+    th.join(10)
+    assert max(peak) <= 0.05e6
     kept = set(_sizes(tmp_path / "a"))
     assert 2 <= len(kept) < 12 and kept == set(paths[len(paths) - len(kept):])   # the newest kept
     oldest = paths[len(paths) - len(kept)]
