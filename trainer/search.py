@@ -33,8 +33,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from trainer.candidates import (Candidate, LatencyModel, SearchClock, default_budget_ms, default_min_defect_px,
-                                derive_space, feature_dim, group_by_network)
+from trainer.candidates import (ALIGNED_MIN, Candidate, LatencyModel, SearchClock, alignment_score,
+                                default_budget_ms, default_min_defect_px, derive_space, feature_dim, group_by_network)
 from trainer.selection import Selection, cross_fit, fold_of, select_robust
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class SearchResult:
     min_defect_px: float
     seconds: float
     over_budget: bool
+    alignment: float = float("nan")
 
     def table(self) -> list[dict]:
         """One row per evaluated candidate (validation AUROC overall and per defect kind, latency)."""
@@ -119,7 +120,8 @@ class SearchResult:
         sel = self.selection
         return {"chosen": self.chosen.name, "reason": sel.reason, "tie": sel.tie, "tied": sel.tied,
                 "equivalent": sel.equivalent, "budget_ms": self.budget_ms, "over_budget": self.over_budget,
-                "min_defect_px": self.min_defect_px, "validation": "cross-fitted synthetic defects",
+                "min_defect_px": self.min_defect_px, "alignment": round(self.alignment, 3),
+                "validation": "cross-fitted synthetic defects, worst defect family",
                 "defect_kinds": sorted(set(self.kinds.tolist())), "n_candidates": len(self.results),
                 "skipped_for_time": self.skipped, "seconds": round(self.seconds, 1),
                 "candidates": self.table()}
@@ -263,7 +265,9 @@ def search(images: Sequence, cfg: SearchConfig, cache=None,
     hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
     min_px = cfg.min_defect_px or default_min_defect_px(hw)
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
-    space = derive_space(hw, cfg.weights, min_px, cfg.pins, cfg.sizes)
+    align = alignment_score(imgs)
+    aligned = align >= ALIGNED_MIN
+    space = derive_space(hw, cfg.weights, min_px, cfg.pins, cfg.sizes, aligned=aligned)
     syn = validation_defects(imgs, kinds=cfg.kinds or VALIDATION_KINDS, seed=cfg.seed + 7, min_px=min_px,
                              strength=cfg.strength)
     fold = fold_of(len(imgs), cfg.folds, cfg.seed)
@@ -290,7 +294,9 @@ def search(images: Sequence, cfg: SearchConfig, cache=None,
     if not results:
         raise RuntimeError(f"the search time budget ({cfg.time_budget_s:.0f} s) allowed no candidate; "
                            f"raise --time-budget")
-    return _choose(results, variants, syn, budget, min_px, clock, t0, strict_budget=cfg.budget_ms is not None)
+    res = _choose(results, variants, syn, budget, min_px, clock, t0, strict_budget=cfg.budget_ms is not None)
+    res.alignment = align
+    return res
 
 
 REFINE_KS = (1, 3, 5, 10)

@@ -382,23 +382,40 @@ def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
 
 
 def product_names(meta: dict) -> list[str]:
-    """Candidates of the recommended space: input sizes by frame size (``input_sizes``), every grid."""
-    from trainer.candidates import input_sizes
+    """Candidates of the recommended space (``derive_space``'s rules): input sizes by frame size
+    (``input_sizes``), every grid, and for aligned frames (``alignment`` in the meta) pooled
+    whole-frame features with grid pooling only."""
+    from trainer.candidates import ALIGNED_MIN, input_sizes
 
     sizes = input_sizes(meta["frame_hw"])
-    return [c["name"] for c in meta["candidates"] if c.get("grid") or c["size"] in sizes]
+    aligned = meta.get("alignment", 0.0) >= ALIGNED_MIN
+    return [c["name"] for c in meta["candidates"] if c.get("grid") or (
+        c["size"] in sizes and (not aligned or c["pooling"] in ("grid3", "patch")))]
 
 
-def analyse_set(work: Path, name: str, kinds, verbose: bool = False) -> dict:
+def set_alignment(work: Path, name: str, meta: dict, args) -> dict:
+    """Alignment score of the set's training images (stored in its meta file once)."""
+    from trainer.candidates import alignment_score
+
+    if "alignment" not in meta:
+        n = args.n_train if name != "brick" else args.n_train_brick
+        meta["alignment"] = alignment_score(load_set(name, args.seed, n, 10, args.work)["train"])
+        (work / f"meta_{name}.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def analyse_set(work: Path, name: str, kinds, args) -> dict:
     """Before/after figures of one data set, over the recommended space and over every size."""
     arrays, meta = load_scores(work, name)
+    meta = set_alignment(work, name, meta, args)
+    verbose = args.verbose
     costs = candidate_costs(meta)
-    flat = {f"selection.{name}.n_train": meta["n_train"], f"selection.{name}.n_test": meta["n_test"],
+    flat = {f"selection.{name}.alignment": meta["alignment"], f"selection.{name}.n_train": meta["n_train"], f"selection.{name}.n_test": meta["n_test"],
             f"selection.{name}.n_test_defective": meta["n_test_defective"],
             f"selection.{name}.min_defect_px": meta["min_defect_px"],
             f"selection.{name}.n_synthetic": int(np.isin(arrays["syn_kinds"], kinds).sum()),
             f"selection.{name}.forward_seconds_per_candidate": meta["seconds"] / max(1, len(meta["candidates"]))}
-    for space, names in (("product", product_names(meta)), ("all_sizes", [c["name"] for c in meta["candidates"]])):
+    for space, names in (("product", product_names(meta)), ("all", [c["name"] for c in meta["candidates"]])):
         table = per_candidate(arrays, names, kinds)
         res = selection_outcome(arrays, names, table, costs, kinds)
         flat.update({f"selection.{name}.{space}.{k}": v for k, v in res.items()})
@@ -426,7 +443,7 @@ def analyse_main(args, command: str) -> int:
         if not (args.work / f"scores_{name}.npz").exists():
             log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
             continue
-        flat.update(analyse_set(args.work, name, kinds, args.verbose))
+        flat.update(analyse_set(args.work, name, kinds, args))
     if not args.no_write:
         merge_results(flat, command)
     return 0
