@@ -280,3 +280,18 @@ def test_search_scores_pinned_candidates_and_explains_the_choice():
     tight = search(imgs, SearchConfig(**{**cfg.__dict__, "budget_ms": 1e-6}))
     fastest = min(tight.results, key=lambda r: r.latency["x86_ms"]).candidate
     assert tight.over_budget and dataclasses.replace(tight.chosen, k=fastest.k) == fastest   # (k may be refined)
+
+
+def test_alignment_score_tells_aligned_parts_from_textures_and_shapes_the_space():
+    from trainer.candidates import ALIGNED_MIN, alignment_score, derive_space
+
+    rng = np.random.default_rng(10)
+    yy, xx = np.mgrid[0:48, 0:48]
+    part = [(np.hypot(yy - 24 + rng.normal(0, 1), xx - 24 + rng.normal(0, 1)) < 14) * 200.0
+            + rng.normal(0, 10, (48, 48)) for _ in range(20)]
+    texture = [s[:, :, 0] for s in stripes(20, size=48, seed=11)]       # random phase: not aligned
+    assert alignment_score([np.clip(p, 0, 255).astype(np.uint8) for p in part]) > ALIGNED_MIN
+    assert alignment_score(texture) < ALIGNED_MIN
+    aligned = derive_space((290, 400), {0.35: "a"}, aligned=True)
+    assert {c.pooling for c in aligned} == {"grid3", "patch"}
+    assert {c.pooling for c in derive_space((290, 400), {0.35: "a"})} == {"max", "avg", "grid3", "patch"}

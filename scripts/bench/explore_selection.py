@@ -449,6 +449,197 @@ def analyse_main(args, command: str) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- small-data threshold
+
+
+THRESHOLD_CANDIDATES = {   # the configuration each set's threshold study scores with
+    "mt": dict(size=224, taps="b13+out", pooling="grid3"),
+    "brick": dict(size=96, taps="b6", pooling="patch", scoring="gauss", grid=(16, 16), working_size=(1024, 1024)),
+    "demo": dict(size=96, taps="b13+out", pooling="max"),
+}
+
+
+def _threshold_pool(name: str, seed: int, work: Path) -> dict:
+    """Normal pool, a shifted good pool (where the set has one) and real defects for the threshold study."""
+    if name == "mt":
+        d = load_set("mt", seed, 10 ** 6, 10 ** 6, work)   # every image: 666 train + test (286 good, 392 defective)
+        normals = d["train"] + [x for x, y in zip(d["test"], d["y"]) if y == 0]
+        return {"normals": normals, "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1]}
+    if name == "demo":
+        d = _demo(work, seed, 10 ** 6, 10 ** 6)
+        return {"normals": d["train"], "defects": [x for x, y in zip(d["test"], d["y"]) if y == 1],
+                "shifted": [x for x, y in zip(d["test"], d["y"]) if y == 0]}
+    import bench_tiles as bt
+
+    q, rng = bt._quadrants("brick"), np.random.default_rng(seed + 100)
+    d = _brick(seed + 100, 0, 100)
+    return {"normals": [bt.make_frame(q["train_a"], rng) for _ in range(250)], "shifted": d["test"][:50],
+            "defects": d["test"][50:]}
+
+
+def _draw_scores(c, pool: dict, tr: np.ndarray, ho: np.ndarray, cache, net, seed: int) -> dict:
+    """Cross-fitted scores of the n training images (10 folds), today's 80/20 split, and the
+    held-out / shifted / defective images against both banks (``*_full``: all n; ``*_old``: the 80 %)."""
+    from trainer.features import Head, compose
+    from trainer.search import network_inputs, patch_score_matrix
+    from trainer.selection import cross_fit, fold_of
+
+    normals = pool["normals"]
+    n = len(tr)
+    fold = fold_of(n, 10, seed)
+    cal = np.sort(np.random.default_rng(seed).permutation(n)[:max(1, int(round(0.2 * n)))])
+    sets = {"train": [normals[i] for i in tr], "held": [normals[i] for i in ho], "defects": pool["defects"],
+            **({"shifted": pool["shifted"]} if "shifted" in pool else {})}
+    srcs = {k: network_inputs(v, c) for k, v in sets.items()}
+    T = srcs["train"].per_item
+    if c.pooling == "patch":
+        got = patch_score_matrix(c, srcs, cache, net, fold, seed, extra_banks=[~np.isin(np.arange(n), cal)])
+        nf = fold.max() + 1
+        out = {"cv": got["train"][np.arange(n), fold], "old_cal": got["train"][cal, nf + 1]}
+        for k in sets:
+            if k != "train":
+                out[f"{k}_full"], out[f"{k}_old"] = got[k][:, nf], got[k][:, nf + 1]
+        return out
+    heads = sorted({Head(c.pooling, (layer,)) for layer in c.layers}, key=lambda h: h.key())
+    f = {k: compose(cache.get(s, net, heads), c.layers, c.pooling) for k, s in srcs.items()}
+    item = np.repeat(np.arange(n), T)
+    cv, = cross_fit(f["train"], item, [(f["train"], np.arange(n))], lambda b: _scorer(c, b), fold, rows_per_item=T)
+    full, old = _scorer(c, f["train"]), _scorer(c, f["train"][~np.isin(item, cal)])
+    out = {"cv": cv, "old_cal": old.score(f["train"].reshape(n, T, -1)[cal].reshape(-1, f["train"].shape[1])
+                                          ).reshape(-1, T).max(1)}
+    for k in sets:
+        if k != "train":
+            out[f"{k}_full"] = full.score(f[k]).reshape(-1, T).max(1)
+            out[f"{k}_old"] = old.score(f[k]).reshape(-1, T).max(1)
+    return out
+
+
+def threshold_study(name: str, args, cache, n_small: int = 30, target: float = 0.01) -> dict:
+    """FRR on held-out good images of today's held-out maximum vs cross-fitted estimators, over draws."""
+    from core.threshold import calibrate_threshold
+    from trainer.calibration import estimate_threshold, frr_and_miss
+    from trainer.candidates import Candidate
+    from trainer.features import Network
+
+    c = Candidate(**THRESHOLD_CANDIDATES[name])
+    net = Network(c.alpha, c.size, str(shared() / "weights" / W035))
+    pool = _threshold_pool(name, args.seed, args.work)
+    rows = []
+    for d in range(args.draws):
+        rng = np.random.default_rng(1000 + d)
+        perm = rng.permutation(len(pool["normals"]))
+        tr, ho = np.sort(perm[:n_small]), np.sort(perm[n_small:n_small + args.n_held])
+        sc = _draw_scores(c, pool, tr, ho, cache, net, 1000 + d)
+        ests = {"holdout_max (today)": (calibrate_threshold(sc["old_cal"], target), "old"),
+                "order": (estimate_threshold(sc["cv"], target, "order")["value"], "full"),
+                "gauss": (float(sc["cv"].mean() + 2.326 * sc["cv"].std(ddof=1)), "full"),
+                "tail (auto)": (estimate_threshold(sc["cv"], target, "auto")["value"], "full")}
+        for est, (t, bank) in ests.items():
+            r = {"draw": d, "estimator": est, **frr_and_miss(t, sc[f"held_{bank}"], sc.get(f"defects_{bank}"))}
+            if f"shifted_{bank}" in sc:
+                r["frr_shifted"] = frr_and_miss(t, sc[f"shifted_{bank}"])["frr"]
+            rows.append(r)
+        log.info("%s draw %d: %s", name, d, {r["estimator"]: round(r["frr"], 3) for r in rows[-len(ests):]})
+        cache.drop_memory()
+    return summarise_threshold(name, rows, n_small, target)
+
+
+def summarise_threshold(name: str, rows: list, n: int, target: float) -> dict:
+    out = {}
+    for est in dict.fromkeys(r["estimator"] for r in rows):
+        rs = [r for r in rows if r["estimator"] == est]
+        key = f"threshold.{name}.n{n}.{est.split(' ')[0]}"
+        for m in ("frr", "miss", "frr_shifted"):
+            v = [r[m] for r in rs if m in r]
+            if v:
+                out[f"{key}.{m}_mean"] = float(np.mean(v))
+                out[f"{key}.{m}_max"] = float(np.max(v))
+        out[f"{key}.draws"] = len(rs)
+        print(f"{name:6s} n={n} {est:22s} FRR mean {np.mean([r['frr'] for r in rs]):.3f} max "
+              f"{np.max([r['frr'] for r in rs]):.3f}  miss {np.mean([r.get('miss', np.nan) for r in rs]):.3f}"
+              + (f"  shifted FRR {np.mean([r['frr_shifted'] for r in rs]):.3f}" if "frr_shifted" in rs[0] else ""),
+              flush=True)
+    out[f"threshold.{name}.target_frr"] = target
+    return out
+
+
+# ---------------------------------------------------------------------------- latency constants
+
+LATENCY_TRUNKS = ((0.35, 96, "out_relu"), (0.35, 160, "out_relu"), (0.35, 224, "out_relu"),
+                  (1.0, 96, "out_relu"), (1.0, 224, "out_relu"), (0.35, 96, "block_6_expand_relu"))
+PI4_MOBILENETV2_1_224_INT8_4T_MS = (17.0, 20.0)   # GUIDE.md device speeds: Pi 4, MobileNetV2 1.0/224 int8, 4 threads
+
+
+def _time_call(fn, n: int = 60) -> float:
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def _trunk_ms(alpha: float, size: int, layer: str) -> tuple[float, float]:
+    """(int8 LiteRT ms for one image, 1 thread; MACs) of MobileNetV2(alpha) at ``size`` up to ``layer``."""
+    from device.extractor import TFLiteExtractor
+    from models.backbone import FEATURE_TAPS, build_extractor
+    from trainer.candidates import trunk_macs
+    from trainer.convert import convert
+
+    w = str(shared() / "weights" / (W035 if alpha == 0.35 else W100))
+    taps = next(k for k, v in FEATURE_TAPS.items() if v == [layer])
+    model, _ = build_extractor(alpha, (size, size), w, taps, "max")
+    rep = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
+    ext = TFLiteExtractor(convert(model, rep, "int8"), num_threads=1)
+    return _time_call(lambda: ext(rep[:1])), trunk_macs(alpha, size, layer)
+
+
+def latency_constants() -> dict:
+    """int8 LiteRT ms (1 thread) of whole trunks -> inference = fixed + ns/MAC x MACs; k-NN and Gaussian
+    ns per multiply-add; the Pi 4 inference factor from the documented Pi 4 time of MobileNetV2 1.0/224."""
+    from device.scoring import GaussianScorer, KNNScorer
+
+    out, pts = {}, []
+    for alpha, size, layer in LATENCY_TRUNKS:
+        ms, macs = _trunk_ms(alpha, size, layer)
+        pts.append((macs, ms))
+        out[f"latency.int8_ms.a{alpha:g}_{size}_{layer}"] = ms
+        out[f"latency.mmacs.a{alpha:g}_{size}_{layer}"] = macs / 1e6
+        log.info("int8 a%g %d up to %s: %.3f ms (%.0f MMAC)", alpha, size, layer, ms, macs / 1e6)
+    fixed, per_mac = np.linalg.lstsq(np.array([[1.0, m] for m, _ in pts]), np.array([t for _, t in pts]), rcond=None)[0]
+    rng = np.random.default_rng(0)
+    knn = KNNScorer(rng.normal(size=(10000, 1280)).astype(np.float32), 1)
+    q = rng.normal(size=(1, 1280)).astype(np.float32)
+    knn_ms = _time_call(lambda: knn.score(q), 50)
+    g = GaussianScorer(rng.normal(size=(5000, 96)).astype(np.float32))
+    rows = rng.normal(size=(36864, 96)).astype(np.float32)
+    gms = _time_call(lambda: g.score(rows), 10)
+    x86 = out["latency.int8_ms.a1_224_out_relu"]
+    out.update({"latency_model.inf_fixed_ms": float(max(fixed, 0.0)), "latency_model.inf_ns_per_mac": float(per_mac * 1e6),
+                "latency_model.knn_ns_per_madd": float(knn_ms * 1e6 / (10000 * 1280)),
+                "latency_model.gauss_ns_per_madd": float(gms * 1e6 / (36864 * 96 * 96)),
+                "latency_model.pi4_inference_factor": float(np.mean(PI4_MOBILENETV2_1_224_INT8_4T_MS) / x86),
+                "latency_model.basis": (f"x86: int8 LiteRT, 1 thread, measured here (MobileNetV2 1.0/224 {x86:.2f} ms); "
+                                        f"Pi 4: documented MobileNetV2 1.0/224 int8, 4 threads, "
+                                        f"{PI4_MOBILENETV2_1_224_INT8_4T_MS[0]:g}-{PI4_MOBILENETV2_1_224_INT8_4T_MS[1]:g} ms "
+                                        "(GUIDE.md device speeds) -> inference factor; numpy stages x8 (one A72 core vs "
+                                        "one x86 core, the estimate bench_audit.py uses)")})
+    return out
+
+
+def merge_results(update: dict, command: str) -> None:
+    """Merge flat keys into selection_research.json (keys of other parts are kept); floats to 4 digits."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cur = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    cur.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in update.items()})
+    cur["commands"] = [c for c in cur.get("commands", []) if c != command] + [command]
+    cur["command"] = " && ".join(cur["commands"])
+    cur["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    OUT_JSON.write_text(json.dumps(cur, indent=1, sort_keys=True, default=str) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
