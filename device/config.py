@@ -202,6 +202,9 @@ class DriftConfig(Spec):
     sharpness_tolerance: float = Field(0.5, gt=0.0, le=100.0, description="relative change of sharpness (variance "
                                                                           "of the Laplacian) that counts as drift")
     alarm: bool = Field(False, description="raise the alarm in the 'drift' state")
+    image_every: int = Field(10, ge=1, le=10_000, description="parts are handed to the watch in batches of N: "
+                                                              "every score, and the image statistics of the Nth frame "
+                                                              "(each costs ~0.1 ms of CPU shared with the frame path)")
 
     @model_validator(mode="after")
     def _order(self) -> "DriftConfig":

@@ -130,6 +130,7 @@ class Daemon:
         self.handshake = None            # device.handshake.Handshake when [outputs] names its pins
         self.drift = None                # device.drift.DriftWorker (its DriftMonitor) while [drift] enabled
         self.drift_level = "ok"          # the drift state last journaled (the alarm follows it)
+        self._drift_parts: list = []     # parts waiting to be handed to the watch as one batch
         self.drift_ms: collections.deque = collections.deque(maxlen=1000)   # the watch's cost per frame (its thread)
         self._missed: collections.deque = collections.deque()    # (t, reason) from the trigger's thread
         self._lock = None                # the camera lock (device.servicelock)
@@ -306,6 +307,9 @@ class Daemon:
     def _stop_drift(self) -> None:
         """Evaluate the frames still queued for the drift watch, journal what they changed, stop it."""
         if self.drift is not None:
+            if self._drift_parts:                       # a batch not yet full: its scores still count
+                self.drift.submit_many(self._drift_parts, None)
+                self._drift_parts = []
             self.drift.close()
             self._journal_drift()
             self.drift_ms.extend(self.drift.cost_ms)
@@ -469,7 +473,10 @@ class Daemon:
         """Hand the part to the drift watch (its own thread: the frame path only queues a reference)
         and journal the state changes it reported since the last part."""
         if self.drift is not None:
-            self.drift.submit(result.score, result.decision, self._roi(frame))
+            self._drift_parts.append((result.score, result.decision))
+            if len(self._drift_parts) >= self.cfg.drift.image_every:
+                self.drift.submit_many(self._drift_parts, self._roi(frame))
+                self._drift_parts = []
         if self.drift is not None and self.drift.changes:
             self._journal_drift()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -180,15 +181,16 @@ class Detector:
             feats = self.features(batch)
             t2 = time.perf_counter()
             patch = self.scorer.patch_scores(feats)[0]             # (T, patches)
-            tiles = patch.max(axis=1)
+            tiles = patch.max(axis=1) if self.patches > 1 else patch[:, 0]
+            worst = float(tiles.max())                              # NaN or inf anywhere propagates here
             t3 = time.perf_counter()
         except Exception as exc:   # noqa: BLE001 - fail closed: any failure to score is an ERROR verdict
             return FrameResult(decide(None, thr, f"cannot score: {type(exc).__name__}: {exc}"), self.spec)
         timing = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3, "knn_ms": (t3 - t2) * 1e3}
-        if not np.isfinite(tiles).all():
+        if not math.isfinite(worst):
             return FrameResult(decide(None, thr, "non-finite tile score"), self.spec, tiles, None, timing)
         pmap = patch.reshape(-1, *self.patch_grid) if self.patch_grid else None
-        return FrameResult(decide(float(tiles.max()), thr), self.spec, tiles, pmap, timing)
+        return FrameResult(decide(worst, thr), self.spec, tiles, pmap, timing)
 
     def error(self, reason: str, threshold: Threshold | None = None) -> FrameResult:
         """The ERROR result of a frame that never reached the model (e.g. undecodable)."""

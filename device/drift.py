@@ -367,6 +367,29 @@ class DriftWorker:
             self.dropped += 1
             return False
 
+    def submit_many(self, parts: list, image: np.ndarray | None) -> bool:
+        """Queue several decisions ``[(score, decision), ...]`` and the last one's frame at once (one
+        hand-over for a batch of parts: the frame path wakes the watch once per batch)."""
+        import queue
+
+        try:
+            self._q.put_nowait(([(s, None if d is None else str(d)) for s, d in parts], image))
+            return True
+        except queue.Full:
+            self.dropped += len(parts)
+            return False
+
+    def _evaluate(self, item) -> None:
+        first, second, *rest = item
+        parts = first if isinstance(first, list) else [(first, second)]
+        image = rest[0] if rest else second
+        for i, (score, decision) in enumerate(parts):
+            last = i == len(parts) - 1
+            change = self.monitor.update_values(score, decision,
+                                                frame_stats(image) if last and image is not None else None)
+            if change is not None:
+                self.changes.append(change)
+
     def _run(self) -> None:
         import time
 
@@ -376,11 +399,8 @@ class DriftWorker:
                 if item is None:
                     return
                 t0 = time.perf_counter()
-                score, decision, image = item
-                change = self.monitor.update_values(score, decision, frame_stats(image) if image is not None else None)
+                self._evaluate(item)
                 self.cost_ms.append((time.perf_counter() - t0) * 1e3)
-                if change is not None:
-                    self.changes.append(change)
             except Exception:  # noqa: BLE001 - the watch must never take the service down
                 log.exception("drift watch: a frame could not be evaluated")
             finally:

@@ -196,7 +196,7 @@ def test_drift_journaled_alarm_raised_and_shown_by_status(bundle_dir, tmp_path, 
                + [scene(i) for i in range(40)])
     cfg = write_config(tmp_path / "d.toml", bundle, f'source = "folder"\npath = "{tmp_path / "frames"}"',
                        tmp_path / "j.sqlite", '[trigger]\nrate_hz = 0\n\n[outputs]\nalarm_pin = 27\n\n'
-                       '[drift]\nalarm = true\n')
+                       '[drift]\nalarm = true\nimage_every = 1\n')
     factory = MockFactory()
     d = Daemon(load_config(cfg), pin_factory=factory, notifier=Notifier(env={}))
     assert d.run(signals=False) == 0
