@@ -434,23 +434,26 @@ class Daemon:
         image (writer thread)."""
         t1 = time.perf_counter()
         result = self._inspect(frame)
-        self._track_model_state(frame, result)
-        out_cfg = self.cfg.outputs
-        reject_at = t_ref + out_cfg.reject_delay_ms / 1e3 if result.rejects and self.outputs.reject else None
+        verdict = result.verdict
+        rejects = verdict.decision is not Decision.PASS
+        if rejects or self.model_error:
+            self._track_model_state(frame, result)
+        reject_at = t_ref + self.cfg.outputs.reject_delay_ms / 1e3 if rejects and self.outputs.reject else None
         t3 = time.perf_counter()
-        timing = {**result.timing, "capture_ms": capture_ms, "decision_ms": (t3 - t1) * 1e3
-                  - sum(result.timing.values())}
+        timing = dict(result.timing, capture_ms=capture_ms)
+        timing["decision_ms"] = (t3 - t1) * 1e3 - sum(result.timing.values())
+        grid = result.tile_grid if result.spec.tiled else None
         row = self.journal.decision(
-            frame.index, frame.name, result.score, result.threshold.value, str(result.decision), t_ref, timing,
-            reject_at, threshold_source=result.threshold.source, bundle_digest=self.detector.bundle.digest,
-            reason=result.reason or None,
-            tiles={"tile_grid": result.tile_grid, "worst_tile": list(result.worst_tile)} if result.tile_grid else None)
+            frame.index, frame.name, verdict.score, verdict.threshold.value, verdict.decision.value, t_ref, timing,
+            reject_at, threshold_source=verdict.threshold.source, bundle_digest=self.detector.bundle.digest,
+            reason=verdict.reason or None,
+            tiles={"tile_grid": grid, "worst_tile": list(result.worst_tile)} if grid else None)
         t4 = time.perf_counter()
         if reject_at is not None:
             self._schedule_reject(frame, reject_at, row)
         if self.handshake is not None:
-            self.handshake.result(result.decision)
-        self.rejects_in_row = self.rejects_in_row + 1 if result.rejects else 0
+            self.handshake.result(verdict.decision)
+        self.rejects_in_row = self.rejects_in_row + 1 if rejects else 0
         self._watch_drift(frame, result)
         self._update_alarm()
         self.frames += 1
