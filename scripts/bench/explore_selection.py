@@ -292,16 +292,9 @@ def candidate_costs(meta: dict) -> dict:
 
 
 def latency_model():
-    """The latency model with the constants measured by ``--part latency`` when present."""
+    """The product's latency model (its constants come from ``--part latency``, see LatencyModel)."""
     from trainer.candidates import LatencyModel
 
-    f = RESULTS / "selection_research.json"
-    if f.exists():
-        r = json.loads(f.read_text())
-        kw = {k[len("latency_model."):]: v for k, v in r.items() if k.startswith("latency_model.")
-              and not k.endswith("basis")}
-        if kw:
-            return LatencyModel(**kw, basis=r.get("latency_model.basis", "measured"))
     return LatencyModel()
 
 
@@ -634,8 +627,8 @@ def merge_results(update: dict, command: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     cur = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
     cur.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in update.items()})
-    cur["commands"] = [c for c in cur.get("commands", []) if c != command] + [command]
-    cur["command"] = " && ".join(cur["commands"])
+    done = [c for c in cur.get("command", "").split(" && ") if c and c != command]
+    cur["command"] = " && ".join(done + [command])
     cur["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     OUT_JSON.write_text(json.dumps(cur, indent=1, sort_keys=True, default=str) + "\n")
 
