@@ -15,9 +15,9 @@ Rules behind the space (measured: ``docs/AUTOCONFIG.md``, ``scripts/bench/explor
 * a tile grid only for frames much larger than the network input, and only grids whose tiles
   make the smallest defect at least ``MIN_VISIBLE_PX`` network pixels, down to tiles of
   2/3 of the input (finer tiles are only upscaled);
-* pooled features of a few proven taps with max, average or 3x3-grid pooling (grid keeps the
-  layout of aligned parts), and patch features of an early tap with Gaussian or k-NN scoring
-  (small defects);
+* pooled features of a few proven taps with max, average or 3x3-grid pooling; aligned parts
+  (:func:`alignment_score`) keep their layout with grid pooling only; patch features of an early
+  tap with Gaussian scoring (small defects);
 * alpha 1.0 only where its weights are available;
 * k and DOC are refinements of the winner (same features: they cost no extra forward pass
   for k, one fine-tuning run for DOC).

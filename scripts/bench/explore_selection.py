@@ -8,7 +8,8 @@ For every data set (bounded: <= 300 training images, a few hundred test images):
 
 1. the candidate space :func:`trainer.candidates.derive_space` builds from the frame size (all
    three input sizes, both backbone widths where weights exist, pooled taps x max/avg/grid3,
-   patch features with k-NN or Gaussian scoring, tile grids for large frames);
+   patch features with Gaussian scoring, tile grids for large frames); the analysis reports the
+   recommended space (size and alignment rules) and the whole one;
 2. float Keras features of training, test and synthetic images through
    :class:`trainer.features.FeatureCache` (one forward pass per network and image set);
 3. per candidate: **real** AUROC (bank = all training images, test set with real defects),
@@ -16,10 +17,11 @@ For every data set (bounded: <= 300 training images, a few hundred test images):
    cross-fitted scores: every training image is a validation normal, every defect is scored
    against the bank without its source image's fold), and the **old** validation of today's
    ``fit`` (80/20 split, ``synthetic_defects`` drawn on the held-out 20 % at network size);
-4. the scores are stored (``--work``), so ``--part analyse`` re-reads them and computes Spearman
-   rho (synthetic vs real AUROC over the candidates), the selection (argmax, and the tie rule of
-   ``trainer.selection.select`` with estimated latency as the cost) and its regret, per set and
-   per synthetic-defect mix.
+4. the scores are stored (``--work``; ``--tag`` runs add defect kinds), so ``--part analyse``
+   re-reads them and computes Spearman rho (validation vs real AUROC over the candidates) and the
+   regret of the choice, before (today's validation) and after (pooled AUROC, and the worst-family
+   rule ``trainer.selection.select_robust`` with estimated latency as the cost), with the paired
+   DeLong SE of the regret on the test set. docs/AUTOCONFIG.md lists the runs behind its figures.
 
 ``--part threshold``: the small-data threshold study (30 training images, seeded draws):
 false-reject rate on held-out good images of today's held-out quantile vs leave-one-out scores
