@@ -167,7 +167,7 @@ class Detector:
     def score_batch(self, batch_u8: np.ndarray) -> np.ndarray:
         """Image scores for a batch of untiled network inputs (N, H, W, 3) (warm-up, verify)."""
         if self.scorer.n_tiles != 1:
-            return self.scorer.frame_scores(self.features(np.concatenate([batch_u8] * self.scorer.n_tiles)))
+            return self.scorer.frame_scores(self.features(np.repeat(batch_u8, self.scorer.n_tiles, axis=0)))
         return self.scorer.frame_scores(self.features(batch_u8))
 
     def inspect(self, image, threshold: Threshold | None = None) -> FrameResult:
@@ -212,8 +212,8 @@ class Detector:
 
 def build_detector(cfg) -> "Detector":
     """Load and verify the bundle named by ``cfg`` into a :class:`~device.detector.Detector` with the
-    configured threshold, and run one warm-up inference (a model that cannot run fails now, not on
-    the first part).
+    configured threshold, and run the test inferences (a model that cannot run, or cannot tell two
+    frames apart, fails now, not on the first part).
 
     Raises:
         BundleError: the bundle is missing, fails verification or cannot be run.
@@ -221,16 +221,47 @@ def build_detector(cfg) -> "Detector":
     bundle = load_bundle(cfg.bundle.path)
     thr = bundle.threshold_for(cfg.bundle.threshold, cfg.bundle.target_frr, where="config")
     det = Detector(bundle, num_threads=cfg.bundle.threads, threshold=thr)
-    h, w = bundle.input_spec.size
     try:
-        score = det.score_batch(np.zeros((1, h, w, 3), np.uint8))
-    except Exception as exc:  # noqa: BLE001 - any failure here means the bundle cannot run
+        check_inference(det)
+    except BundleError:
         det.close()
-        raise BundleError(f"{cfg.bundle.path}: test inference failed: {type(exc).__name__}: {exc}") from None
-    if not np.isfinite(score).all():
-        det.close()
-        raise BundleError(f"{cfg.bundle.path}: test inference gave a non-finite score")
+        raise
     return det
+
+
+def _canaries(h: int, w: int) -> np.ndarray:
+    """Two network inputs no working extractor maps to the same features: black, and a seeded pattern."""
+    pattern = np.random.default_rng(12345).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return np.stack([np.zeros((h, w, 3), np.uint8), pattern])
+
+
+def check_inference(det: "Detector") -> dict[str, Any]:
+    """Run the bundle on two canary inputs of its declared shape: the features must be finite, as
+    wide as the bank, and different (an extractor with a constant output scores every part alike,
+    i.e. passes them all); the scores must be finite. Returns what was measured.
+
+    Raises:
+        BundleError: naming the extractor file and what failed.
+    """
+    where = det.bundle.path / "extractor.tflite"
+    h, w = det.spec.size
+    t0 = time.perf_counter()
+    try:
+        feats = [det.features(x[None]) for x in _canaries(h, w)]
+        scores = det.score_batch(_canaries(h, w))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the bundle cannot run
+        raise BundleError(f"{where}: test inference failed: {type(exc).__name__}: {exc}") from None
+    ms = (time.perf_counter() - t0) * 1e3 / 2
+    if feats[0].shape[1] != det.bundle.bank.shape[1]:
+        raise BundleError(f"{where}: produces {feats[0].shape[1]}-wide features, bank.npy rows are "
+                          f"{det.bundle.bank.shape[1]} wide")
+    if not all(np.isfinite(f).all() for f in feats) or not np.isfinite(scores).all():
+        raise BundleError(f"{where}: test inference gave non-finite features or scores")
+    if float(np.max(np.abs(feats[0] - feats[1]))) <= 1e-6:
+        raise BundleError(f"{where}: the same features for a black frame and a patterned one: the extractor "
+                          f"cannot tell parts apart (every part would score alike)")
+    return {"runtime": det.extractor.runtime, "test_inference_ms": round(ms, 3), "test_score": float(scores[1]),
+            "feature_width": int(feats[0].shape[1])}
 
 
 def _check_interface(ext: TFLiteExtractor, bundle: Bundle) -> None:
@@ -248,29 +279,14 @@ def _check_interface(ext: TFLiteExtractor, bundle: Bundle) -> None:
 
 
 def verify_runnable(bundle: Bundle, runtime: str | None = None) -> dict[str, Any]:
-    """Prove a verified bundle can run on this device: load the extractor with the device runtime,
-    run one inference on an input of the declared shape, check the output width against the bank
-    and that the score is finite. Returns what was checked.
+    """Prove a verified bundle can run on this device: load the extractor with the device runtime and
+    run :func:`check_inference`. Returns what was checked.
 
     Raises:
         BundleError: naming the file and what failed.
     """
     with Detector(bundle, runtime=runtime) as det:
-        h, w = bundle.input_spec.size
-        t0 = time.perf_counter()
-        try:
-            feats = det.features(np.zeros((1, h, w, 3), np.uint8))
-            score = float(det.score_batch(np.zeros((1, h, w, 3), np.uint8))[0])
-        except (ValueError, RuntimeError, AnomalyError) as exc:
-            raise BundleError(f"{bundle.path / 'extractor.tflite'}: test inference failed: {exc}") from None
-        ms = (time.perf_counter() - t0) * 1e3
-        if feats.shape[1] != bundle.bank.shape[1]:
-            raise BundleError(f"{bundle.path / 'extractor.tflite'}: produces {feats.shape[1]}-wide features, "
-                              f"bank.npy rows are {bundle.bank.shape[1]} wide")
-        if not np.isfinite(feats).all() or not np.isfinite(score):
-            raise BundleError(f"{bundle.path / 'extractor.tflite'}: test inference gave non-finite features or score")
-        return {"runtime": det.extractor.runtime, "test_inference_ms": round(ms, 3), "test_score": score,
-                "feature_width": int(feats.shape[1])}
+        return check_inference(det)
 
 
-__all__ = ["Detector", "FrameResult", "build_detector", "verify_runnable", "make_scorer"]
+__all__ = ["Detector", "FrameResult", "build_detector", "check_inference", "verify_runnable", "make_scorer"]

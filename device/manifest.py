@@ -79,8 +79,8 @@ class InputSpec(Spec):
     interpolation: Literal["area", "linear", "nearest"] = "area"
     min_size: int = Field(8, ge=1, le=100_000)
     pad_value: int = Field(0, ge=0, le=255)
-    pixel_scale: float = 1.0 / 127.5
-    pixel_offset: float = -1.0
+    pixel_scale: float = Field(1.0 / 127.5, gt=0.0, le=1e6)
+    pixel_offset: float = Field(-1.0, ge=-1e6, le=1e6)
     working_size: Optional[IntPair] = None
     grid: Optional[IntPair] = None
     overlap: float = Field(0.0, ge=0.0, lt=1.0)
