@@ -180,13 +180,18 @@ def _status(args) -> int:
         events = j.events(limit=5)
         drift = journal_state(j)
     if args.json:
-        print(json.dumps({"summary": s, "drift": drift, "last": last, "events": events}, indent=2))
+        print(json.dumps({"summary": s, "drift": drift, "last": last, "events": events,
+                          "bundle_digest": last[-1].get("bundle_digest") if last else None}, indent=2))
         return 0
     print(f"journal {path}")
     print(f"  decisions {s['decisions']} (rejects {s['rejects']}, errors {s['errors']}); last "
           f"{s['window_s']:.0f} s: {s['window_decisions']} parts at {s['fps']:.2f}/s, "
           f"reject rate {100 * s['reject_rate']:.1f} %")
     print(f"  camera {s['camera']} since {_fmt_ts(s['camera_since'])}")
+    if last and last[-1].get("bundle_digest"):
+        r = last[-1]
+        print(f"  bundle {r['bundle_digest'][:16]} (last decision; threshold {r['threshold']:.6f} from "
+              f"{r.get('threshold_source') or 'bundle'})")
     if drift is not None:
         print(f"  drift {drift['level']} since {_fmt_ts(drift['since'])}: {drift['reason']}")
     for e in events:
