@@ -214,6 +214,8 @@ def summarise(samples: list[dict], end: dict, frames: int, journal_mb: float, ar
         "fds_min": min(fds), "fds_max": max(fds), "threads_max": max(s["threads"] for s in samples),
         "journal_cap_mb": journal_mb, "journal_max_mb": max(s["journal_mb"] for s in samples),
         "journal_wal_max_mb": max(s.get("journal_wal_mb", 0) for s in samples),
+        "journal_db_max_mb": max(s["journal_mb"] - s.get("journal_wal_mb", 0) for s in samples),
+        "journal_samples_over_cap": sum(s["journal_mb"] > journal_mb for s in samples),
         "archive_cap_mb": archive_mb, "archive_max_mb": max(s["archive_mb"] for s in samples),
         "samples": len(samples), "wall_s": end["wall_s"], "exit_code": end["exit_code"],
         "pulse_dropped_events": end["pulse_dropped_events"], "service_log_lines": end["log_lines"],
@@ -232,7 +234,9 @@ def update_markdown(res: dict) -> None:
          f"{g('rss_growth_per_million_mb')} MB (end − at 10k: {g('rss_growth_after_10k_mb')} MB; fitted "
          f"slope {g('rss_slope_per_million_mb')} MB, second half alone {g('rss_slope_second_half_per_million_mb')} MB)",
          ok(res["rss_growth_per_million_mb"] <= 2.0)),
-        ("journal on disk, max sampled (cap)", f"{g('journal_max_mb')} MB ({res['journal_cap_mb']:g} MB)",
+        ("journal on disk, max sampled (cap); database file alone; samples over the cap",
+         f"{g('journal_max_mb')} MB ({res['journal_cap_mb']:g} MB); {g('journal_db_max_mb')} MB; "
+         f"{res.get('journal_samples_over_cap', '–')} of {res['samples']} (WAL at most {g('journal_wal_max_mb')} MB)",
          ok(res["journal_max_mb"] <= res["journal_cap_mb"])),
         ("archive on disk, max sampled (cap)", f"{g('archive_max_mb')} MB ({res['archive_cap_mb']:g} MB)",
          ok(res["archive_max_mb"] <= res["archive_cap_mb"])),
@@ -255,6 +259,14 @@ def update_markdown(res: dict) -> None:
                                            if res.get("malloc_arena_max") else "") + ".", "",
              "| measure | value | target met |", "| --- | --- | :---: |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", "RSS rises in steps while bounded stores fill: the archive's file index until the archive reaches "
+              "its cap (about 40k frames here), SQLite's page caches and the retention thread's first deletions "
+              "when the journal reaches its cap (about 130k frames); afterwards it is flat (second half: "
+              f"{g('rss_slope_second_half_per_million_mb')} MB per million frames). Measured from 10k frames, as "
+              "the target reads, those one-off steps exceed 2 MB. A journal sample over its cap is the WAL: "
+              "writes go on while a checkpoint waits for the disk (shared with other jobs), and the WAL is "
+              "truncated back to its share of the cap once the checkpoint completes; the database file itself "
+              f"stayed at or under {g('journal_db_max_mb')} MB."]
     write_section("\n".join(lines + ["", MARK_END]), MARK_START, MARK_END)
 
 
@@ -266,7 +278,16 @@ def main(argv=None) -> int:
     ap.add_argument("--archive-mb", type=float, default=20.0, help="[journal] archive_max_mb of the run")
     ap.add_argument("--out", default=str(ROOT / "scripts/bench/results/soak.json"))
     ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md (short trial runs)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the BENCHMARKS.md section from --out and its samples")
     args = ap.parse_args(argv)
+    if args.md_only:
+        res = json.loads(Path(args.out).read_text())
+        samples = json.loads(Path(args.out).with_suffix(".samples.json").read_text())
+        res["journal_db_max_mb"] = round(max(s["journal_mb"] - s.get("journal_wal_mb", 0) for s in samples), 4)
+        res["journal_samples_over_cap"] = sum(s["journal_mb"] > res["journal_cap_mb"] for s in samples)
+        Path(args.out).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+        update_markdown(res)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for need in (WEIGHTS, FASHION):
         if not need.exists():
