@@ -515,6 +515,7 @@ class _Retention:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                 break
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")      # the pass ends with an empty WAL (writer idle)
 
     @staticmethod
     def _used(db: sqlite3.Connection) -> int:

@@ -331,7 +331,7 @@ def rederive_threshold(bundle, scorer, new_bank, new_index, keep_parent) -> tupl
                "note": "an estimate (within a few per cent of a held-out re-score in our tests); bundles written "
                        "with calibration features get an exact held-out re-score"}
     rec = describe_calibration(scores, frr, how)
-    rec["estimator"] = est
+    rec["estimator"] = {**rec["estimator"], **est}     # the estimate (core.threshold) + where the scores came from
     rec["previous"] = {"value": old.get("value"), "target_frr": old.get("target_frr"),
                        "method": str(old.get("method", ""))[:200], "digest": bundle_digest_of(bundle)}
     return rec, scores

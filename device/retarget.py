@@ -57,14 +57,14 @@ def retargeted(parent, target_frr: float) -> tuple[dict[str, Any], dict[str, byt
            f"(was: {str(old.get('method', ''))[:200]})")
     rec = describe_calibration(cal, rate, how)
     rec["value"] = new.value                                 # the same rule; Bundle.threshold_for is the reference
-    rec.update({k: old[k] for k in ("estimator", "supported_frr") if old.get(k) is not None})
+    prev_est = old.get("estimator") or {}      # where the scores came from stays; the estimate is re-done
+    rec["estimator"].update({k: prev_est[k] for k in ("kind", "unbiased", "scores", "folds") if k in prev_est})
     rec["previous"] = {"value": old.get("value"), "target_frr": old.get("target_frr"),
                        "method": str(old.get("method", ""))[:200], "digest": parent.digest}
     change = {"old": old.get("value"), "new": new.value, "old_target_frr": old.get("target_frr"),
               "target_frr": rate, "n_calibration": int(len(cal)), "achieved_frr": rec["achieved_frr"]}
-    if rate and rate * len(cal) < 1:
-        change["note"] = (f"{len(cal)} calibration scores cannot tell a rate below {1 / len(cal):.2g} from 0: "
-                          f"the threshold is their largest score")
+    if rec["estimator"].get("warning"):           # n cannot support the rate (core.threshold says how it is set)
+        change["note"] = rec["estimator"]["warning"]
     from device.versions import lineage_record
 
     body.update(threshold=rec, lineage=lineage_record(

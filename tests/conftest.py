@@ -65,13 +65,15 @@ def tiny_layout(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_layout, tmp_path_factory) -> Path:
-    """A real bundle from ``anomaly-train fit`` (DOC on, a few steps, random weights, 32 px)."""
+    """A real bundle from ``anomaly-train fit`` (DOC forced, a few steps, random weights, 32 px; every
+    searched dimension pinned, so no search runs)."""
     if not HAVE_TF:
         pytest.skip("TensorFlow (trainer extra) not installed")
     from trainer.cli import main
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     rc = main(["fit", "--data", str(tiny_layout), "--out", str(out), "--size", "32", "--weights", "random",
-               "--doc-steps", "3", "--doc-batch", "8", "--taps", "out"])
+               "--doc", "--doc-steps", "3", "--doc-batch", "8", "--taps", "out", "--pooling", "max", "--k", "1",
+               "--scoring", "knn", "--grid", "none"])
     assert rc == 0
     return out

@@ -190,7 +190,7 @@ def test_validation_defects_cycle_kinds_when_not_each():
 
 
 def test_order_statistic_rate_is_honest_over_many_draws():
-    from trainer.calibration import order_statistic
+    from core.threshold import order_statistic
 
     rng = np.random.default_rng(6)
     rates = []
@@ -203,7 +203,7 @@ def test_order_statistic_rate_is_honest_over_many_draws():
 
 
 def test_auto_threshold_extrapolates_the_tail_for_small_n_and_warns():
-    from trainer.calibration import estimate_threshold
+    from core.threshold import estimate_threshold
 
     rng = np.random.default_rng(7)
     rates = []

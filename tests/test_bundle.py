@@ -218,8 +218,12 @@ def test_threshold_override(bundle):
     assert (b.threshold_for().value, b.threshold_for().source) == (0.5, "bundle")
     t = b.threshold_for(threshold=0.7)
     assert (t.value, t.source) == (0.7, "config:threshold")
-    t = b.threshold_for(target_frr=0.2)      # calibration scores 0..4: one of five may be rejected
-    assert t.value == 3.0 and t.source.startswith("config:target_frr")
+    # calibration scores 0..4, rate 0.2: the conformal order statistic is the j-th largest score with
+    # j = floor(0.2 * (5 + 1)) = 1, the largest (expected rate of a new good part 1/6 <= 0.2)
+    t = b.threshold_for(target_frr=0.2)
+    assert t.value == 4.0 and t.source.startswith("config:target_frr")
+    t = b.threshold_for(target_frr=0.4)      # j = floor(0.4 * 6) = 2: the second largest
+    assert t.value == 3.0
     for bad in ({"threshold": 1.0, "target_frr": 0.1}, {"threshold": float("nan")}, {"threshold": float("inf")},
                 {"threshold": -1.0}, {"target_frr": 1.5}, {"target_frr": float("nan")}, {"target_frr": -0.1}):
         with pytest.raises(BundleError):

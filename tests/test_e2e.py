@@ -22,9 +22,15 @@ def test_bundle_records_selection_and_calibration(tiny_bundle):
     m = b.manifest
     assert m.backbone["weights"] == "random"
     sel = m.backbone["selection"]
-    assert set(sel["candidates"]) == {"untouched", "doc"} and sel["chosen"] in sel["candidates"]
+    assert sel["mode"] == "pinned" and sel["chosen"] == "a0.35-32-out-max-knn1-doc"
+    assert sel["doc"]["measured"] and sel["doc"]["decision"] == "doc" and "--doc was given" in sel["doc"]["reason"] \
+        or "DOC wins" in sel["doc"]["reason"]
     assert m.threshold.target_frr == 0.01 and m.threshold.n_calibration == 12
-    assert "separate held-out" in m.threshold.method
+    assert "separate held-out" in m.threshold.method and m.threshold.supported_frr == pytest.approx(1 / 13)
+    assert m.threshold.estimator["method"] == "tail" and "99" in m.threshold.estimator["warning"]
+    lat = m.training["latency"]
+    assert lat["x86_ms"] > 0 and lat["pi4_ms_estimate"] > lat["inference_ms"] and "Pi 4" in lat["pi4_basis"]
+    assert (tiny_bundle.parent / (tiny_bundle.name + "-report") / "report.html").is_file()
     assert b.bank.shape[0] == 40 and m.quantization["requested"] == "auto"
     assert "auto_choice" in m.quantization and "float_val_auroc" in m.quantization
     if m.extractor.quantization == "float":   # auto measured a loss and says so
@@ -136,3 +142,43 @@ def test_int8_features_close_to_float_with_real_weights():
     cos = (f8 * ff).sum(1)
     assert cos.mean() >= 0.95 and cos.min() >= 0.85
     assert (ff * kf).sum(1).min() > 0.9999   # float TFLite == Keras
+
+
+def test_default_fit_searches_explains_and_reports(tiny_layout, tmp_path):
+    """``fit --data`` with nothing else searches (a tiny search: 32-px inputs pinned to keep it cheap),
+    records the candidate table and why the shipped one won, and writes the report next to the bundle."""
+    out = tmp_path / "b"
+    args = ["trainer.cli", "fit", "--data", str(tiny_layout), "--out", str(out), "--weights", "random", "--size", "32",
+            "--time-budget", "300", "--json"]
+    r = _run(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["mode"] == "search" and s["reason"] and s["latency_ms"] > 0 and s["pi4_ms_estimate"] > 0
+    from device.bundle import load_bundle
+
+    m = load_bundle(out).manifest
+    sel = m.backbone["selection"]
+    assert sel["mode"] == "search" and len(sel["candidates"]) >= 4 and sel["chosen"].startswith("a0.35-32-")
+    assert {"name", "val_auroc", "x86_ms", "pi4_ms"} <= set(sel["candidates"][0])
+    assert len(sel["defect_kinds"]) == 12 and sel["doc"]["measured"] is False   # patch winner, or 8 held out < 10
+    assert "quantisation" not in sel and m.quantization["auto_choice"]
+    rep = tmp_path / "b-report"
+    html = (rep / "report.html").read_text()
+    for part in ("Candidates", "Decisions", "validation_roc.png", "synthetic_defects.png", "worst/"):
+        assert part in html, part
+    assert (rep / "synthetic_defects.png").stat().st_size > 1000
+    again = _run(args)                                            # the bundle exists: --force is needed
+    assert again.returncode == 2 and "pass --force" in again.stderr
+
+
+def test_too_few_images_for_the_search_name_the_minimum(tmp_path):
+    write_pngs(tmp_path / "few", stripes(6))
+    r = _run(["trainer.cli", "fit", "--train", str(tmp_path / "few"), "--out", str(tmp_path / "b"),
+              "--weights", "random"])
+    assert r.returncode == 2 and "6 normal images found" in r.stderr and "at least 20" in r.stderr
+    assert "--no-search" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tile_grid_without_working_size_names_the_flag(tmp_path):
+    r = _run(["trainer.cli", "fit", "--train", str(tmp_path), "--out", str(tmp_path / "b"), "--grid", "4x4"])
+    assert r.returncode == 2 and "--working-size" in r.stderr and "Traceback" not in r.stderr

@@ -133,3 +133,29 @@ def test_daemon_journals_error_rows_and_rejects_them(bundle_dir, tmp_path, monke
     assert [e["kind"] for e in events].count("model_error") == 1
     assert any(s.state for s in factory.pin(27).states)            # the alarm was raised
     assert sum(1 for s in factory.pin(17).states[1:] if s.state) >= 1
+
+
+@pytest.mark.parametrize("scale, refused", [(1.0, False), (1e-11, False), (0.0, True)])
+def test_test_inference_refuses_an_extractor_that_cannot_tell_inputs_apart(bundle_dir, scale, refused):
+    """The canary check is relative to the features' scale: tiny but distinct features run (a Gaussian
+    or normalised scorer is scale-free); features identical for a black and a patterned input (here:
+    the real extractor's output collapsed to a constant) are refused before any part is scored."""
+    from device.detector import Detector, check_inference
+    from device.errors import BundleError
+
+    det = Detector.from_bundle(bundle_dir)
+    real = det.extractor
+
+    class Scaled:                   # the bundle's own extractor, its output scaled (0: collapsed to a constant)
+        runtime = real.runtime
+
+        def __call__(self, batch):
+            f = real(batch)
+            return f * scale if scale else np.full_like(f, 0.5)
+
+    det.extractor = Scaled()
+    if refused:
+        with pytest.raises(BundleError, match="cannot tell parts apart"):
+            check_inference(det)
+    else:
+        assert check_inference(det)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from device.cli import register_commands
-from trainer.options import add_fit_options, fit_config
+from trainer.options import EXPORT, FIRST, SEARCH, add_fit_options, fit_config, option_groups
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,36 @@ def _fit(args) -> int:
     _check_out(Path(args.out), args.force)
     train, calib, real, capture = _fit_inputs(args)
     res = fit(train, args.out, cfg, calib=calib, real_defects=real, capture=capture)
-    s = res.summary
     if args.json:
-        print(json.dumps(s, indent=2, default=str))
+        print(json.dumps(res.summary, indent=2, default=str))
         return 0
+    print("\n".join(fit_lines(res)))
+    return 0
+
+
+def fit_lines(res) -> list[str]:
+    """The few lines ``fit`` prints: what shipped, why, what it costs, where the report is."""
     from device.bundle import bundle_digest
 
-    print(f"bundle written: {res.bundle} (digest {bundle_digest(res.bundle)[:16]})")
-    print(f"  extractor {s['selected']} ({s['selection_reason']}), {s['quant']}, "
-          f"{s['tflite_ms_per_image']:.2f} ms/image on this machine")
-    print(f"  validation AUROC {s[s['quant'] + '_val_auroc']:.4f} (held-out normals vs synthetic defects); "
-          f"threshold {s['threshold']:.6f}; bank {s['bank_size']} rows ({s['bank_mode']}); "
-          f"{s['n_train']} train + {s['n_calibration']} calibration images; {s['fit_seconds']:.0f} s")
-    return 0
+    s = res.summary
+    lines = [f"bundle written: {res.bundle} (digest {bundle_digest(res.bundle)[:16]})",
+             f"  configuration {s['chosen']} ({s['mode']}): {s['reason']}",
+             f"  DOC: {s['doc']}",
+             f"  quantisation {s['quant']}" + (f": {s['quant_choice']}" if s.get("quant_choice") else ""),
+             f"  latency {s['latency_ms']:.2f} ms per frame measured here (device path, 1 thread); Raspberry Pi 4 "
+             f"estimate {s['pi4_ms_estimate']:.1f} ms" + (f"; budget {s['budget_ms']:.2f} ms"
+                                                          f"{'' if s['within_budget'] else ' EXCEEDED'}"
+                                                          if s.get("budget_ms") else ""),
+             f"  validation AUROC {s['val_auroc']:.4f} (cross-fitted normals vs synthetic defects); threshold "
+             f"{s['threshold']:.6f} ({s['threshold_estimator']} estimator); bank {s['bank_size']} rows "
+             f"({s['bank_mode']}); {s['n_train']} training images; {s['fit_seconds']:.0f} s"]
+    if s.get("threshold_warning"):
+        lines.append(f"  WARNING: {s['threshold_warning']}")
+    if s.get("over_budget_choice"):
+        lines.append("  WARNING: the shipped configuration is over the latency budget (see the report)")
+    if res.report:
+        lines.append(f"report: {res.report}")
+    return lines
 
 
 def _evaluate(args) -> int:
@@ -93,17 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="train, convert, build the bank, calibrate, write a bundle")
-    src = f.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="MVTec-style folder (train/good used for training)")
-    src.add_argument("--train", nargs="+", help="normal image files or folders")
-    f.add_argument("--calib", nargs="+", help="held-out normal images for the threshold")
-    f.add_argument("--select-on-real", action="store_true",
-                   help="with --data: also use test/<defect> images in model selection")
-    f.add_argument("--out", required=True, help="bundle directory")
-    f.add_argument("--force", action="store_true", help="replace an existing --out")
-    f.add_argument("--json", action="store_true", help="print the fit summary as JSON")
-    add_fit_options(f)
+    f = sub.add_parser("fit", help="search a configuration, train, convert, build the bank, calibrate, write a bundle",
+                       description="With only --data and --out, fit searches a small candidate space (input size, "
+                                   "tile grid, taps, pooling, patch features, k, backbone width, DOC) within a "
+                                   "latency and a time budget, builds the best, and writes the bundle and "
+                                   "<out>-report/report.html. Any option of the search space pins that dimension.")
+    groups = option_groups(f)
+    first = groups[FIRST]
+    src = first.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="MVTec-style folder (train/good used for training; val/good, when present, "
+                                    "sets the threshold)")
+    src.add_argument("--train", nargs="+", help="normal image files or folders (instead of --data)")
+    first.add_argument("--out", required=True, help="bundle directory (the report goes to <out>-report/)")
+    first.add_argument("--force", action="store_true", help="replace an existing --out")
+    groups[SEARCH].add_argument("--select-on-real", action="store_true",
+                                help="with --data: rate candidates on the test/<defect> images instead of synthetic "
+                                     "defects (the report says which were used)")
+    groups[EXPORT].add_argument("--calib", nargs="+", help="held-out normal images for the threshold (default: "
+                                                           "cross-fitted scores of every training image)")
+    groups[EXPORT].add_argument("--json", action="store_true", help="print the fit summary as JSON")
+    add_fit_options(f, groups=groups)
     f.set_defaults(func=_fit)
 
     e = sub.add_parser("evaluate", help="AUROC, ROC curve, histogram and per-image scores through the device path")
@@ -116,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole path on the embedded default data set")
     d.add_argument("--out", default="demo-out")
     d.add_argument("--product", choices=("brick", "washer"), default="brick", help="embedded product")
-    add_fit_options(d, defaults={"size": (160, 160), "taps": "b6+b13+out"})
+    add_fit_options(d)
     d.set_defaults(func=_demo)
 
     register_commands(sub, COMMAND_MODULES)

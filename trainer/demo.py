@@ -37,10 +37,10 @@ def run_demo(args) -> int:
         lines += ["!! RANDOM BACKBONE WEIGHTS: no ImageNet weights could be had. Figures are far below",
                   "!! what the product reaches. Set ANOMALY_BACKBONE_WEIGHTS=<MobileNetV2 .weights.h5>",
                   "!! or run once with network access to download the ImageNet weights."]
-    cands = ", ".join(f"{n}: synthetic-val AUROC {v['synthetic_auroc']:.4f}" for n, v in s["candidates"].items())
     lines += [f"backbone weights      : {s['weights']}",
-              f"extractor candidates  : {cands}",
-              f"shipped extractor     : {s['selected']} ({s['selection_reason']})",
+              f"configuration         : {s['chosen']} ({s['mode']}): {s['reason']}",
+              f"DOC fine-tuning       : {s['doc']}",
+              f"validation AUROC      : {s['val_auroc']:.4f} (cross-fitted normals vs synthetic defects)",
               f"test images           : {metrics['n_good']} good, {metrics['n_defective']} defective",
               f"{'test AUROC (' + s['quant'] + ')':<22}: {metrics['auroc']:.4f}"]
     if "float_val_auroc" in s:
@@ -48,15 +48,16 @@ def run_demo(args) -> int:
         qv = s.get(f"{q}_measured_val_auroc", s.get(f"{q}_val_auroc"))
         lines.append(f"{'float vs ' + q + ' (val)':<22}: AUROC {s['float_val_auroc']:.4f} vs {qv:.4f}, "
                      f"feature cosine {s['feature_cosine_mean']:.4f} (min {s['feature_cosine_min']:.4f})")
-    if "auto_choice" in s:
-        lines.append(f"quantisation (auto)   : {s['auto_choice']}")
+    if s.get("quant_choice"):
+        lines.append(f"quantisation (auto)   : {s['quant_choice']}")
     lines += [f"threshold             : {metrics['threshold']:.5f} (target false-reject rate {cfg.target_frr:.0%})",
               f"false rejects         : {metrics['false_rejects']} of {metrics['n_good']} good",
               f"missed defects        : {metrics['misses']} of {metrics['n_defective']} defective",
               f"latency per image     : {metrics['latency_ms_median']:.2f} ms median, "
               f"{metrics['latency_ms_p99']:.2f} ms p99 (decode+preprocess+extract+k-NN, 1 thread)",
               f"bundle                : {out / 'bundle'}",
-              f"report                : {out / 'report' / 'report.html'}",
+              f"fit report            : {res.report}",
+              f"test report           : {out / 'report' / 'report.html'}",
               f"total time            : {time.time() - t0:.0f} s", banner]
     print("\n".join(lines), flush=True)
     return 0

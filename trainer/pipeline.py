@@ -1,25 +1,34 @@
-"""``fit``: normal images -> (DOC fine-tune | untouched backbone) -> TFLite -> bank -> threshold -> bundle.
+"""``fit``: normal images -> configuration search -> (DOC | untouched) -> TFLite -> bank -> threshold -> bundle.
 
 ``fit`` runs stages with small interfaces, each testable alone on tiny inputs:
 
-1. :func:`prepare` - prepared frames: the train / calibration split, synthetic validation
-   defects drawn on held-out normals (real defects join when given), and their tiles;
-2. :func:`extractor_candidates` + :func:`select` - the untouched backbone and (unless disabled)
-   DOC fine-tuning, each validated on float Keras features (:func:`validate`), the better one
-   kept with the figures behind the choice;
-3. :func:`export` - TFLite conversion (full int8, or what ``--quant`` asks; ``auto`` measures
-   int8 against float) and the device features of every image, computed with that ``.tflite``;
-4. :func:`choose_bank` - shared or per-tile-position bank (measured on validation when tiled),
-   subsampled to the cap;
-5. :func:`calibrate` - the threshold from the calibration images' device scores;
-6. :func:`manifest_body` + :func:`device.bundle.write_bundle`.
+0. :func:`trainer.plan.load_inputs` + :func:`trainer.plan.plan_fit` - the images decoded once
+   (what had to be normalised is recorded), then the configuration search (the options the user
+   set pin their dimension; ``--no-search``: one default configuration) and its validation set:
+   synthetic defects drawn on the source frames, cross-fitting folds;
+1. :func:`prepare` - the frame sets of the chosen input spec (training images, validation
+   defects, an optional separate calibration set and real defects), folds over every image;
+2. :func:`extractor_candidates` - the winner's extractor, untouched or DOC fine-tuned when DOC
+   wins by more than noise (:mod:`trainer.refine`);
+3. :func:`export` - TFLite conversion and the device feature rows of every frame, computed with
+   that ``.tflite`` (:class:`trainer.frames.DeviceRows`);
+4. :func:`choose_bank` + :func:`validate` - the bank (shared or per tile position, measured) and
+   cross-fitted scores: every training image against a bank without its fold, every defect
+   against the bank without its source image's fold; :func:`choose_quant` - ``--quant auto``
+   keeps int8 unless float is better by more than the tolerance *and* more than noise;
+5. :func:`calibrate` - the threshold (:func:`core.threshold.describe_calibration`) from the
+   cross-fitted scores of every training image (the shipped bank keeps them all), or from a
+   separate calibration set when one is given;
+6. :func:`compress` - the bank's PCA shortlist when measured faster at unchanged scores;
+7. :func:`manifest_body` + :func:`device.bundle.write_bundle`, the latency measured on the written
+   bundle (device path, 1 thread) with its Pi 4 estimate, and the report next to the bundle.
 
-Every score in stages 2-5 comes from :class:`device.scoring.TileScorer`, the class the device
+Every score in stages 3-6 comes from :class:`device.scoring.TileScorer`, the class the device
 scores with, so the threshold fits the device's scores by construction.
 
 Example:
-    >>> result = fit(train_paths, "bundle/", FitConfig(size=(96, 96)))   # doctest: +SKIP
-    >>> result.summary["int8_val_auroc"]                               # doctest: +SKIP
+    >>> result = fit(train_paths, "bundle/", FitConfig())          # doctest: +SKIP
+    >>> result.summary["chosen"], result.summary["val_auroc"]     # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -36,17 +45,18 @@ from core.threshold import describe_calibration
 from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
 from device.manifest import InputSpec
-from device.preprocess import cut_tiles, prepare_frame
-from device.scoring import PATCH_BANK_DEFAULT, TileScorer, bank_rows
+from device.scoring import PATCH_BANK_DEFAULT
+from trainer.frames import DeviceRows, FrameSet, Rows, Sample, bank_sample, crossfit_tile_scores
 from trainer.options import FitConfig
 
 log = logging.getLogger(__name__)
 
-AUTO_QUANT_TOLERANCE = 0.01  # quant "auto": validation AUROC int8 may lose against float before float ships
-CALIBRATION_FEATURES_MAX_BYTES = 16 << 20   # calibration features ship when at most this large (device learn)
+AUTO_QUANT_TOLERANCE = 0.01  # quant "auto": float ships only when better by more than this (and than noise)
+CALIBRATION_FEATURES_MAX_BYTES = 16 << 20   # held-out calibration features ship when at most this large
+MAX_DEFECT_INPUTS = 60000    # validation defects in the device-path stages: at most this many network inputs
 
-__all__ = ["FitConfig", "FitResult", "fit", "prepare", "validate", "extractor_candidates", "select", "export",
-           "choose_bank", "calibrate", "manifest_body", "auroc"]
+__all__ = ["FitConfig", "FitResult", "fit", "prepare", "extractor_candidates", "export", "choose_bank", "validate",
+           "choose_quant", "calibrate", "compress", "manifest_body", "auroc", "Rows"]
 
 
 @dataclasses.dataclass
@@ -54,174 +64,89 @@ class FitResult:
     bundle: Path
     summary: dict
     val_scores: dict  # name -> (labels, scores) for the report
-
-
-@dataclasses.dataclass
-class FitData:
-    """Stage 1's output: prepared frames and their tiles (frame-major)."""
-
-    spec: InputSpec
-    x_train: np.ndarray
-    x_cal: np.ndarray
-    x_syn: np.ndarray
-    x_real: np.ndarray | None
-    syn_kinds: list[str]
-    syn_scale: float
-    cal_how: str
-    tiles: dict[str, np.ndarray]    # "train", "cal", "syn" (and "real")
-
-    @property
-    def n_tiles(self) -> int:
-        return len(self.spec.tile_boxes())
-
-
-@dataclasses.dataclass(frozen=True)
-class Rows:
-    """How a network's output becomes feature rows: ``p`` rows per tile, normalisation."""
-
-    p: int
-    norm: str
-    patches: dict | None
-
-    @classmethod
-    def of(cls, info: dict) -> "Rows":
-        patches = info.get("patches")
-        return cls(patches["grid"][0] * patches["grid"][1] if patches else 1, "none" if patches else "l2", patches)
+    report: Path | None = None
 
 
 # ------------------------------------------------------------------------------------ 1. data
-def _as_batch(images, spec: InputSpec) -> np.ndarray:
-    """Prepared frames (N, H, W, 3): working size with a tile grid, else the network input."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return images
-    return np.stack([prepare_frame(im, spec) for im in images])
+@dataclasses.dataclass
+class FitData:
+    """Stage 1's output: the frame sets of the chosen input spec and the validation layout."""
+
+    spec: InputSpec
+    train: FrameSet
+    cal: FrameSet | None
+    syn: FrameSet
+    real: FrameSet | None
+    fold: np.ndarray          # (n_train,) cross-fitting fold of every training image
+    syn_source: np.ndarray    # (n_defects,) training image each validation defect was drawn on
+    syn_kinds: list
+    syn_pick: np.ndarray      # the plan's validation defects used here
+    cal_how: str
+
+    @property
+    def n_tiles(self) -> int:
+        return self.train.n_tiles
+
+    @property
+    def family(self) -> np.ndarray:
+        from trainer.synth import family_of
+
+        return np.array([family_of(k) for k in self.syn_kinds])
 
 
-def _tiles(frames: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """All tiles of all frames, frame-major: (N * T, h, w, 3)."""
-    if not spec.tiled:
-        return frames
-    return np.concatenate([cut_tiles(f, spec) for f in frames])
+def prepare(inputs, plan, calib=None, real_defects=None) -> FitData:
+    """Frame sets of every image under the resolved spec; validation defects capped to
+    :data:`MAX_DEFECT_INPUTS` network inputs (stratified by kind)."""
+    from trainer.selection import fold_of
 
-
-def prepare(train, cfg: FitConfig, calib=None, real_defects=None) -> FitData:
-    """Split, synthetic validation defects on the held-out normals, tiles."""
-    from trainer.synth import synthetic_defects
-
+    cfg = plan.cfg
     spec = cfg.input_spec()
-    x_all = _as_batch(train, spec)
-    if calib is None:
-        idx = np.random.default_rng(cfg.seed).permutation(len(x_all))
-        n_cal = max(1, int(round(len(x_all) * cfg.calib_fraction)))
-        if n_cal >= len(x_all) - 1:
-            from device.errors import ConfigError
-
-            raise ConfigError(f"{len(x_all)} normal images are too few to hold out {n_cal} for calibration")
-        x_train, x_cal = x_all[np.sort(idx[n_cal:])], x_all[np.sort(idx[:n_cal])]
-        cal_how = f"seeded {cfg.calib_fraction:.0%} split of the training images (seed {cfg.seed})"
-    else:
-        x_train, x_cal = x_all, _as_batch(calib, spec)
-        cal_how = "separate held-out normal images"
-    syn_scale = 1.0     # tiled: defects sized to a tile, not the frame (what the grid is there to find)
-    if spec.tiled:
-        _, _, tw, th = spec.tile_boxes()[0]
-        syn_scale = min(th / spec.working_size[0], tw / spec.working_size[1])
-    syn, _, kinds = synthetic_defects(list(x_cal), seed=cfg.seed + 1, scale=syn_scale)
-    x_syn = np.stack(syn)
-    x_real = _as_batch(real_defects, spec) if real_defects is not None and len(real_defects) else None
-    log.info("fit: %d train, %d calibration, %d synthetic defects%s", len(x_train), len(x_cal), len(x_syn),
-             f", {len(x_real)} real defects" if x_real is not None else "")
-    tiles = {"train": _tiles(x_train, spec), "cal": _tiles(x_cal, spec), "syn": _tiles(x_syn, spec)}
-    if x_real is not None:
-        tiles["real"] = _tiles(x_real, spec)
-    return FitData(spec, x_train, x_cal, x_syn, x_real, list(kinds), syn_scale, cal_how, tiles)
+    n_tiles = len(spec.tile_boxes())
+    syn = plan.syn
+    pick = np.arange(len(syn.images))
+    cap = max(60, MAX_DEFECT_INPUTS // n_tiles)
+    if len(pick) > cap:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(pick), cap, replace=False))
+    source = np.asarray(plan.index)[np.asarray(syn.source)[pick]]
+    no_roi = spec.replace(roi=None)           # defects were drawn on ROI crops
+    cal = FrameSet(calib, spec) if calib is not None and len(calib) else None
+    cal_how = ("separate held-out normal images" if cal is not None else
+               f"cross-fitted: each of the {len(inputs.images)} training images scored against a bank without its "
+               f"fold ({cfg.folds} folds); the shipped bank keeps them all")
+    real = FrameSet(real_defects, spec) if real_defects is not None and len(real_defects) else None
+    log.info("fit: %d train, %d validation defects%s%s", len(inputs.images), len(pick),
+             f", {len(cal)} calibration" if cal else "", f", {len(real)} real defects" if real else "")
+    return FitData(spec, FrameSet(inputs.images, spec), cal, FrameSet([syn.images[i] for i in pick], no_roi), real,
+                   fold_of(len(inputs.images), cfg.folds, cfg.seed), source, [syn.kinds[i] for i in pick], pick,
+                   cal_how)
 
 
-# ------------------------------------------------------------------------------------ scoring helpers
-def keras_rows(model, tiles: np.ndarray, rows: Rows) -> np.ndarray:
-    """Float Keras features as rows: (N, D), or (N * p, C) patch rows for a patch extractor."""
-    f = np.asarray(model.predict(tiles.astype(np.float32), batch_size=64, verbose=0), np.float32)
-    return normalize_features(f.reshape(f.shape[0] * rows.p, -1), rows.norm)
+# ------------------------------------------------------------------------------------ 2. extractor
+@dataclasses.dataclass
+class Extractor:
+    model: Any
+    info: dict
+    rows: Rows
+    record: dict
 
 
-def device_rows(ext: TFLiteExtractor, tiles: np.ndarray, n_tiles: int, rows: Rows) -> np.ndarray:
-    """Features exactly as the device computes them: one interpreter call per frame (its tiles
-    together), so batch-dependent kernels (dynamic-range quantisation) agree too."""
-    f = np.concatenate([ext(tiles[i:i + n_tiles]) for i in range(0, len(tiles), n_tiles)])
-    return normalize_features(f.reshape(f.shape[0] * rows.p, -1), rows.norm)
-
-
-def row_positions(n_frames: int, n_tiles: int, p: int = 1) -> np.ndarray:
-    """Tile position of every feature row of ``n_frames`` frames (frame-major, patch-minor)."""
-    return np.tile(np.repeat(np.arange(n_tiles), p), n_frames)
-
-
-def image_auroc(scorer: TileScorer, good: np.ndarray, bad: np.ndarray) -> float:
-    """AUROC of frame scores: feature rows of good frames against those of defective ones."""
-    s_good, s_bad = scorer.frame_scores(good), scorer.frame_scores(bad)
-    return auroc(np.r_[np.zeros(len(s_good)), np.ones(len(s_bad))], np.r_[s_good, s_bad])
-
-
-def _scorer(bank: np.ndarray, cfg: FitConfig, n_tiles: int, rows: Rows, tile_index=None, projection=None):
-    return TileScorer(bank, cfg.k, cfg.scoring, n_tiles=n_tiles, patches=rows.p, tile_index=tile_index,
-                      projection=projection)
-
-
-def val_bank(f: np.ndarray, cfg: FitConfig, rows: Rows) -> np.ndarray:
-    """Bank for validation scores: all training rows, or a seeded random sample of patch rows."""
-    return f[bank_rows(f, cfg.bank_max, "random", cfg.scoring, rows.p, cfg.seed)] if rows.p > 1 else f
-
-
-# ------------------------------------------------------------------------------------ 2. extractors
-def validate(model, data: FitData, rows: Rows, cfg: FitConfig) -> dict:
-    """Validation AUROCs of a Keras extractor: held-out normals against synthetic (and real) defects."""
-    t = data.tiles
-    sc = _scorer(val_bank(keras_rows(model, t["train"], rows), cfg, rows), cfg, data.n_tiles, rows)
-    fc = keras_rows(model, t["cal"], rows)
-    r = {"synthetic_auroc": image_auroc(sc, fc, keras_rows(model, t["syn"], rows))}
-    if "real" in t:
-        r["real_auroc"] = image_auroc(sc, fc, keras_rows(model, t["real"], rows))
-    return r
-
-
-def extractor_candidates(data: FitData, cfg: FitConfig, progress: bool = True):
-    """``(candidates, backbone_info, rows)``; candidates: name -> (Keras extractor, validation, DOC record)."""
+def extractor_candidates(data: FitData, plan, clock, progress: bool = True) -> Extractor:
+    """The winner's Keras extractor: DOC fine-tuned when DOC wins by more than noise, else untouched."""
     from models.backbone import build_backbone, build_extractor
+    from trainer.refine import doc_refinement
 
-    base, info = build_extractor(cfg.alpha, tuple(cfg.size), cfg.weights, cfg.taps, cfg.pooling)
+    cfg = plan.cfg
+    doc = doc_refinement(plan.candidate, plan.val_images, plan.syn, plan.fold, cfg, plan.cache, clock, progress)
+    source = build_backbone(cfg.alpha, tuple(cfg.size), cfg.weights)[1]
+    model, info = build_extractor(cfg.alpha, tuple(cfg.size), cfg.weights, cfg.taps, cfg.pooling,
+                                  backbone=doc["backbone"])
+    info["weights"] = source
     rows = Rows.of(info)
     if rows.patches:
         log.info("patch features: %dx%d patches of %d dims per tile, scored with %s", *rows.patches["grid"],
                  rows.patches["dim"], cfg.scoring)
-    cands = {"untouched": (base, validate(base, data, rows, cfg), None)}
-    log.info("untouched backbone (%s weights): %s", info["weights"], cands["untouched"][1])
-    if cfg.doc:
-        from trainer.data import load_reference
-        from trainer.doc import train_doc
-
-        backbone, _ = build_backbone(cfg.alpha, tuple(cfg.size), cfg.weights)
-        # patch extractors: DOC's compactness and reference head work on the taps' average pooling
-        dc = cfg.doc_cfg.model_copy(update={"taps": cfg.taps, "pooling": "avg" if rows.patches else cfg.pooling,
-                                            "seed": cfg.seed})
-        ref_x, ref_y, ref_desc = load_reference(cfg.reference, tuple(cfg.size), cfg.n_reference, cfg.seed)
-        backbone, hist = train_doc(backbone, data.tiles["train"], ref_x, ref_y, dc, progress=progress)
-        doc_model, _ = build_extractor(cfg.alpha, tuple(cfg.size), taps=cfg.taps, pooling=cfg.pooling,
-                                       backbone=backbone)
-        doc_info = {**dc.model_dump(), "reference": ref_desc, "seconds": round(hist["seconds"], 1),
-                    "final_l_d": float(np.mean(hist["l_d"][-10:])), "final_l_c": float(np.mean(hist["l_c"][-10:]))}
-        cands["doc"] = (doc_model, validate(doc_model, data, rows, cfg), doc_info)
-        log.info("DOC fine-tuned: %s", cands["doc"][1])
-    return cands, info, rows
-
-
-def select(cands: dict, metric: str) -> tuple[str, str]:
-    """The candidate with the higher validation ``metric`` (the untouched one on a tie), and why."""
-    chosen = max(cands, key=lambda n: (cands[n][1][metric], n == "untouched"))
-    if len(cands) == 1:
-        return chosen, "DOC fine-tuning disabled"
-    reason = (f"{chosen} has the higher validation {metric.replace('_', ' ')} "
-              + ", ".join(f"{n}={c[1][metric]:.4f}" for n, c in cands.items()))
-    return chosen, reason
+    rec = {**plan.record, "doc": doc["record"], "chosen_extractor": doc["record"]["decision"]}
+    return Extractor(model, info, rows, rec)
 
 
 # ------------------------------------------------------------------------------------ 3. export
@@ -231,147 +156,222 @@ class Export:
     ext: TFLiteExtractor
     quant: str
     report: dict
-    feats: dict[str, np.ndarray]      # device feature rows of "train", "cal", "syn"
-    ms_per_image: float
+    rows: dict          # "train", "syn" (and "cal", "real"): DeviceRows
+
+
+def _degenerate(ext, data: FitData) -> bool:
+    raw = ext(data.train.sample_tiles(64, seed=1))
+    return not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or bool((np.abs(raw).sum(axis=1) == 0).any())
 
 
 def _convert(model, data: FitData, quant: str, report: dict, seed: int):
     """``(blob, extractor, quant)``; a degenerate full-int8 model falls back to dynamic range, loudly."""
     from trainer.convert import convert
 
-    t = data.tiles["train"]
-    rep = t[np.random.default_rng(seed).permutation(len(t))[:200]]   # representative images for int8
+    rep = data.train.sample_tiles(200, seed) if quant == "int8" else None   # representative images for int8
     blob = convert(model, rep, quant)
     ext = TFLiteExtractor(blob, num_threads=1)
-    if quant == "int8":
-        raw = ext(data.tiles["cal"][:64])
-        if not np.isfinite(raw).all() or float(np.ptp(raw)) == 0.0 or (np.abs(raw).sum(axis=1) == 0).any():
-            log.warning("!" * 72)
-            log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
-                        "weights); falling back to dynamic-range quantisation")
-            log.warning("!" * 72)
-            report["int8_fallback"] = "int8 features constant or zero on calibration images"
-            quant = "dynamic"
-            blob = convert(model, rep, quant)
-            ext = TFLiteExtractor(blob, num_threads=1)
+    if quant == "int8" and _degenerate(ext, data):
+        log.warning("!" * 72)
+        log.warning("FULL-INT8 EXTRACTOR IS DEGENERATE (constant or all-zero features, typical of random "
+                    "weights); falling back to dynamic-range quantisation")
+        log.warning("!" * 72)
+        report["int8_fallback"] = "int8 features constant or zero on training images"
+        quant = "dynamic"
+        blob = convert(model, rep, quant)
+        ext = TFLiteExtractor(blob, num_threads=1)
     return blob, ext, quant
 
 
-def export(model, data: FitData, rows: Rows, cfg: FitConfig) -> Export:
-    """Convert, compute the device features of every image with the ``.tflite``, and (``auto``)
-    measure the quantised extractor against float and keep the better one within tolerance."""
-    from trainer.convert import convert
-
+def export(model, data: FitData, rows: Rows, cfg: FitConfig, quant: str | None = None) -> Export:
+    """Convert (``quant``; default: int8 for ``auto``) and attach the device rows of every frame set."""
     report: dict[str, Any] = {}
-    blob, ext, quant = _convert(model, data, "int8" if cfg.quant == "auto" else cfg.quant, report, cfg.seed)
-    t0 = time.perf_counter()
-    feats = {k: device_rows(ext, data.tiles[k], data.n_tiles, rows) for k in ("train", "cal", "syn")}
-    n_img = sum(len(data.tiles[k]) for k in ("train", "cal", "syn"))
-    ms = (time.perf_counter() - t0) * 1e3 / n_img * data.n_tiles
-    if quant == "float" or not (cfg.compare_float or cfg.quant == "auto"):
-        return Export(blob, ext, quant, report, feats, ms)
-    fblob = convert(model, None, "float")
-    fext = TFLiteExtractor(fblob, num_threads=1)
-    ff = {k: device_rows(fext, data.tiles[k], data.n_tiles, rows) for k in ("train", "cal", "syn")}
-    cos = np.sum(normalize_features(np.concatenate([feats["cal"], feats["syn"]]), "l2")
-                 * normalize_features(np.concatenate([ff["cal"], ff["syn"]]), "l2"), axis=1)
-    f_auc = image_auroc(_scorer(val_bank(ff["train"], cfg, rows), cfg, data.n_tiles, rows), ff["cal"], ff["syn"])
-    report.update({"float_val_auroc": f_auc, "feature_cosine_mean": float(cos.mean()),
-                   "feature_cosine_min": float(cos.min())})
-    if cfg.quant != "auto":
-        return Export(blob, ext, quant, report, feats, ms)
-    q_auc = image_auroc(_scorer(val_bank(feats["train"], cfg, rows), cfg, data.n_tiles, rows), feats["cal"],
-                        feats["syn"])
-    loss = f_auc - q_auc
-    report[f"{quant}_measured_val_auroc"] = q_auc
-    if loss > AUTO_QUANT_TOLERANCE:
-        report["auto_choice"] = f"float: {quant} lost {loss:.4f} validation AUROC (> {AUTO_QUANT_TOLERANCE}) against float"
-        log.warning("quant auto: %s", report["auto_choice"])
-        return Export(fblob, fext, "float", report, ff, ms)
-    report["auto_choice"] = f"{quant}: within {AUTO_QUANT_TOLERANCE} validation AUROC of float (loss {loss:.4f})"
-    log.info("quant auto: %s", report["auto_choice"])
-    return Export(blob, ext, quant, report, feats, ms)
+    want = quant or ("int8" if cfg.quant == "auto" else cfg.quant)
+    blob, ext, got = _convert(model, data, want, report, cfg.seed)
+    sets = {"train": data.train, "syn": data.syn, "cal": data.cal, "real": data.real}
+    return Export(blob, ext, got, report, {k: DeviceRows(ext, fs, rows) for k, fs in sets.items() if fs is not None})
 
 
-# ------------------------------------------------------------------------------------ 4. bank
+# ------------------------------------------------------------------------------------ 4. bank, validation
 @dataclasses.dataclass
 class Bank:
-    rows: np.ndarray
-    tile_index: np.ndarray | None
+    sample: Sample
     mode: str
     report: dict
     subsampled: bool
 
+    @property
+    def rows(self) -> np.ndarray:
+        return np.ascontiguousarray(self.sample.feats, np.float32)
 
-def _measure_bank_modes(f_train, f_cal, f_syn, pos, cfg: FitConfig, n_tiles: int, rows: Rows) -> dict:
-    """Validation AUROC of a shared bank and of per-position banks (pooled features: every
-    training tile; patch rows: a seeded sample)."""
-    report = {}
-    for mode in ("shared", "per_position"):
-        sel = None
-        if rows.p > 1 and mode == "shared":
-            sel = bank_rows(f_train, cfg.bank_max, "random", cfg.scoring, rows.p, cfg.seed)
-        elif rows.p > 1:
-            sel = np.concatenate([np.flatnonzero(pos == i)[bank_rows(
-                f_train[pos == i], None if not cfg.bank_max else cfg.bank_max // n_tiles, "random",
-                cfg.scoring, rows.p, cfg.seed)] for i in range(n_tiles)])
-        fb = f_train[sel] if sel is not None else f_train
-        tidx = (pos[sel] if sel is not None else pos) if mode == "per_position" else None
-        report[f"{mode}_synthetic_auroc"] = image_auroc(_scorer(fb, cfg, n_tiles, rows, tidx), f_cal, f_syn)
-    return report
+    @property
+    def tile_index(self) -> np.ndarray | None:
+        return self.sample.pos.astype(np.int32) if self.mode == "per_position" else None
+
+
+@dataclasses.dataclass
+class Validation:
+    """Tile scores (frames, tiles): cross-fitted ``train`` and ``defects``; ``cal``/``real``: full bank."""
+
+    train: np.ndarray
+    defects: np.ndarray
+    cal: np.ndarray | None
+    real: np.ndarray | None
+    scorers: list
+    full: Any
+
+    def frame(self, name: str) -> np.ndarray | None:
+        v = getattr(self, name)
+        return None if v is None else v.max(axis=1)
+
+
+def _bank_cap(cfg: FitConfig, rows: Rows) -> int | None:
+    return cfg.bank_max or (PATCH_BANK_DEFAULT if rows.p > 1 else None)
+
+
+def validate(exp: Export, bank: Bank, data: FitData, rows: Rows, cfg: FitConfig) -> Validation:
+    """Cross-fitted device-path scores of the training images and the validation defects."""
+    extra = [exp.rows[k] for k in ("cal", "real") if k in exp.rows]
+    got = crossfit_tile_scores(exp.rows["train"], bank.sample, data.fold, exp.rows["syn"], data.syn_source, cfg.k,
+                               cfg.scoring, bank.mode == "per_position", extra)
+    ext = iter(got["extra"])
+    return Validation(got["train"], got["defects"], next(ext) if "cal" in exp.rows else None,
+                      next(ext) if "real" in exp.rows else None, got["scorers"], got["full"])
+
+
+def _gap(a: Validation, b: Validation, data: FitData, seed: int) -> dict:
+    from trainer.selection import paired_gap
+
+    return paired_gap(np.stack([a.frame("train"), b.frame("train")]), np.stack([a.frame("defects"),
+                      b.frame("defects")]), data.family, data.syn_source, seed=seed)
 
 
 def choose_bank(exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> Bank:
-    """Shared or per-position bank (``auto``: measured on validation when tiled), subsampled to ``bank_max``."""
-    n_tiles, f_train = data.n_tiles, exp.feats["train"]
-    pos = row_positions(len(data.x_train), n_tiles, rows.p)
-    mode, report = "shared", {}
-    if n_tiles > 1:
-        report = _measure_bank_modes(f_train, exp.feats["cal"], exp.feats["syn"], pos, cfg, n_tiles, rows)
-        if cfg.bank_mode == "auto":
-            mode = max(("shared", "per_position"), key=lambda m: (report[f"{m}_synthetic_auroc"], m == "shared"))
-            report["reason"] = ("higher synthetic-defect validation AUROC: shared "
-                                f"{report['shared_synthetic_auroc']:.4f}, per-position "
-                                f"{report['per_position_synthetic_auroc']:.4f}")
-        else:
-            mode, report["reason"] = cfg.bank_mode, "configured"
-    if mode == "per_position":
-        per = None if not cfg.bank_max else max(cfg.k + 1, cfg.bank_max // n_tiles)
-        keep = np.concatenate([np.flatnonzero(pos == i)[bank_rows(f_train[pos == i], per, cfg.bank_subsample,
-                                                                  cfg.scoring, rows.p, cfg.seed)]
-                               for i in range(n_tiles)])
-    else:
-        keep = bank_rows(f_train, cfg.bank_max, cfg.bank_subsample, cfg.scoring, rows.p, cfg.seed)
-    return Bank(np.ascontiguousarray(f_train[keep], np.float32),
-                pos[keep].astype(np.int32) if mode == "per_position" else None, mode, report,
-                len(keep) < len(f_train))
+    """The bank sample; with a tile grid of pooled rows (``--bank-mode auto``) one bank per tile
+    position ships only when its validation beats the shared bank by more than noise."""
+    cap = _bank_cap(cfg, rows)
+    sample = bank_sample(exp.rows["train"], cap, cfg.bank_subsample, cfg.scoring, cfg.seed)
+    subsampled = len(sample.feats) < len(exp.rows["train"]) * exp.rows["train"].per_frame
+    mode = cfg.bank_mode if cfg.bank_mode != "auto" else "shared"
+    report: dict[str, Any] = {}
+    if data.n_tiles > 1 and cfg.bank_mode == "auto" and rows.p == 1:
+        vals = {m: validate(exp, Bank(sample, m, {}, subsampled), data, rows, cfg) for m in ("shared", "per_position")}
+        from trainer.selection import significant_win
+
+        g = _gap(vals["per_position"], vals["shared"], data, cfg.seed)
+        mode = "per_position" if significant_win(g) else "shared"
+        report = {"per_position_worst_family_auroc": g["a"], "shared_worst_family_auroc": g["b"],
+                  "difference": g["diff"], "se": g["se"],
+                  "reason": f"{mode}: per-position minus shared worst-family validation AUROC {g['diff']:+.4f} ± "
+                            f"{g['se']:.4f}" + ("" if mode == "per_position" else " (not a significant win: the "
+                                                                                    "simpler shared bank)")}
+    elif data.n_tiles > 1:
+        report = {"reason": "configured" if cfg.bank_mode != "auto" else "patch rows: shared bank"}
+    return Bank(sample, mode, report, subsampled)
+
+
+def choose_quant(model, exp: Export, bank: Bank, val: Validation, data: FitData, rows: Rows, cfg: FitConfig):
+    """``--quant auto``: float ships only when its worst-family validation AUROC beats int8 by more
+    than :data:`AUTO_QUANT_TOLERANCE` *and* by more than noise; otherwise int8 (smaller, faster).
+    Returns ``(export, bank, validation)`` of what ships, with the measurement in ``export.report``."""
+    if exp.quant == "float" or not (cfg.quant == "auto" or cfg.compare_float):
+        return exp, bank, val
+    fexp = export(model, data, rows, cfg, quant="float")
+    fbank = Bank(bank_sample(fexp.rows["train"], _bank_cap(cfg, rows), cfg.bank_subsample, cfg.scoring, cfg.seed),
+                 bank.mode, bank.report, bank.subsampled)
+    fval = validate(fexp, fbank, data, rows, cfg)
+    g = _gap(fval, val, data, cfg.seed)
+    exp.report.update(_cosine(exp, fexp), float_val_auroc=g["a"], **{f"{exp.quant}_measured_val_auroc": g["b"]},
+                      float_minus_quantised=g["diff"], difference_se=g["se"])
+    if cfg.quant != "auto":
+        return exp, bank, val
+    ship_float, exp.report["auto_choice"] = quant_decision(g, exp.quant)
+    log.info("quant auto: %s", exp.report["auto_choice"])
+    if ship_float:
+        fexp.report.update(exp.report)
+        return fexp, fbank, fval
+    return exp, bank, val
+
+
+def quant_decision(gap: dict, quant: str, tolerance: float = AUTO_QUANT_TOLERANCE) -> tuple[bool, str]:
+    """``(ship float?, why)`` from the paired gap float minus ``quant`` (:func:`trainer.selection.paired_gap`):
+    float only when better by more than ``tolerance`` and by more than noise; a tie is never a win.
+
+    Example:
+        >>> quant_decision({"diff": 0.02, "se": 0.02}, "int8")[0], quant_decision({"diff": 0.03, "se": 0.005}, "int8")[0]
+        (False, True)
+    """
+    from trainer.selection import significant_win
+
+    win = significant_win(gap)
+    if gap["diff"] > tolerance and win:
+        return True, (f"float: {quant} lost {gap['diff']:.4f} ± {gap['se']:.4f} worst-family validation AUROC "
+                      f"(> {tolerance} and more than noise)")
+    why = "within noise (a tie)" if not win else f"within the {tolerance} tolerance"
+    return False, (f"{quant}: float minus {quant} {gap['diff']:+.4f} ± {gap['se']:.4f} worst-family validation "
+                   f"AUROC, {why}")
+
+
+def _cosine(a: Export, b: Export) -> dict:
+    """Feature cosine between two extractors' rows of the first validation-defect batch."""
+    ra = next(a.rows["syn"].batches())[2]
+    rb = next(b.rows["syn"].batches())[2]
+    cos = np.sum(normalize_features(ra, "l2") * normalize_features(rb, "l2"), axis=1)
+    return {"feature_cosine_mean": float(cos.mean()), "feature_cosine_min": float(cos.min())}
 
 
 # ------------------------------------------------------------------------------------ 5. calibration
-def calibrate(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig, projection=None):
-    """``(threshold record, calibration scores, synthetic-defect scores)``, scored as the device will."""
-    sc = _scorer(bank.rows, cfg, data.n_tiles, rows, bank.tile_index, projection)
-    cal = sc.frame_scores(exp.feats["cal"]).astype(np.float32)
-    syn = sc.frame_scores(exp.feats["syn"])
-    how = "held-out normal quantile: " + data.cal_how + (
-        f", image score = max over {data.n_tiles} tiles" if data.n_tiles > 1 else "")
-    return describe_calibration(cal, cfg.target_frr, how), cal, syn
+def calibrate(val: Validation, data: FitData, cfg: FitConfig) -> tuple[dict, np.ndarray]:
+    """``(threshold record, calibration scores)``: cross-fitted training scores, or the separate
+    calibration set's scores against the full bank; the estimator is :mod:`core.threshold`'s."""
+    scores = (val.frame("cal") if val.cal is not None else val.frame("train")).astype(np.float32)
+    how = data.cal_how + (f", image score = max over {data.n_tiles} tiles" if data.n_tiles > 1 else "")
+    rec = describe_calibration(scores, cfg.target_frr, how)
+    rec["estimator"]["scores"] = "held-out" if val.cal is not None else f"cross-fitted ({cfg.folds} folds)"
+    return rec, scores
 
 
-# ------------------------------------------------------------------------------------ 6. manifest
-def manifest_body(cfg: FitConfig, data: FitData, rows: Rows, info: dict, selection: dict, exp: Export, bank: Bank,
-                  threshold: dict, val_auroc: float, projection_frag: dict | None, fit_seconds: float) -> dict:
+# ------------------------------------------------------------------------------------ 6. compression
+def compress(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> tuple[dict | None, dict, dict]:
+    """``(scoring.projection fragment or None, files, record)``: :func:`trainer.cost.choose_compression`
+    on k-NN pooled shared banks (fold 0 held out for the unchanged-scores check)."""
+    from trainer.cost import choose_compression
+
+    if cfg.scoring != "knn" or rows.p > 1 or bank.mode != "shared":
+        return None, {}, {"reason": "not applicable (k-NN over a shared bank of pooled rows only)"}
+    s = bank.sample
+    fold_bank = s.feats[data.fold[s.frame] != 0]
+    tr = exp.rows["train"]
+    held = np.flatnonzero(data.fold == 0)[:200]
+    normal_q = tr.all().reshape(len(tr), tr.per_frame, -1)[held].reshape(-1, s.feats.shape[1])
+    dsel = np.flatnonzero(data.fold[data.syn_source] == 0)[:200]
+    syn_rows = np.concatenate([r for _, _, r in exp.rows["syn"].batches()])
+    defect_q = syn_rows.reshape(len(exp.rows["syn"]), tr.per_frame, -1)[dsel].reshape(-1, s.feats.shape[1])
+    rec = choose_compression(bank.rows, cfg.k, data.n_tiles, fold_bank, normal_q, defect_q, cfg.projection)
+    if rec["dims"] is None:
+        log.info("bank compression: %s", rec["reason"])
+        return None, {}, rec
+    from device.projection import projection_entries
+
+    frag, files = projection_entries(bank.rows, rec["dims"], rerank=True, shortlist=rec["shortlist"])
+    log.info("bank compression: %s", rec["reason"])
+    return frag, files, rec
+
+
+# ------------------------------------------------------------------------------------ 7. manifest
+def manifest_body(cfg: FitConfig, data: FitData, xt: Extractor, exp: Export, bank: Bank, threshold: dict,
+                  val_auroc: float, projection_frag: dict | None, training: dict) -> dict:
     """The manifest (without schema, files) that :func:`device.bundle.write_bundle` validates and writes."""
-    n_tiles = data.n_tiles
-    scoring = {"method": cfg.scoring, "k": cfg.k, "metric": "mahalanobis" if cfg.scoring == "gauss" else "euclidean",
+    rows, n_tiles = xt.rows, data.n_tiles
+    scoring = {"method": cfg.scoring, "k": int(min(cfg.k, len(bank.sample.feats))),
+               "metric": "mahalanobis" if cfg.scoring == "gauss" else "euclidean",
                "features": "raw patch descriptors" if rows.patches else "l2-normalised",
                "image_score": {(False, False): "single tile", (False, True): "max over tiles",
                                (True, False): "max over patches",
                                (True, True): "max over patches and tiles"}[(bool(rows.patches), n_tiles > 1)],
                "bank_mode": bank.mode, "bank_mode_measurement": bank.report or None,
-               "bank_size": int(bank.rows.shape[0]), "bank_source_images": int(len(data.x_train)),
-               "bank_max": cfg.bank_max or (PATCH_BANK_DEFAULT if rows.p > 1 else None),
-               "bank_subsample": cfg.bank_subsample if bank.subsampled else "none"}
+               "bank_size": int(bank.rows.shape[0]), "bank_source_images": int(len(data.train)),
+               "bank_max": _bank_cap(cfg, rows), "bank_subsample": cfg.bank_subsample if bank.subsampled else "none"}
     if projection_frag:
         scoring["projection"] = projection_frag
     return {
@@ -379,16 +379,13 @@ def manifest_body(cfg: FitConfig, data: FitData, rows: Rows, info: dict, selecti
         "extractor": {"file": "extractor.tflite", "quantization": exp.quant, "feature_normalize": rows.norm,
                       "runtime_checked": exp.ext.runtime, **exp.ext.describe(),
                       **({"patches": rows.patches} if rows.patches else {})},
-        "backbone": {**info, "fine_tuned": selection["chosen"] == "doc", "selection": selection},
+        "backbone": {**xt.info, "fine_tuned": xt.record["chosen_extractor"] == "doc", "selection": xt.record},
         "quantization": {"mode": exp.quant, "requested": cfg.quant,
-                         "representative_images": int(min(len(data.x_train), 200)), "val_auroc": val_auroc,
+                         "representative_images": int(min(len(data.train), 200)), "val_auroc": val_auroc,
                          **exp.report},
         "scoring": scoring,
         "threshold": threshold,
-        "training": {"n_train": int(len(data.x_train)), "n_calibration": int(len(data.x_cal)),
-                     "n_synthetic_defects": int(len(data.x_syn)),
-                     "n_real_defects": int(len(data.x_real)) if data.x_real is not None else 0, "seed": cfg.seed,
-                     "fit_seconds": fit_seconds},
+        "training": training,
     }
 
 
@@ -397,69 +394,136 @@ def _bundle_files(exp: Export, bank: Bank, cal_scores: np.ndarray, proj_files: d
              "calibration_scores.npy": npy_bytes(cal_scores), **proj_files}
     if bank.tile_index is not None:
         files["bank_tile_index.npy"] = npy_bytes(bank.tile_index)
-    if exp.feats["cal"].nbytes <= CALIBRATION_FEATURES_MAX_BYTES:   # lets the device re-derive the threshold
-        files["calibration_features.npy"] = npy_bytes(np.ascontiguousarray(exp.feats["cal"], np.float32))
+    cal = exp.rows.get("cal")        # held-out features let the device's learn re-score them exactly; cross-fitted
+    if cal is not None:              # training images are bank rows and must not ship as calibration features
+        feats = cal.all()
+        if feats.nbytes <= CALIBRATION_FEATURES_MAX_BYTES:
+            files["calibration_features.npy"] = npy_bytes(np.ascontiguousarray(feats, np.float32))
     return files
 
 
-def _records(train, capture: dict | None) -> dict:
+def _records(inputs, capture: dict | None) -> dict:
     """Manifest records the device watches with: the training images' brightness and sharpness
     (drift), and the capture conditions when the images came from ``anomaly-device capture``."""
     from device.drift import image_stats
 
-    frames = list(train) if isinstance(train, np.ndarray) else train
-    out = {"image_stats": image_stats(frames)}
+    out = {"image_stats": image_stats(inputs.images)}
     if capture:
         out["capture"] = capture
     return out
 
 
+def _training(inputs, data: FitData, cfg: FitConfig, t_start: float) -> dict:
+    return {"n_train": int(len(data.train)), "n_calibration": int(len(data.cal)) if data.cal else 0,
+            "n_validation_defects": int(len(data.syn)), "validation_defect_kinds": sorted(set(data.syn_kinds)),
+            "n_real_defects": int(len(data.real)) if data.real else 0, "seed": cfg.seed, "folds": cfg.folds,
+            "input_normalisation": inputs.record, "fit_seconds": round(time.time() - t_start, 1),
+            "time_budget_s": cfg.time_budget}
+
+
+def _val_auroc(val: Validation) -> float:
+    n, d = val.frame("train"), val.frame("defects")
+    return auroc(np.r_[np.zeros(len(n)), np.ones(len(d))], np.r_[n, d])
+
+
+def _write(out, body: dict, files: dict, frames: list, budget_ms: float | None) -> tuple[Path, dict]:
+    """Write the bundle, measure its cost through the device path, rewrite with the latency record."""
+    from trainer.cost import measure_latency
+
+    path = write_bundle(out, body, files)
+    lat = measure_latency(path, frames[:20])
+    if budget_ms is not None:
+        lat["budget_ms"] = budget_ms
+        lat["within_budget"] = lat["x86_ms"] <= budget_ms
+        if not lat["within_budget"]:
+            log.warning("measured %.2f ms per frame on this machine: over the %.2f ms budget", lat["x86_ms"], budget_ms)
+    body["training"]["latency"] = lat
+    return write_bundle(out, body, files), lat
+
+
 def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_defects=None,
-        progress: bool = True, capture: dict | None = None) -> FitResult:
-    """Train and write a verified bundle.
+        progress: bool = True, capture: dict | None = None, report: bool = True) -> FitResult:
+    """Train and write a verified bundle (and ``<out>-report/report.html``).
 
     Args:
-        train: normal images (paths, arrays, or a preprocessed uint8 batch).
+        train: normal images (paths or arrays).
         out: bundle directory (written atomically).
-        calib: held-out normal images; default: ``cfg.calib_fraction`` of ``train``, seeded.
-        real_defects: optional defective images used in model selection beside the synthetic ones.
+        calib: separate held-out normal images for the threshold; default: cross-fitted scores of ``train``.
+        real_defects: optional defective images: the search selects on them (``--select-on-real``).
         capture: the ``capture`` record of the images (:func:`device.capture.capture_record`).
+        report: write the fit report next to the bundle.
     """
     import keras
 
-    keras.utils.set_random_seed(cfg.seed)   # random-init layers and heads are reproducible
-    t_start = time.time()
-    data = prepare(train, cfg, calib, real_defects)
-    cands, info, rows = extractor_candidates(data, cfg, progress)
-    metric = "real_auroc" if data.x_real is not None else "synthetic_auroc"
-    chosen, reason = select(cands, metric)
-    log.info("selected extractor: %s (%s)", chosen, reason)
-    selection = {"chosen": chosen, "reason": reason, "metric": metric,
-                 "candidates": {n: c[1] for n, c in cands.items()}, "doc": (cands.get("doc") or (None,) * 3)[2],
-                 "synthetic_defects": sorted(set(data.syn_kinds)), "synthetic_defect_scale": round(data.syn_scale, 4)}
-    exp = export(cands[chosen][0], data, rows, cfg)
-    bank = choose_bank(exp, data, rows, cfg)
-    frag, proj_files, proj = None, {}, None
-    if cfg.projection:
-        from device.projection import projection_entries
-        from device.scoring import fit_pca
+    from trainer.candidates import SearchClock
+    from trainer.features import FeatureCache
+    from trainer.plan import check_count, load_inputs, plan_fit
+    from trainer.progress import Progress
 
-        frag, proj_files = projection_entries(bank.rows, cfg.projection)
-        mean, comps, _ = fit_pca(bank.rows, cfg.projection)
-        proj = (mean, comps, frag["rerank"], frag["shortlist"], False)
-    threshold, cal_scores, syn_scores = calibrate(bank, exp, data, rows, cfg, proj)
-    val_labels = np.r_[np.zeros(len(data.x_cal)), np.ones(len(data.x_syn))]
-    val_auroc = auroc(val_labels, np.r_[cal_scores, syn_scores])
-    fit_s = round(time.time() - t_start, 1)
-    body = manifest_body(cfg, data, rows, info, selection, exp, bank, threshold, val_auroc, frag, fit_s)
-    body.update(_records(train, capture))
-    path = write_bundle(out, body, _bundle_files(exp, bank, cal_scores, proj_files))
-    summary = {"weights": info["weights"], "selected": chosen, "selection_reason": reason,
-               "candidates": selection["candidates"], "quant": exp.quant, f"{exp.quant}_val_auroc": val_auroc,
-               **exp.report, "threshold": threshold["value"], "bank_size": int(bank.rows.shape[0]),
-               "bank_mode": bank.mode, "n_tiles": data.n_tiles, "patches_per_tile": rows.p,
-               "n_train": int(len(data.x_train)), "n_calibration": int(len(data.x_cal)),
-               "tflite_ms_per_image": exp.ms_per_image, "fit_seconds": fit_s}
-    return FitResult(bundle=path, summary=summary,
-                     val_scores={"validation (held-out normal vs synthetic defects)":
-                                 (val_labels, np.r_[cal_scores, syn_scores])})
+    t_start = time.time()
+    clock = SearchClock(cfg.time_budget)
+    cfg.weights_by_alpha()                  # a missing weights file is named before any image is read
+    inputs = load_inputs(train, cfg)
+    check_count(len(inputs.images), cfg)
+    keras.utils.set_random_seed(cfg.seed)   # random-init layers and heads are reproducible
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fit-cache-") as tmp:
+        plan = plan_fit(inputs, cfg, clock, FeatureCache(tmp), (lambda n: Progress("search", n, enabled=progress)),
+                        real_defects=real_defects)
+        data = prepare(inputs, plan, calib, real_defects)
+        xt = extractor_candidates(data, plan, clock, progress)
+    return _build(inputs, plan, data, xt, out, t_start, progress, capture, report)
+
+
+def _build(inputs, plan, data: FitData, xt: Extractor, out, t_start: float, progress: bool, capture,
+           report: bool) -> FitResult:
+    """Stages 3-7 (export to report) for the resolved configuration."""
+    from trainer.progress import Progress
+
+    cfg = plan.cfg
+    with Progress("device features", 4, enabled=progress) as bar:
+        exp = export(xt.model, data, xt.rows, cfg)
+        bank = choose_bank(exp, data, xt.rows, cfg)
+        bar.step(note="bank")
+        val = validate(exp, bank, data, xt.rows, cfg)
+        bar.step(note="validation")
+        exp, bank, val = choose_quant(xt.model, exp, bank, val, data, xt.rows, cfg)
+        bar.step(note=f"quantisation: {exp.quant}")
+        threshold, cal_scores = calibrate(val, data, cfg)
+        frag, proj_files, comp = compress(bank, exp, data, xt.rows, cfg)
+        bar.step(note="threshold")
+    xt.record["bank_compression"] = comp
+    val_auroc = _val_auroc(val)
+    body = manifest_body(cfg, data, xt, exp, bank, threshold, val_auroc, frag, _training(inputs, data, cfg, t_start))
+    body.update(_records(inputs, capture))
+    path, lat = _write(out, body, _bundle_files(exp, bank, cal_scores, proj_files), inputs.images,
+                       cfg.budget_ms if cfg.budget_ms is not None else plan.record.get("budget_ms"))
+    summary = _summary(plan, data, xt, exp, bank, threshold, val_auroc, lat, comp, t_start)
+    summary["input_normalised"] = "; ".join(inputs.notes) or "nothing (one frame size, one colour mode)"
+    rep = None
+    if report:
+        from trainer.fit_report import fit_report
+
+        rep = fit_report(Path(str(out).rstrip("/") + "-report"), summary, plan, data, val, threshold, xt, exp)
+    labels = np.r_[np.zeros(len(val.train)), np.ones(len(val.defects))]
+    return FitResult(path, summary, {"validation (cross-fitted normals vs synthetic defects)":
+                                     (labels, np.r_[val.frame("train"), val.frame("defects")])}, rep)
+
+
+def _summary(plan, data: FitData, xt: Extractor, exp: Export, bank: Bank, threshold: dict, val_auroc: float,
+             lat: dict, comp: dict, t_start: float) -> dict:
+    rec = xt.record
+    return {"chosen": dataclasses.replace(plan.candidate, doc=rec["chosen_extractor"] == "doc").name,
+            "mode": rec["mode"], "reason": rec["reason"], "doc": rec["doc"]["reason"], "weights": xt.info["weights"],
+            "selected": rec["chosen_extractor"], "quant": exp.quant, "quant_choice": exp.report.get("auto_choice"),
+            "val_auroc": val_auroc, f"{exp.quant}_val_auroc": val_auroc,
+            **{k: v for k, v in exp.report.items() if k != "auto_choice"},
+            "threshold": threshold["value"], "threshold_estimator": threshold["estimator"]["method"],
+            "threshold_warning": threshold["estimator"].get("warning"), "supported_frr": threshold["supported_frr"],
+            "bank_size": int(bank.rows.shape[0]), "bank_mode": bank.mode, "bank_compression": comp.get("reason"),
+            "n_tiles": data.n_tiles, "patches_per_tile": xt.rows.p, "n_train": int(len(data.train)),
+            "n_calibration": int(len(data.cal)) if data.cal else 0, "latency_ms": lat["x86_ms"],
+            "pi4_ms_estimate": lat["pi4_ms_estimate"], "budget_ms": lat.get("budget_ms"),
+            "within_budget": lat.get("within_budget"), "over_budget_choice": plan.record.get("over_budget", False),
+            "fit_seconds": round(time.time() - t_start, 1)}

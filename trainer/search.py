@@ -29,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from trainer.candidates import (ALIGNED_MIN, Candidate, LatencyModel, SearchClock, alignment_score,
-                                default_budget_ms, default_min_defect_px, derive_space, feature_dim, group_by_network)
+                                default_budget_ms, default_min_defect_px, derive_space, feature_dim, group_by_network,
+                                log_space)
 from trainer.selection import Selection, cross_fit, fold_of, select_robust
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class SearchConfig:
         color: ``grey`` or ``rgb`` preprocessing.
         kinds: validation defect kinds; strength: their amplitude range (x image spread).
         folds: cross-fitting folds; seed: everything random.
+        bank_images: images the shipped bank will hold (latency estimates); None: the images given.
+        real: real defective images (``--select-on-real``): candidates are then rated on them
+            (AUROC of the cross-fitted normals against the real defects) instead of the synthetic ones.
     """
 
     weights: dict
@@ -70,6 +74,8 @@ class SearchConfig:
     seed: int = 0
     sizes: tuple | None = None
     latency: LatencyModel = dataclasses.field(default_factory=LatencyModel)
+    bank_images: int | None = None
+    real: list | None = None
 
 
 @dataclasses.dataclass
@@ -81,6 +87,7 @@ class CandidateResult:
     defect: np.ndarray
     latency: dict
     within_budget: bool
+    real: np.ndarray | None = None
 
     def row(self, kinds: np.ndarray | None = None) -> dict:
         from core.metrics import auroc
@@ -88,6 +95,9 @@ class CandidateResult:
         y = np.r_[np.zeros(len(self.normal)), np.ones(len(self.defect))]
         d = {"name": self.candidate.name, "val_auroc": auroc(y, np.r_[self.normal, self.defect]),
              "x86_ms": self.latency["x86_ms"], "pi4_ms": self.latency["pi4_ms"], "within_budget": self.within_budget}
+        if self.real is not None:
+            d["real_auroc"] = auroc(np.r_[np.zeros(len(self.normal)), np.ones(len(self.real))],
+                                    np.r_[self.normal, self.real])
         if kinds is not None:
             for k in sorted(set(kinds)):
                 m = np.asarray(kinds) == k
@@ -110,6 +120,12 @@ class SearchResult:
     seconds: float
     over_budget: bool
     alignment: float = float("nan")
+    images: list = dataclasses.field(default_factory=list, repr=False)
+    syn: object = dataclasses.field(default=None, repr=False)
+    fold: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    pruned: list = dataclasses.field(default_factory=list)
+    frame_hw: tuple = (0, 0)
+    index: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def table(self) -> list[dict]:
         """One row per evaluated candidate (validation AUROC overall and per defect kind, latency)."""
@@ -121,9 +137,12 @@ class SearchResult:
         return {"chosen": self.chosen.name, "reason": sel.reason, "tie": sel.tie, "tied": sel.tied,
                 "equivalent": sel.equivalent, "budget_ms": self.budget_ms, "over_budget": self.over_budget,
                 "min_defect_px": self.min_defect_px, "alignment": round(self.alignment, 3),
-                "validation": "cross-fitted synthetic defects, worst defect family",
+                "validation": ("cross-fitted normals vs the real defects given (--select-on-real): "
+                               f"{len(self.results[0].real)} images" if self.results[0].real is not None else
+                               "cross-fitted synthetic defects, worst defect family"),
                 "defect_kinds": sorted(set(self.kinds.tolist())), "n_candidates": len(self.results),
-                "skipped_for_time": self.skipped, "seconds": round(self.seconds, 1),
+                "skipped_for_time": self.skipped, "pruned": self.pruned, "seconds": round(self.seconds, 1),
+                "n_validation_images": len(self.images), "n_validation_defects": int(len(self.kinds)),
                 "candidates": self.table()}
 
 
@@ -236,6 +255,11 @@ def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndar
 # ---------------------------------------------------------------------------- the search
 
 
+LARGE_FRAME_DEFECTS = 3   # frames that may be tiled (>= 448 px): 3 defects per image, kinds cycling (not 12)
+PRUNE_GAP = 0.05          # candidates this far below the leader's worst-family AUROC get no k variants
+REFINE_KS = (1, 3, 5, 10)
+
+
 def _latency(c: Candidate, model: LatencyModel, frame_hw, n_bank: int) -> dict:
     dim, p = feature_dim(c)
     rows = min(n_bank * c.n_tiles * p, PATCH_BANK_ROWS) if c.pooling == "patch" else n_bank * c.n_tiles
@@ -252,114 +276,247 @@ def _pass_seconds(c: Candidate, n_inputs: int, ms_per_input: float | None) -> fl
     return ms_per_input * n_inputs * c.n_tiles / 1e3
 
 
-def search(images: Sequence, cfg: SearchConfig, cache=None,
-           progress: Callable[[str], None] | None = None) -> SearchResult:
-    """Choose a configuration for the normal ``images`` (arrays or paths); see the module docstring."""
-    from trainer.features import FeatureCache, Network
+@dataclasses.dataclass
+class SearchContext:
+    """What every forward pass of a search shares: the images, their validation defects, folds."""
+
+    index: np.ndarray
+    imgs: list
+    hw: tuple
+    min_px: float
+    budget: float
+    align: float
+    space: list
+    syn: object
+    fold: np.ndarray
+    n_bank: int
+
+    @property
+    def family(self) -> np.ndarray:
+        from trainer.synth import family_of
+
+        return np.array([family_of(k) for k in self.syn.kinds])
+
+
+def _computable(c: Candidate) -> bool:
+    """The candidate's pooling fits its feature maps (gridG needs maps of at least G x G)."""
+    from trainer.candidates import _trunk
+
+    if not c.pooling.startswith("grid"):
+        return True
+    g = int(c.pooling[4:])
+    return all(min(_trunk(c.alpha, c.size).get_layer(n).output.shape[1:3]) >= g for n in c.layers)
+
+
+def pinned_space(hw, cfg: SearchConfig, min_px: float, aligned: bool) -> list[Candidate]:
+    """The candidate space under ``cfg.pins``: candidates matching every pin, or - when the pins
+    leave none (a pooling or grid the rules do not offer here) - the space with the pinned values
+    set on every candidate."""
+    from trainer.candidates import apply_pins
+
+    pins = dict(cfg.pins)
+    space = [c for c in derive_space(hw, cfg.weights, min_px, pins, cfg.sizes, aligned=aligned) if _computable(c)]
+    if space:
+        return space
+    keep = {k: pins[k] for k in ("alpha",) if k in pins}
+    base = derive_space(hw, cfg.weights, min_px, keep, cfg.sizes, aligned=aligned)
+    fields = {f.name for f in dataclasses.fields(Candidate)}
+    if pins.get("grid") is None:
+        pins.pop("working_size", None), pins.pop("overlap", None)
+    over = {k: v for k, v in pins.items() if k in fields and not isinstance(v, (list, set))}
+    out = [c for c in (dataclasses.replace(c, **over) for c in base) if _computable(c)]
+    return apply_pins(out, {k: v for k, v in pins.items() if isinstance(v, (list, set))})
+
+
+def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
+    """Decode (a seeded subsample of) the images, derive the space, draw the validation defects."""
+    from trainer.candidates import LARGE_FRAME_FACTOR, SIZES
     from trainer.synth import VALIDATION_KINDS, validation_defects
 
-    t0 = time.time()
-    clock = SearchClock(cfg.time_budget_s)
-    cache = cache or FeatureCache()
-    imgs = _load(images, cfg)
+    index, imgs = _load(images, cfg)
     hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
     min_px = cfg.min_defect_px or default_min_defect_px(hw)
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
     align = alignment_score(imgs)
-    aligned = align >= ALIGNED_MIN
-    space = derive_space(hw, cfg.weights, min_px, cfg.pins, cfg.sizes, aligned=aligned)
+    space = pinned_space(hw, cfg, min_px, align >= ALIGNED_MIN)
+    large = min(hw) >= LARGE_FRAME_FACTOR * max(SIZES)
     syn = validation_defects(imgs, kinds=cfg.kinds or VALIDATION_KINDS, seed=cfg.seed + 7, min_px=min_px,
-                             strength=cfg.strength)
-    fold = fold_of(len(imgs), cfg.folds, cfg.seed)
-    n_in = len(imgs) + len(syn.images)
-    groups = sorted(group_by_network(space).values(), key=lambda g: _pass_seconds(g[0], n_in, None))
-    results, variants = [], {}
+                             strength=cfg.strength, each=not large, per_image=LARGE_FRAME_DEFECTS if large else 1)
+    return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
+                         cfg.bank_images or len(imgs))
+
+
+def _plan(ctx: SearchContext, cfg: SearchConfig) -> tuple[list, list]:
+    """Forward-pass groups, cheapest first; with an explicit budget the candidates over it are not
+    evaluated (the fastest candidate always is: it ships when nothing fits). Returns (groups, pruned)."""
+    cands, pruned = ctx.space, []
+    if cfg.budget_ms is not None:
+        est = {c: _latency(c, cfg.latency, ctx.hw, ctx.n_bank)["x86_ms"] for c in cands}
+        fastest = min(cands, key=est.get)
+        over = [c for c in cands if est[c] > ctx.budget and c != fastest]
+        if over:
+            pruned.append(f"{len(over)} candidates estimated over the {ctx.budget:.2f} ms budget (not evaluated)")
+        cands = [c for c in cands if c not in over]
+    n_in = len(ctx.imgs) + len(ctx.syn.images)
+    groups = sorted(group_by_network(cands).values(), key=lambda g: _pass_seconds(g[0], n_in, None))
+    return groups, pruned
+
+
+def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock: SearchClock, found: dict) -> None:
+    """One forward pass: score its candidates (k = 1), then k variants of those near the leader."""
+    from trainer.features import Network
+    from trainer.selection import _worst_family
+
+    c0 = group[0]
+    net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
+    est = _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images), cache.ms_per_input(net))
+    if not clock.can_afford(est):
+        clock.skip(f"{len(group)} candidates on a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else ""), est)
+        return
+    srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color), "syn": network_inputs(ctx.syn.images, c0, cfg.color)}
+    extra = ()
+    if cfg.real:
+        srcs["real"], extra = network_inputs(cfg.real, c0, cfg.color), ("real",)
+    scores = score_pass(group, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, extra=extra)
+    base = [_result(c, scores[c.name], cfg, ctx) for c in group]
+    found["results"] += base
+    fam = ctx.family
+    fams = sorted(set(fam.tolist()))
+    worst = {r.candidate.name: _worst_family(r.normal, r.defect, fam, fams) for r in found["results"]}
+    lead = max(worst.values())
+    eligible = [r.candidate for r in base if r.candidate.scoring == "knn" and r.candidate.pooling != "patch"]
+    keep = [c for c in eligible if worst[c.name] >= lead - PRUNE_GAP]
+    found["pruned"] += [c.name for c in eligible if c not in keep]
+    if keep:
+        more = score_pass(keep, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, ks=REFINE_KS, extra=extra)
+        for c in keep:
+            vs = [dataclasses.replace(c, k=k) for k in REFINE_KS if k != c.k]
+            found["variants"][c.name] = [_result(v, more[v.name], cfg, ctx) for v in vs if v.name in more]
+    cache.drop_memory()
+
+
+def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
+           ctx: SearchContext | None = None) -> SearchResult:
+    """Choose a configuration for the normal ``images`` (arrays or paths); see the module docstring.
+
+    Args:
+        progress: ``total -> Progress`` (e.g. ``lambda n: Progress("search", n)``): a bar advanced
+            once per forward pass; None: silent.
+        ctx: the :func:`prepare_search` of these images and ``cfg`` when the caller has it.
+    """
+    from trainer.features import FeatureCache
+
+    t0 = time.time()
+    clock = SearchClock(cfg.time_budget_s)
+    cache = cache or FeatureCache()
+    ctx = ctx or prepare_search(images, cfg)
+    if not ctx.space:
+        from device.errors import ConfigError
+
+        raise ConfigError(f"no candidate configuration matches the options given ({cfg.pins}) for "
+                          f"{ctx.hw[1]}x{ctx.hw[0]} frames; pin fewer dimensions or pass --no-search")
+    groups, pruned = _plan(ctx, cfg)
+    log.info("search: %s; %d validation images, %d synthetic defects, alignment %.2f, min defect %.1f px, "
+             "budget %.2f ms", log_space([c for g in groups for c in g]), len(ctx.imgs), len(ctx.syn.images),
+             ctx.align, ctx.min_px, ctx.budget)
+    found = {"results": [], "variants": {}, "pruned": []}
+    bar = progress(len(groups)) if progress is not None else None
     for group in groups:
-        c0 = group[0]
-        net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
-        est = _pass_seconds(c0, n_in, cache.ms_per_input(net))
-        if not clock.can_afford(est):
-            clock.skip(f"{len(group)} candidates on a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else ""), est)
-            continue
-        srcs = {"train": network_inputs(imgs, c0, cfg.color), "syn": network_inputs(syn.images, c0, cfg.color)}
-        scores = score_pass(group, srcs, cache, net, fold, syn.source, cfg.seed, ks=REFINE_KS)
-        for c in group:
-            results.append(_result(c, scores[c.name], cfg, hw, len(imgs), budget))
-            variants[c.name] = [_result(dataclasses.replace(c, k=k), scores[dataclasses.replace(c, k=k).name], cfg,
-                                        hw, len(imgs), budget)
-                                for k in REFINE_KS if dataclasses.replace(c, k=k).name in scores and k != c.k]
-        cache.drop_memory()
-        if progress:
-            progress(f"{len(results)}/{len(space)} candidates scored ({clock.elapsed():.0f} s)")
-    if not results:
+        _run_group(group, ctx, cfg, cache, clock, found)
+        if bar is not None:
+            bar.step(note=f"{len(found['results'])} candidates scored")
+    if bar is not None:
+        bar.close()
+    if not found["results"]:
         raise RuntimeError(f"the search time budget ({cfg.time_budget_s:.0f} s) allowed no candidate; "
                            f"raise --time-budget")
-    res = _choose(results, variants, syn, budget, min_px, clock, t0, strict_budget=cfg.budget_ms is not None)
-    res.alignment = align
+    res = _choose(found["results"], found["variants"], ctx.syn, ctx.budget, ctx.min_px, clock, t0,
+                  strict_budget=cfg.budget_ms is not None)
+    if found["pruned"]:
+        pruned.append(f"{len(found['pruned'])} candidates more than {PRUNE_GAP} worst-family AUROC below the leader "
+                      f"(no k variants scored)")
+    res.alignment, res.images, res.syn, res.fold, res.pruned = ctx.align, ctx.imgs, ctx.syn, ctx.fold, pruned
+    res.frame_hw, res.index = ctx.hw, ctx.index
     return res
 
 
-REFINE_KS = (1, 3, 5, 10)
-
-
-def _result(c: Candidate, sc: dict, cfg: SearchConfig, hw, n_bank: int, budget: float) -> CandidateResult:
-    lat = _latency(c, cfg.latency, hw, n_bank)
-    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= budget)
+def _result(c: Candidate, sc: dict, cfg: SearchConfig, ctx: SearchContext) -> CandidateResult:
+    lat = _latency(c, cfg.latency, ctx.hw, ctx.n_bank)
+    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= ctx.budget, sc.get("real"))
 
 
 def _select(rs: list, family: np.ndarray, source: np.ndarray) -> Selection:
-    """Worst-family rule (``select_robust``): cost = estimated ms per frame, then complexity."""
-    return select_robust([r.candidate.name for r in rs], np.stack([r.normal for r in rs]),
-                         np.stack([r.defect for r in rs]), family, source,
+    """Worst-family rule (``select_robust``): cost = estimated ms per frame, then complexity. With
+    real defects (``--select-on-real``) they are the one family rated (each resampled on its own)."""
+    defect = np.stack([r.defect for r in rs])
+    if rs[0].real is not None:
+        defect = np.stack([r.real for r in rs])
+        family = np.array(["real"] * defect.shape[1])
+        source = np.arange(defect.shape[1]) % rs[0].normal.shape[0]
+    return select_robust([r.candidate.name for r in rs], np.stack([r.normal for r in rs]), defect, family, source,
                          cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
 
 
 BUDGET_YIELD_GAP = 0.02   # default budget only: the best candidate over budget ships when it is this much better
 
 
-def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
-            t0: float, strict_budget: bool = True) -> SearchResult:
-    """Stage 1: selection among the candidates within budget (the fastest when none is);
-    stage 2: the winner against its k variants (k = 1 unless another k is shown better).
-
-    With the *default* budget (``strict_budget`` False) the budget yields when the best candidate
-    over it beats the best within it by more than ``BUDGET_YIELD_GAP`` worst-family AUROC with
-    z > 3: a detector that meets the frame rate but cannot see the defects is no default."""
-    from trainer.synth import family_of
-
-    family = np.array([family_of(k) for k in syn.kinds])
+def _within_budget(results: list, family, syn, budget: float, strict: bool) -> tuple[Selection, bool]:
+    """Selection among the candidates within budget (the fastest when none is). With the *default*
+    budget (not ``strict``) the budget yields when the best candidate over it beats the best within
+    it by more than ``BUDGET_YIELD_GAP`` worst-family AUROC: a detector that meets the frame rate
+    but cannot see the defects is no default."""
     fits = [r for r in results if r.within_budget]
     over = not fits
     if over:
         fastest = min(results, key=lambda r: r.latency["x86_ms"])
-        log.warning("no candidate meets the %.2f ms budget; the fastest is %s (%.2f ms)", budget,
+        log.warning("no candidate meets the %.2f ms budget; the fastest is %s (%.2f ms estimated)", budget,
                     fastest.candidate.name, fastest.latency["x86_ms"])
         fits = [fastest]
     sel = _select(fits, family, syn.source)
-    if not strict_budget and len(fits) < len(results):
+    if over:
+        sel.reason = (f"NO CANDIDATE MEETS THE {budget:.2f} ms BUDGET: the fastest, {sel.chosen} "
+                      f"({fits[0].latency['x86_ms']:.2f} ms estimated), ships")
+    if not strict and len(fits) < len(results):
         overall = _select(results, family, syn.source)
         gap = overall.aurocs[overall.chosen] - sel.aurocs[sel.chosen]
         if overall.chosen not in sel.aurocs and gap > BUDGET_YIELD_GAP:
             log.warning("default latency budget %.2f ms exceeded: %s is better by %.3f worst-family AUROC than the "
-                        "best within budget (%s); set --budget-ms to enforce it", budget, overall.chosen, gap, sel.chosen)
+                        "best within budget (%s); set --budget-ms to enforce it", budget, overall.chosen, gap,
+                        sel.chosen)
             overall.reason += (f"; over the default {budget:.2f} ms budget because the best within it ({sel.chosen}) "
                                f"is {gap:.3f} worse")
             sel, over = overall, True
+    return sel, over
+
+
+def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
+            t0: float, strict_budget: bool = True) -> SearchResult:
+    """Stage 1: selection within the budget (:func:`_within_budget`); stage 2: the winner against
+    its k variants - another k ships only when it is significantly better than the winner's k
+    (a tie keeps k = 1)."""
+    from trainer.synth import family_of
+
+    family = np.array([family_of(k) for k in syn.kinds])
+    sel, over = _within_budget(results, family, syn, budget, strict_budget)
     win = next(r for r in results if r.candidate.name == sel.chosen)
     if variants.get(win.candidate.name):
         sel_k = _select([win] + variants[win.candidate.name], family, syn.source)
-        if sel_k.chosen != win.candidate.name:
+        if sel_k.chosen != win.candidate.name and win.candidate.name not in sel_k.tied:
             win = next(r for r in variants[win.candidate.name] if r.candidate.name == sel_k.chosen)
             sel.reason += f"; then {sel_k.reason}"
             sel.chosen = win.candidate.name
             results = results + [win]
+        elif sel_k.best != win.candidate.name:
+            sel.reason += (f"; k = {win.candidate.k} kept: {sel_k.best} is not significantly better "
+                           f"({sel_k.aurocs[sel_k.best]:.4f} vs {sel_k.aurocs[win.candidate.name]:.4f}, a tie)")
     return SearchResult(chosen=win.candidate, selection=sel, results=results, kinds=np.asarray(syn.kinds),
                         skipped=clock.skipped, budget_ms=budget, min_defect_px=min_px, seconds=time.time() - t0,
                         over_budget=over)
 
 
-def _load(images: Sequence, cfg: SearchConfig) -> list[np.ndarray]:
-    """Decoded images (grey (H, W) or RGB), a seeded subsample of at most MAX_VALIDATION_IMAGES."""
+def _load(images: Sequence, cfg: SearchConfig) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(index, decoded images)``: grey (H, W) or RGB, a seeded subsample of at most
+    MAX_VALIDATION_IMAGES (``index``: their positions in ``images``)."""
     from device.preprocess import decode_image, to_color_mode
 
     idx = np.arange(len(images))
@@ -369,4 +526,4 @@ def _load(images: Sequence, cfg: SearchConfig) -> list[np.ndarray]:
     for i in idx:
         im = to_color_mode(decode_image(images[i]), cfg.color)
         out.append(np.ascontiguousarray(im[..., 0]) if cfg.color == "grey" else im)
-    return out
+    return idx, out

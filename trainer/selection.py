@@ -401,3 +401,41 @@ def validation_auroc_table(names: Sequence[str], labels: np.ndarray, scores: np.
                 d[k] = auroc(y[m], row[m])
         out[n] = d
     return out
+
+
+def paired_gap(normal: np.ndarray, defect: np.ndarray, family: np.ndarray, source: np.ndarray,
+               n_boot: int = 300, seed: int = 0) -> dict:
+    """Worst-family validation AUROC of two candidates (rows 0 and 1 of ``normal`` / ``defect``)
+    and the bootstrap standard error of their difference (source images resampled with their
+    defects): ``{"a", "b", "diff" (a - b), "se", "z"}``. For two-way decisions (DOC or not, int8
+    or float) that must not call a tie a win.
+
+    Example:
+        >>> y = np.random.default_rng(0).normal(size=40)
+        >>> g = paired_gap(np.stack([y, y]), np.stack([y + 9, y + 0.5]), np.array(["s"] * 40), np.arange(40))
+        >>> g["a"], g["diff"] > 3 * g["se"]
+        (1.0, True)
+    """
+    normal, defect = np.atleast_2d(normal), np.atleast_2d(defect)
+    fam, src = np.asarray(family), np.asarray(source)
+    fams = sorted(set(fam.tolist()))
+    a, b = (_worst_family(normal[i], defect[i], fam, fams) for i in (0, 1))
+    n = normal.shape[1]
+    by_src = [np.flatnonzero(src == j) for j in range(n)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, n)
+        d_idx = np.concatenate([by_src[j] for j in pick])
+        if len(d_idx) == 0 or len(set(fam[d_idx].tolist())) < len(fams):
+            continue
+        diffs.append(_worst_family(normal[0, pick], defect[0, d_idx], fam[d_idx], fams)
+                     - _worst_family(normal[1, pick], defect[1, d_idx], fam[d_idx], fams))
+    se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("inf")
+    d = float(a - b)
+    return {"a": float(a), "b": float(b), "diff": d, "se": se, "z": d / se if se > 0 else (0.0 if d == 0 else np.inf)}
+
+
+def significant_win(gap: dict, z: float = Z_TIE, min_effect: float = MIN_EFFECT) -> bool:
+    """``a`` beats ``b`` by more than noise: ``diff > max(min_effect, z * se)``."""
+    return gap["diff"] > max(min_effect, z * gap["se"])

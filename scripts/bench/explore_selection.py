@@ -512,7 +512,7 @@ def _draw_scores(c, pool: dict, tr: np.ndarray, ho: np.ndarray, cache, net, seed
 def threshold_study(name: str, args, cache, n_small: int = 30, target: float = 0.01) -> dict:
     """FRR on held-out good images of today's held-out maximum vs cross-fitted estimators, over draws."""
     from core.threshold import calibrate_threshold
-    from trainer.calibration import estimate_threshold, frr_and_miss
+    from core.threshold import estimate_threshold, frr_and_miss
     from trainer.candidates import Candidate
     from trainer.features import Network
 
