@@ -62,8 +62,8 @@ def tiled(tmp_path_factory):
     write_pngs(root / "test" / "blob", [with_blob(im, i) for i, im in enumerate(stripes(4, 64, seed=14))])
     out = root / "bundle"
     assert main(["fit", "--data", str(root), "--out", str(out), "--size", "32", "--weights", "random",
-                 "--no-doc", "--taps", "out", "--pooling", "max", "--k", "1", "--working-size", "64", "--grid", "2x2",
-                 "--bank-mode", "auto"]) == 0
+                 "--no-doc", "--taps", "out", "--pooling", "max", "--k", "1", "--scoring", "knn", "--working-size", "64",
+                 "--grid", "2x2", "--bank-mode", "auto"]) == 0
     return root, out
 
 
@@ -88,7 +88,9 @@ def test_tiled_bundle_scores_every_tile(tiled):
     assert np.array(r.tile_grid).shape == (2, 2)
     assert r.score == pytest.approx(max(max(row) for row in r.tile_grid), rel=1e-5)
     assert r.worst_tile in [tuple(bx) for bx in det.spec.tile_boxes()]
-    assert np.allclose(det.inspect(sorted((root / "train" / "good").glob("*.png"))[0]).score, 0, atol=1e-3)
+    # a training image is in the bank: it scores ~0 (dynamic-range int8, the random-weights fallback,
+    # quantises activations per batch, so the bank's batch and this single frame differ slightly)
+    assert np.allclose(det.inspect(sorted((root / "train" / "good").glob("*.png"))[0]).score, 0, atol=5e-3)
 
 
 @needs_tf

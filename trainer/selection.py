@@ -200,23 +200,9 @@ def select(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, cost: S
     names = list(names)
     auc, cov = delong(labels, np.atleast_2d(np.asarray(scores, np.float64)))
     ib = int(np.argmax(auc))
-    cost = list(cost) if cost is not None else [0.0] * len(names)
-    complexity = list(complexity) if complexity is not None else [()] * len(names)
-    vs, tied, equiv = {}, [], []
-    for i, n in enumerate(names):
-        var = max(float(cov[ib, ib] + cov[i, i] - 2 * cov[ib, i]), 0.0)
-        d, se = float(auc[ib] - auc[i]), var ** 0.5
-        vs[n] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
-        if d <= max(min_effect, z * se):
-            tied.append(i)
-        if d + z * se <= margin:
-            equiv.append(i)
-    pick = min(equiv, key=lambda i: (cost[i], complexity[i], -auc[i]))
-    reason = _reason(names, auc, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin)
-    return Selection(chosen=names[pick], best=names[ib], tie=len(tied) > 1, tied=[names[i] for i in tied],
-                     equivalent=[names[i] for i in equiv], aurocs={n: float(a) for n, a in zip(names, auc)},
-                     se={n: float(np.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}, vs_best=vs,
-                     reason=reason)
+    diag = np.diag(cov)
+    diff_se = np.sqrt(np.maximum(diag[ib] + diag - 2 * cov[ib], 0.0))
+    return _decide(names, auc, diff_se, np.sqrt(np.maximum(diag, 0.0)), cost, complexity, margin, z, min_effect)
 
 
 def _reason(names, auc, ib, pick, tied_others, vs, cost, margin) -> str:
@@ -291,22 +277,31 @@ def select_robust(names: Sequence[str], normal: np.ndarray, defect: np.ndarray, 
 
 def _select_from_stat(names, stat, boots, cost, complexity, margin, z, min_effect) -> Selection:
     ib = int(np.argmax(stat))
+    diff_se = np.std(boots[:, ib:ib + 1] - boots, axis=0, ddof=1)
+    sel = _decide(names, stat, diff_se, np.std(boots, axis=0, ddof=1), cost, complexity, margin, z, min_effect)
+    sel.reason = sel.reason.replace("validation AUROC", "worst-family validation AUROC")
+    return sel
+
+
+def _decide(names, stat, diff_se, se, cost, complexity, margin, z, min_effect) -> Selection:
+    """The tie and equivalence tests of :func:`select` on a statistic (one per candidate), the
+    standard error of each candidate's difference to the best (``diff_se``) and its own (``se``)."""
+    ib = int(np.argmax(stat))
     cost = list(cost) if cost is not None else [0.0] * len(names)
     complexity = list(complexity) if complexity is not None else [()] * len(names)
     vs, tied, equiv = {}, [], []
     for i, n in enumerate(names):
-        d, se = float(stat[ib] - stat[i]), float(np.std(boots[:, ib] - boots[:, i], ddof=1))
-        vs[n] = {"diff": d, "se": se, "z": d / se if se > 0 else 0.0}
-        if d <= max(min_effect, z * se):
+        d, e = float(stat[ib] - stat[i]), float(diff_se[i])
+        vs[n] = {"diff": d, "se": e, "z": d / e if e > 0 else 0.0}
+        if d <= max(min_effect, z * e):
             tied.append(i)
-        if d + z * se <= margin:
+        if d + z * e <= margin:
             equiv.append(i)
     pick = min(equiv, key=lambda i: (cost[i], complexity[i], -stat[i]))
     reason = _reason(names, stat, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin)
     return Selection(chosen=names[pick], best=names[ib], tie=len(tied) > 1, tied=[names[i] for i in tied],
                      equivalent=[names[i] for i in equiv], aurocs={n: float(a) for n, a in zip(names, stat)},
-                     se={n: float(np.std(boots[:, i], ddof=1)) for i, n in enumerate(names)}, vs_best=vs,
-                     reason=reason.replace("validation AUROC", "worst-family validation AUROC"))
+                     se={n: float(se[i]) for i, n in enumerate(names)}, vs_best=vs, reason=reason)
 
 
 def clearly_worse(labels: np.ndarray, scores: np.ndarray, z: float = Z_PRUNE, min_gap: float = 0.02) -> np.ndarray:

@@ -26,23 +26,17 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_k, "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import explore_selection as es  # noqa: E402  (first: sets BLAS threads, TF log level, sys.path before numpy)
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts" / "bench"))
-
-RESULTS = ROOT / "scripts" / "bench" / "results"
+ROOT, RESULTS = es.ROOT, es.RESULTS
 OUT_JSON = RESULTS / "defaults.json"
 ALL_SETS = ("demo", "mnist", "fashion", "mt", "brick")
 TITLES = {"demo": "embedded demo set", "mnist": "MNIST 1 vs 9", "fashion": "Fashion 7 vs 9",
@@ -58,9 +52,7 @@ log = logging.getLogger("bench_defaults")
 
 
 def _weights() -> str:
-    from explore_selection import W035, shared
-
-    w = shared() / "weights" / W035
+    w = es.shared() / "weights" / es.W035
     if not w.exists():
         raise SystemExit(f"bench_defaults: weights file {w} not found (this benchmark needs ../shared/weights)")
     return str(w)
@@ -89,10 +81,9 @@ def device_scores(bundle: Path, images: list) -> tuple[np.ndarray, float]:
 
 def run_one(name: str, seed: int, work: Path) -> dict:
     from core.metrics import auroc
-    from explore_selection import load_set
 
     n_train, n_test = SIZES[name]
-    data = load_set(name, seed, n_train, n_test, work)
+    data = es.load_set(name, seed, n_train, n_test, work)
     t0 = time.time()
     res = fit_defaults(data["train"], work / f"b_{name}_{seed}", seed)
     fit_s = time.time() - t0
@@ -106,9 +97,7 @@ def run_one(name: str, seed: int, work: Path) -> dict:
 
 def run_small(name: str, seed: int, work: Path) -> dict:
     """30 training images; false-reject rate of the held-out good images at the shipped threshold."""
-    from explore_selection import load_set
-
-    data = load_set(name, 100 + seed, SMALL_N, 120 if name == "mt" else 60, work)
+    data = es.load_set(name, 100 + seed, SMALL_N, 120 if name == "mt" else 60, work)
     res = fit_defaults(data["train"], work / f"s_{name}_{seed}", seed)
     good = [im for im, y in zip(data["test"], data["y"]) if y == 0]
     scores, _ = device_scores(res.bundle, good)
