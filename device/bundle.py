@@ -212,7 +212,7 @@ def write_bundle(dest: str | Path, manifest: Mapping[str, Any] | Manifest, files
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote bundle %s (%s)", dest, ", ".join(sorted(blobs)))
+    log.debug("wrote bundle %s (%s)", dest, ", ".join(sorted(blobs)))
     return dest
 
 

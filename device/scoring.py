@@ -279,14 +279,18 @@ def fit_pca(bank: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray, float]
                          f"{x.shape}, found {dims}")
     mean = x.mean(axis=0)
     xc = x - mean
-    # Covariance eigen-decomposition: D x D, cheaper than an SVD of N x D for N >> D.
-    cov = xc.T @ xc
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
+    n, d = xc.shape
+    if n >= d:     # covariance eigen-decomposition: D x D, O(N D^2 + D^3)
+        evals, evecs = np.linalg.eigh(xc.T @ xc)
+        order = np.argsort(evals)[::-1][:dims]
+        comps = evecs[:, order].T
+    else:          # wide bank (few rows, many dims): the N x N Gram matrix, O(N^2 D + N^3)
+        evals, u = np.linalg.eigh(xc @ xc.T)
+        order = np.argsort(evals)[::-1][:dims]
+        comps = (u[:, order].T @ xc) / np.sqrt(np.maximum(evals[order], 1e-30))[:, None]
     total = float(evals.clip(min=0).sum()) or 1.0
-    comps = evecs[:, :dims].T
-    return mean.astype(np.float32), np.ascontiguousarray(comps, np.float32), float(evals[:dims].clip(min=0).sum() / total)
+    kept = float(evals[order].clip(min=0).sum())
+    return mean.astype(np.float32), np.ascontiguousarray(comps, np.float32), kept / total
 
 
 class ProjectedKNNScorer:

@@ -63,3 +63,20 @@ def test_threshold_small_and_bad_inputs():
         calibrate_threshold([], 0.01)
     with pytest.raises(ValueError):
         calibrate_threshold([1.0], 1.5)
+
+
+@pytest.mark.parametrize("shape", [(400, 24), (24, 400)])
+def test_pca_matches_the_svd_for_tall_and_wide_banks(shape):
+    """fit_pca takes the D x D covariance for tall banks and the N x N Gram matrix for wide ones
+    (a 300-row bank of 13k-dim grid features must not cost a 13k x 13k eigen-decomposition): both
+    give the SVD's leading directions (up to sign), unit length, and its explained variance."""
+    from device.scoring import fit_pca
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=shape) * np.linspace(4.0, 0.1, shape[1])).astype(np.float32)
+    mean, comps, ev = fit_pca(x, 8)
+    xc = x.astype(np.float64) - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    assert np.allclose(mean, x.mean(axis=0), atol=1e-5)
+    assert np.allclose(np.abs(comps @ vt[:8].T), np.eye(8), atol=1e-3)
+    assert ev == pytest.approx(float((s[:8] ** 2).sum() / (s ** 2).sum()), rel=1e-4)

@@ -60,5 +60,5 @@ def convert(model, representative: np.ndarray | None = None, mode: str = "int8",
         if not verbose():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         blob = conv.convert()
-    log.info("converted extractor to TFLite (%s): %.1f KiB", mode, len(blob) / 1024)
+    log.debug("converted extractor to TFLite (%s): %.1f KiB", mode, len(blob) / 1024)
     return blob

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SHORTLISTS = ((32, 16), (32, 32), (64, 32), (64, 64), (128, 64))
 UNCHANGED_RTOL = 1e-4
 FASTER = 0.9          # a compression ships when it takes at most this share of the brute-force k-NN time
+PCA_WORK_MAX = 2e12   # multiply-adds of the PCA fit (min(N, D)^2 * max(N, D)) above which compression is not tried
 
 
 @contextlib.contextmanager
@@ -102,6 +103,10 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
     opts = [(pinned, 64)] if pinned else [(a, b) for a, b in SHORTLISTS if a < d and b < len(bank) // 4]
     if not opts:
         return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims is too small to compress"}
+    work = min(bank.shape) ** 2 * max(bank.shape)
+    if work > PCA_WORK_MAX:
+        return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims: fitting its PCA (~{work:.1e} "
+                                        f"multiply-adds) costs more than it is worth here; brute-force scan"}
     frames = [q for q in np.split(defect_q, len(defect_q) // n_tiles)][:n_time] or [bank[:n_tiles]]
     with one_thread():
         brute = _knn_ms(TileScorer(bank, k, n_tiles=n_tiles), frames)
