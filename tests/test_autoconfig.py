@@ -295,3 +295,24 @@ def test_alignment_score_tells_aligned_parts_from_textures_and_shapes_the_space(
     aligned = derive_space((290, 400), {0.35: "a"}, aligned=True)
     assert {c.pooling for c in aligned} == {"grid3", "patch"}
     assert {c.pooling for c in derive_space((290, 400), {0.35: "a"})} == {"max", "avg", "grid3", "patch"}
+
+
+def test_search_skips_the_candidates_the_time_budget_cannot_score():
+    """The budget covers scoring, not only the forward pass: a 16x16-tile grid of 3x3-grid-pooled
+    features (11k dims, ~100k query rows against ~25k bank rows) cannot be scored in a minute and
+    is skipped (and recorded); the cheap whole-frame candidate of the same pass is kept."""
+    pytest.importorskip("tensorflow")
+    import types
+
+    from trainer.candidates import Candidate, SearchClock
+    from trainer.search import _affordable, _score_seconds
+
+    ctx = types.SimpleNamespace(imgs=[None] * 100, syn=types.SimpleNamespace(images=[None] * 300))
+    cheap = Candidate(96, taps="out", pooling="max")
+    heavy = Candidate(96, taps="out", pooling="grid3", grid=(16, 16), working_size=(1024, 1024))
+    assert _score_seconds(cheap, 400, 100) < 1.0 < 600 < _score_seconds(heavy, 400, 100)
+    clock = SearchClock(60.0)
+    assert _affordable([heavy, cheap], ctx, clock, forward_s=5.0) == [cheap]
+    assert len(clock.skipped) == 1 and "1 of 2 candidates" in clock.skipped[0]
+    clock = SearchClock(60.0)
+    assert _affordable([heavy], ctx, clock, forward_s=5.0) == [] and "1 candidates" in clock.skipped[0]

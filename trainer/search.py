@@ -276,6 +276,40 @@ def _pass_seconds(c: Candidate, n_inputs: int, ms_per_input: float | None) -> fl
     return ms_per_input * n_inputs * c.n_tiles / 1e3
 
 
+SCORE_RATE = 2e10    # multiply-adds per second of the cross-fitted scoring (1 thread; ~5e10 measured, margin kept)
+
+
+def _score_seconds(c: Candidate, n_inputs: int, n_images: int) -> float:
+    """Estimated seconds to score one candidate of a pass: every input's rows against the bank
+    (k-NN: queries x bank rows x dims), or a Mahalanobis distance per patch row (Gaussian)."""
+    dim, p = feature_dim(c)
+    q = n_inputs * c.n_tiles
+    if c.pooling == "patch":
+        return q * p * dim * dim / SCORE_RATE
+    return q * n_images * c.n_tiles * dim / SCORE_RATE
+
+
+def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s: float) -> list:
+    """The candidates of one pass the time budget affords: the forward pass, then the cheapest to
+    score first (a 16x16-tile grid of 11k-dim features scores for many minutes); the rest are
+    recorded as skipped, the pass too when not even its cheapest candidate fits."""
+    n_in = len(ctx.imgs) + len(ctx.syn.images)
+    cost = {c.name: _score_seconds(c, n_in, len(ctx.imgs)) for c in group}
+    keep, total = set(), forward_s
+    for c in sorted(group, key=lambda c: cost[c.name]):
+        if clock.can_afford(total + cost[c.name]):
+            keep.add(c.name)
+            total += cost[c.name]
+    c0 = group[0]
+    where = f"a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else "")
+    if not keep:
+        clock.skip(f"{len(group)} candidates on {where}", forward_s + min(cost.values()))
+    elif len(keep) < len(group):
+        clock.skip(f"{len(group) - len(keep)} of {len(group)} candidates on {where} (scoring)",
+                   sum(v for k, v in cost.items() if k not in keep))
+    return [c for c in group if c.name in keep]
+
+
 @dataclasses.dataclass
 class SearchContext:
     """What every forward pass of a search shares: the images, their validation defects, folds."""
@@ -369,9 +403,9 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
 
     c0 = group[0]
     net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
-    est = _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images), cache.ms_per_input(net))
-    if not clock.can_afford(est):
-        clock.skip(f"{len(group)} candidates on a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else ""), est)
+    group = _affordable(group, ctx, clock, _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images),
+                                                         cache.ms_per_input(net)))
+    if not group:
         return
     srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color), "syn": network_inputs(ctx.syn.images, c0, cfg.color)}
     extra = ()
@@ -387,6 +421,7 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
     eligible = [r.candidate for r in base if r.candidate.scoring == "knn" and r.candidate.pooling != "patch"]
     keep = [c for c in eligible if worst[c.name] >= lead - PRUNE_GAP]
     found["pruned"] += [c.name for c in eligible if c not in keep]
+    keep = _affordable(keep, ctx, clock, 0.0) if keep else keep       # the k variants score the same rows again
     if keep:
         more = score_pass(keep, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, ks=REFINE_KS, extra=extra)
         for c in keep:
