@@ -113,12 +113,17 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
         ref_n = TileScorer(fold_bank, k, n_tiles=n_tiles).tile_scores(normal_q)
         ref_d = TileScorer(fold_bank, k, n_tiles=n_tiles).tile_scores(defect_q)
         rows = []
+        top = max(dims for dims, _ in opts)      # PCA components are nested: fit once, keep the first dims
+        fold_mean, fold_comps, _ = fit_pca(fold_bank, min(top, min(fold_bank.shape)))
+        m2, c2_all, _ = fit_pca(bank, min(top, min(bank.shape)))
+        fold_c = fold_bank.astype(np.float64) - fold_mean
+        fold_var = float((fold_c ** 2).sum()) or 1.0
         for dims, sl in opts:
-            mean, comps, ev = fit_pca(fold_bank, min(dims, min(fold_bank.shape)))
-            fs = TileScorer(fold_bank, k, n_tiles=n_tiles, projection=(mean, comps, True, sl, False))
+            comps, c2 = fold_comps[:dims], c2_all[:dims]
+            ev = float(((fold_c @ comps.T.astype(np.float64)) ** 2).sum()) / fold_var
+            fs = TileScorer(fold_bank, k, n_tiles=n_tiles, projection=(fold_mean, comps, True, sl, False))
             ok_n = np.allclose(fs.tile_scores(normal_q), ref_n, rtol=UNCHANGED_RTOL, atol=1e-6)
             same_d = float(np.mean(np.isclose(fs.tile_scores(defect_q), ref_d, rtol=UNCHANGED_RTOL, atol=1e-6)))
-            m2, c2, _ = fit_pca(bank, min(dims, min(bank.shape)))
             ms = _knn_ms(TileScorer(bank, k, n_tiles=n_tiles, projection=(m2, c2, True, sl, False)), frames)
             rows.append({"dims": dims, "shortlist": sl, "knn_ms": ms, "normal_scores_unchanged": bool(ok_n),
                          "defect_scores_identical": same_d, "explained_variance": round(ev, 4)})

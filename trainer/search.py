@@ -289,7 +289,8 @@ def _score_seconds(c: Candidate, n_inputs: int, n_images: int) -> float:
     return q * n_images * c.n_tiles * dim / SCORE_RATE
 
 
-def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s: float) -> list:
+def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s: float,
+                what: str = "candidates") -> list:
     """The candidates of one pass the time budget affords: the forward pass, then the cheapest to
     score first (a 16x16-tile grid of 11k-dim features scores for many minutes); the rest are
     recorded as skipped, the pass too when not even its cheapest candidate fits."""
@@ -303,9 +304,9 @@ def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s
     c0 = group[0]
     where = f"a{c0.alpha:g}/{c0.size}" + (f"/{c0.grid}" if c0.grid else "")
     if not keep:
-        clock.skip(f"{len(group)} candidates on {where}", forward_s + min(cost.values()))
+        clock.skip(f"{len(group)} {what} on {where}", forward_s + min(cost.values()))
     elif len(keep) < len(group):
-        clock.skip(f"{len(group) - len(keep)} of {len(group)} candidates on {where} (scoring)",
+        clock.skip(f"{len(group) - len(keep)} of {len(group)} {what} on {where} (scoring)",
                    sum(v for k, v in cost.items() if k not in keep))
     return [c for c in group if c.name in keep]
 
@@ -421,7 +422,7 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
     eligible = [r.candidate for r in base if r.candidate.scoring == "knn" and r.candidate.pooling != "patch"]
     keep = [c for c in eligible if worst[c.name] >= lead - PRUNE_GAP]
     found["pruned"] += [c.name for c in eligible if c not in keep]
-    keep = _affordable(keep, ctx, clock, 0.0) if keep else keep       # the k variants score the same rows again
+    keep = _affordable(keep, ctx, clock, 0.0, "k refinements") if keep else keep   # scored on the same rows again
     if keep:
         more = score_pass(keep, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, ks=REFINE_KS, extra=extra)
         for c in keep:
