@@ -70,6 +70,10 @@ class InputSpec(Spec):
             (a fraction of the tile, 0 <= overlap < 1).
         tile, stride: alternatively, tile (height, width) and stride in working-size pixels;
             the last row/column is aligned to the far edge so the whole frame is covered.
+        normalize: ``"none"``, or ``"standardize"``: after the resize, the frame's grey levels are
+            brought to a fixed mean and spread (:func:`device.preprocess.standardize`), so global
+            lighting and exposure differences between parts are not scored (the drift watch still
+            sees them in the raw frames). ``fit`` chooses it where validation shows it helps.
     """
 
     size: IntPair = (96, 96)
@@ -86,6 +90,7 @@ class InputSpec(Spec):
     overlap: float = Field(0.0, ge=0.0, lt=1.0)
     tile: Optional[IntPair] = None
     stride: Optional[IntPair] = None
+    normalize: Literal["none", "standardize"] = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> "InputSpec":

@@ -316,3 +316,31 @@ def test_search_skips_the_candidates_the_time_budget_cannot_score():
     assert len(clock.skipped) == 1 and "1 of 2 candidates" in clock.skipped[0]
     clock = SearchClock(60.0)
     assert _affordable([heavy], ctx, clock, forward_s=5.0) == [] and "1 candidates" in clock.skipped[0]
+
+
+@needs_tf
+def test_search_standardizes_the_input_only_where_lighting_varies():
+    """The input-normalisation probe: normal parts photographed under exposures that differ by up to
+    3x (gain and offset per image) make the untouched network score lighting, not defects; the
+    search measures both settings on its cheapest pass and standardizes only when validation gains
+    by more than noise. Under steady lighting it keeps the frames as they are, or standardizes
+    only on evidence (never on a tie)."""
+    from trainer.search import SearchConfig, search
+
+    rng = np.random.default_rng(12)
+    steady = [s[:, :, 0] for s in stripes(30, size=48, seed=13)]
+    varied = [np.clip(s.astype(float) * g + o, 0, 255).astype(np.uint8)
+              for s, g, o in zip(steady, rng.uniform(0.3, 1.0, 30), rng.uniform(0, 60, 30))]
+    cfg = SearchConfig(weights={0.35: "random"}, pins={"size": 96, "taps": ["out", "b13"], "pooling": ["max"]},
+                       kinds=("spot", "scratch", "elastic"), budget_ms=100.0, time_budget_s=300, folds=4)
+    res = search(varied, cfg)
+    rec = res.to_manifest()["normalize"]
+    assert rec["mode"] == "standardize" and rec["diff"] > 0 and rec["candidates"] == 2, rec
+    assert res.chosen.normalize == "standardize" and res.chosen.name.endswith("-std")
+    assert {r.candidate.normalize for r in res.results} == {"none", "standardize"}   # both probe passes rated
+    calm = search(steady, cfg).to_manifest()["normalize"]
+    assert calm["mode"] == "none" or calm["diff"] > max(0.002, 1.645 * calm["se"]), calm
+    assert "noise" in calm["reason"]
+    pinned = search(varied, SearchConfig(**{**cfg.__dict__, "pins": {**cfg.pins, "normalize": "none"}}))
+    assert {r.candidate.normalize for r in pinned.results} == {"none"}
+    assert pinned.to_manifest()["normalize"]["mode"] == "none"

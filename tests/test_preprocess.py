@@ -108,3 +108,30 @@ def test_list_images(tmp_path):
     _png(tmp_path / "a" / "1.png", np.zeros((9, 9), np.uint8))
     (tmp_path / "a" / "notes.txt").write_text("x")
     assert [p.name for p in list_images([tmp_path / "a"])] == ["1.png"]
+
+
+def test_standardize_removes_global_lighting_but_keeps_local_contrast():
+    """``normalize = "standardize"``: the same part under another exposure (gain and offset) becomes
+    the same network input; a local defect stays visible; a flat frame stays flat (no noise blown
+    up to full contrast); the spec refuses an unknown mode naming the key; old specs load as none."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:120, 0:160]
+    part = np.clip(120 + 50 * np.sin(xx / 7.0) * np.cos(yy / 9.0) + rng.normal(0, 3, (120, 160)), 0, 255)
+    frame = part.astype(np.uint8)
+    dim = np.clip(part * 0.45 + 30, 0, 255).astype(np.uint8)         # darker lighting, lower contrast
+    spec = InputSpec(size=(96, 96), color="grey", normalize="standardize")
+    plain = spec.replace(normalize="none")
+    a, b = preprocess(frame, spec)[0].astype(int), preprocess(dim, spec)[0].astype(int)
+    assert np.abs(a - b).mean() < 2.0 and np.abs(a - b).max() <= 8
+    pa, pb = preprocess(frame, plain)[0].astype(int), preprocess(dim, plain)[0].astype(int)
+    assert np.abs(pa - pb).mean() > 30                                  # without it the exposure dominates
+    assert abs(a.mean() - 128) < 2 and abs(a.std() - 40) < 2
+    spot = frame.copy()
+    spot[50:62, 70:82] = 0
+    d = np.abs(preprocess(spot, spec)[0].astype(int) - a)[..., 0]
+    assert d[40:52, 42:50].mean() > 40 and np.median(d) <= 3              # the spot, and little elsewhere
+    flat = np.full((120, 160), 7, np.uint8) + rng.integers(0, 2, (120, 160)).astype(np.uint8)
+    assert preprocess(flat, spec)[0].std() < 10
+    with pytest.raises(ValueError, match="normalize"):
+        InputSpec.from_dict({"size": [96, 96], "normalize": "auto"})
+    assert InputSpec.from_dict({"size": [96, 96]}).normalize == "none"

@@ -171,7 +171,9 @@ def fit_report(folder: Path, summary: dict, plan, data, val, threshold: dict, xt
            "scores": np.r_[val.frame("train"), val.frame("defects")], "groups": groups,
            "threshold": threshold["value"], "syn": plan.syn, "worst": _worst_items(data, val, exp, xt.rows)}
     rec = xt.record
+    norm = rec.get("normalize") or {"mode": plan.candidate.normalize, "reason": "no search: the default or the option given"}
     decisions = [{"decision": "configuration", "outcome": rec.get("chosen"), "why": rec.get("reason")},
+                 {"decision": "input normalisation", "outcome": norm["mode"], "why": norm.get("reason")},
                  {"decision": "DOC fine-tuning", "outcome": rec["doc"]["decision"], "why": rec["doc"]["reason"]},
                  {"decision": "quantisation", "outcome": exp.quant, "why": exp.report.get("auto_choice", "configured")},
                  {"decision": "bank compression", "outcome": rec["bank_compression"].get("dims") or "none",

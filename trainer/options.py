@@ -52,7 +52,7 @@ DEFAULT_TIME_BUDGET_S = 900.0   # 15 min for the whole fit
 # --no-search (and fields a search could not decide): one configuration that works on most
 # products (docs/AUTOCONFIG.md); pooling becomes grid3 for aligned parts (trainer.candidates.alignment_score).
 NO_SEARCH = {"alpha": 0.35, "size": (96, 96), "taps": "b13+out", "pooling": "max", "k": 1, "scoring": "knn",
-             "overlap": 0.0}
+             "overlap": 0.0, "normalize": "none"}
 
 
 def opt(default: Any, help: str, group: str = SEARCH, flag: str | None = None, shown: str | None = None,
@@ -152,6 +152,10 @@ class FitConfig(_Options):
     interpolation: Literal["area", "linear", "nearest"] = opt(
         "area", "resize filter (area: anti-aliased, keeps thin defects; linear: cheaper)", INPUT)
     roi: Optional[IntQuad] = opt(None, "x,y,width,height crop in source pixels", INPUT)
+    normalize: Optional[Literal["none", "standardize"]] = opt(
+        None, "standardize: bring every frame to one mean grey level and contrast before the network, so lighting "
+              "and exposure differences between parts are not scored (the drift watch still sees them)", INPUT,
+        shown="searched: standardize when validation with it is better by more than noise")
 
     @model_validator(mode="after")
     def _consistent(self) -> "FitConfig":
@@ -184,7 +188,7 @@ class FitConfig(_Options):
     def pins(self) -> dict:
         """The search dimensions this config fixes (``trainer.candidates.derive_space`` pins)."""
         p: dict[str, Any] = {}
-        for name in ("alpha", "taps", "pooling", "scoring", "k", "doc"):
+        for name in ("alpha", "taps", "pooling", "scoring", "k", "doc", "normalize"):
             if getattr(self, name) is not None:
                 p[name] = getattr(self, name)
         if self.size is not None and self.size[0] == self.size[1]:
@@ -197,7 +201,7 @@ class FitConfig(_Options):
 
     def unresolved(self) -> list[str]:
         """Names of the searched fields still unset."""
-        return [n for n in ("alpha", "size", "taps", "pooling", "scoring", "k", "doc", "overlap", "color")
+        return [n for n in ("alpha", "size", "taps", "pooling", "scoring", "k", "doc", "overlap", "color", "normalize")
                 if getattr(self, n) is None]
 
     def resolve(self, chosen: dict) -> "FitConfig":
@@ -222,6 +226,7 @@ class FitConfig(_Options):
         try:
             return InputSpec(size=tuple(self.size), color=self.color or "rgb", resize=self.resize, roi=self.roi,
                              interpolation=self.interpolation, pixel_scale=1.0, pixel_offset=0.0,
+                             normalize=self.normalize or "none",
                              working_size=tuple(self.working_size) if tiled else None,
                              grid=tuple(self.grid) if tiled else None,
                              overlap=(overlap if overlap is not None else self.overlap or 0.0) if tiled else 0.0)

@@ -200,7 +200,8 @@ def _default(sc, cfg: FitConfig, pins: dict):
     tiles = {"grid": tuple(cfg.grid), "working_size": tuple(cfg.working_size), "overlap": cfg.overlap or 0.0} \
         if cfg.grid is not None and not cfg.whole_frame else {}
     cand = Candidate(size=base["size"][0] if isinstance(base["size"], tuple) else base["size"], alpha=base["alpha"],
-                     taps=base["taps"], pooling=base["pooling"], scoring=base["scoring"], k=base["k"], **tiles)
+                     taps=base["taps"], pooling=base["pooling"], scoring=base["scoring"], k=base["k"],
+                     normalize=base["normalize"], **tiles)
     pinned = sorted(k for k in pins if k in NO_SEARCH or k in ("grid", "working_size"))
     how = (f"the options given ({', '.join(pinned)}), the default for the rest" if pinned else
            "the default configuration")

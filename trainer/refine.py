@@ -103,6 +103,10 @@ def _train(cand, images, train_mask: np.ndarray, cfg, progress: bool):
     dc = cfg.doc_cfg.model_copy(update={"taps": cand.taps, "pooling": cand.pooling, "seed": cfg.seed,
                                         "train_from": cfg.doc_cfg.train_from or default_train_from(cand.taps)})
     ref_x, ref_y, ref_desc = load_reference(cfg.reference, (cand.size, cand.size), cfg.n_reference, cfg.seed)
+    if cand.normalize == "standardize":   # the reference set meets the trunk as the normal images do
+        from device.preprocess import standardize
+
+        ref_x = np.stack([standardize(im) for im in ref_x])
     backbone, _ = build_backbone(cand.alpha, (cand.size, cand.size), cfg.weights)
     backbone, hist = train_doc(backbone, x, ref_x, ref_y, dc, progress=progress)
     return backbone, {**dc.model_dump(), "reference": ref_desc, "seconds": round(hist["seconds"], 1),

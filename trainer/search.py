@@ -126,6 +126,7 @@ class SearchResult:
     pruned: list = dataclasses.field(default_factory=list)
     frame_hw: tuple = (0, 0)
     index: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    normalize: dict | None = None
 
     def table(self) -> list[dict]:
         """One row per evaluated candidate (validation AUROC overall and per defect kind, latency)."""
@@ -143,6 +144,7 @@ class SearchResult:
                 "defect_kinds": sorted(set(self.kinds.tolist())), "n_candidates": len(self.results),
                 "skipped_for_time": self.skipped, "pruned": self.pruned, "seconds": round(self.seconds, 1),
                 "n_validation_images": len(self.images), "n_validation_defects": int(len(self.kinds)),
+                "normalize": self.normalize or {"mode": self.chosen.normalize, "reason": "pinned by the options given"},
                 "candidates": self.table()}
 
 
@@ -156,10 +158,11 @@ def network_inputs(images: Sequence, c: Candidate, color: str = "grey"):
 
     if c.grid:
         spec = InputSpec(size=(c.size, c.size), color=color, working_size=tuple(c.working_size),
-                         grid=tuple(c.grid), overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0)
+                         grid=tuple(c.grid), overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0,
+                         normalize=c.normalize)
         frames = np.stack([prepare_frame(im, spec) for im in images])
         return TiledSource(frames[..., 0] if color == "grey" else frames, spec)
-    spec = InputSpec(size=(c.size, c.size), color=color, pixel_scale=1.0, pixel_offset=0.0)
+    spec = InputSpec(size=(c.size, c.size), color=color, pixel_scale=1.0, pixel_offset=0.0, normalize=c.normalize)
     return ArraySource(np.stack([preprocess(im, spec)[0] for im in images]))
 
 
@@ -456,7 +459,12 @@ def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
              "budget %.2f ms", log_space([c for g in groups for c in g]), len(ctx.imgs), len(ctx.syn.images),
              ctx.align, ctx.min_px, ctx.budget)
     found = {"results": [], "variants": {}, "pruned": []}
-    bar = progress(len(groups)) if progress is not None else None
+    probe = "normalize" not in cfg.pins and bool(groups)
+    bar = progress(len(groups) + probe) if progress is not None else None
+    normalize = None
+    if probe:   # the input normalisation is a property of the product and its lighting: decided once
+        normalize = _probe_normalize(groups[0], ctx, cfg, cache, clock, found, bar)
+        groups = [[dataclasses.replace(c, normalize=normalize["mode"]) for c in g] for g in groups[1:]]
     for group in groups:
         _run_group(group, ctx, cfg, cache, clock, found)
         if bar is not None:
@@ -472,8 +480,49 @@ def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
         pruned.append(f"{len(found['pruned'])} candidates more than {PRUNE_GAP} worst-family AUROC below the leader "
                       f"(no k variants scored)")
     res.alignment, res.images, res.syn, res.fold, res.pruned = ctx.align, ctx.imgs, ctx.syn, ctx.fold, pruned
-    res.frame_hw, res.index = ctx.hw, ctx.index
+    res.frame_hw, res.index, res.normalize = ctx.hw, ctx.index, normalize
     return res
+
+
+def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock: SearchClock, found: dict,
+                     bar=None) -> dict:
+    """Score the cheapest forward pass's candidates with and without ``standardize`` and decide
+    the input normalisation for the rest of the search: ``standardize`` only when it raises the
+    candidates' mean worst-family validation AUROC by more than noise (paired bootstrap over the
+    source images, :func:`trainer.selection.paired_mean_gap`); a tie keeps ``none`` (the frame as
+    the camera gives it). Both passes' candidates stay in the selection. Returns the record."""
+    from trainer.selection import paired_mean_gap, significant_win
+
+    done = {}
+    for mode in ("none", "standardize"):
+        n0 = len(found["results"])
+        _run_group([dataclasses.replace(c, normalize=mode) for c in group], ctx, cfg, cache, clock, found)
+        done[mode] = {dataclasses.replace(r.candidate, normalize="none"): r for r in found["results"][n0:]}
+        if bar is not None:
+            bar.step(note=f"{len(found['results'])} candidates scored (input normalisation probe)")
+    both = [c for c in done["none"] if c in done["standardize"]]
+    rec = {"mode": "none", "probe": f"a{group[0].alpha:g}-{group[0].size}", "candidates": len(both)}
+    if not both:
+        return {**rec, "reason": "not measured (the time budget allowed no probe pass)"}
+    real = cfg.real is not None
+    fam = np.array(["real"] * len(done["none"][both[0]].real)) if real else ctx.family
+    src = np.arange(len(fam)) % len(ctx.imgs) if real else ctx.syn.source
+
+    def rows(mode):
+        rs = [done[mode][c] for c in both]
+        return np.stack([r.normal for r in rs]), np.stack([r.real if real else r.defect for r in rs])
+
+    gap = paired_mean_gap(*rows("standardize"), *rows("none"), fam, src, n_boot=200, seed=cfg.seed)
+    win = significant_win(gap)
+    what = "real-defect" if real else "worst-family validation"
+    rec.update(mode="standardize" if win else "none", diff=round(gap["diff"], 4), se=round(gap["se"], 4),
+               wins=gap["wins"], reason=(
+                   f"standardize {'raises' if gap['diff'] > 0 else 'changes'} the mean {what} AUROC of the "
+                   f"{len(both)} {rec['probe']} candidates by {gap['diff']:+.4f} (SE {gap['se']:.4f}, better on "
+                   f"{gap['wins']} of {len(both)}): " + ("more than noise, the frames are standardized" if win else
+                                                          "not more than noise, the frames stay as they are")))
+    log.info("input normalisation: %s", rec["reason"])
+    return rec
 
 
 def _result(c: Candidate, sc: dict, cfg: SearchConfig, ctx: SearchContext) -> CandidateResult:
