@@ -213,3 +213,32 @@ def test_compression_ships_only_when_faster_and_exact():
         chosen = next(r for r in rec["options"] if r["dims"] == rec["dims"] and r["shortlist"] == rec["shortlist"])
         assert chosen["normal_scores_unchanged"] and chosen["knn_ms"] <= 0.9 * rec["brute_force_knn_ms"]
     assert choose_compression(bank, 1, 1, bank, q, q, pinned=0)["dims"] is None
+
+
+def test_float_comparison_is_skipped_when_the_time_budget_cannot_hold_it(caplog, monkeypatch):
+    """``--quant auto`` compares float with int8 by exporting and validating again: about what the
+    int8 stage cost. When that and the stages after it do not fit the time left, int8 ships
+    unmeasured against float and the record says why (the fit stays within --time-budget)."""
+    import types
+
+    from trainer.pipeline import choose_quant
+
+    exp = types.SimpleNamespace(quant="int8", report={})
+    bank, val = object(), object()
+    with caplog.at_level(logging.WARNING, logger="trainer.pipeline"):
+        got = choose_quant(None, exp, bank, val, None, None, FitConfig(quant="auto"), time_left=100.0, cost_s=80.0)
+    assert got == (exp, bank, val)
+    assert "does not fit the 100 s left of --time-budget" in exp.report["auto_choice"]
+    assert "float comparison" in caplog.text
+    import trainer.pipeline as pipeline
+
+    calls = []
+
+    def float_export(model, data, rows, cfg, quant="int8"):
+        calls.append(quant)
+        raise RuntimeError("float export reached")
+
+    monkeypatch.setattr(pipeline, "export", float_export)
+    with pytest.raises(RuntimeError, match="float export reached"):   # with the time, the comparison runs
+        choose_quant(None, exp, bank, val, None, None, FitConfig(quant="auto"), time_left=1000.0, cost_s=80.0)
+    assert calls == ["float"]

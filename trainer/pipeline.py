@@ -270,11 +270,23 @@ def choose_bank(exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> Bank:
     return Bank(sample, mode, report, subsampled)
 
 
-def choose_quant(model, exp: Export, bank: Bank, val: Validation, data: FitData, rows: Rows, cfg: FitConfig):
+def choose_quant(model, exp: Export, bank: Bank, val: Validation, data: FitData, rows: Rows, cfg: FitConfig,
+                 time_left: float | None = None, cost_s: float = 0.0):
     """``--quant auto``: float ships only when its worst-family validation AUROC beats int8 by more
     than :data:`AUTO_QUANT_TOLERANCE` *and* by more than noise; otherwise int8 (smaller, faster).
+    The float comparison costs about what the int8 export, bank and validation cost (``cost_s``);
+    when that and the stages after it do not fit the ``time_left`` of ``--time-budget``, it is
+    skipped, int8 ships and the record says so.
     Returns ``(export, bank, validation)`` of what ships, with the measurement in ``export.report``."""
     if exp.quant == "float" or not (cfg.quant == "auto" or cfg.compare_float):
+        return exp, bank, val
+    need = cost_s * (1.0 + AFTER_QUANT_SHARE)
+    if time_left is not None and need > time_left:
+        why = (f"{exp.quant}: the float comparison (about {cost_s:.0f} s, and {AFTER_QUANT_SHARE * cost_s:.0f} s for "
+               f"the stages after it) does not fit the {max(0.0, time_left):.0f} s left of --time-budget; "
+               f"{exp.quant} ships without it")
+        exp.report["auto_choice"] = why
+        log.warning("quant: %s", why)
         return exp, bank, val
     fexp = export(model, data, rows, cfg, quant="float")
     fbank = Bank(bank_sample(fexp.rows["train"], _bank_cap(cfg, rows), cfg.bank_subsample, cfg.scoring, cfg.seed),
@@ -291,6 +303,9 @@ def choose_quant(model, exp: Export, bank: Bank, val: Validation, data: FitData,
         fexp.report.update(exp.report)
         return fexp, fbank, fval
     return exp, bank, val
+
+
+AFTER_QUANT_SHARE = 1.0   # threshold, bundle write + verify, report: measured 0.5-1.1 x the int8 stage (tiled patch fits)
 
 
 def quant_decision(gap: dict, quant: str, tolerance: float = AUTO_QUANT_TOLERANCE) -> tuple[bool, str]:
@@ -468,30 +483,51 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     keras.utils.set_random_seed(cfg.seed)   # random-init layers and heads are reproducible
     import tempfile
 
+    stages = StageTimes()
     with tempfile.TemporaryDirectory(prefix="fit-cache-") as tmp:
         plan = plan_fit(inputs, cfg, clock, FeatureCache(tmp), (lambda n: Progress("search", n, enabled=progress)),
                         real_defects=real_defects)
+        stages.mark("load and search")
         data = prepare(inputs, plan, calib, real_defects)
         xt = extractor_candidates(data, plan, clock, progress)
-    return _build(inputs, plan, data, xt, out, t_start, progress, capture, report)
+        stages.mark("features and DOC")
+    return _build(inputs, plan, data, xt, out, t_start, progress, capture, report, clock, stages)
+
+
+class StageTimes:
+    """Wall-clock seconds of ``fit``'s stages, in order (the summary's ``stage_seconds``)."""
+
+    def __init__(self):
+        self.t, self.seconds = time.time(), {}
+
+    def mark(self, name: str) -> float:
+        now = time.time()
+        self.seconds[name] = round(now - self.t, 1)
+        self.t = now
+        return self.seconds[name]
 
 
 def _build(inputs, plan, data: FitData, xt: Extractor, out, t_start: float, progress: bool, capture,
-           report: bool) -> FitResult:
+           report: bool, clock=None, stages: StageTimes | None = None) -> FitResult:
     """Stages 3-7 (export to report) for the resolved configuration."""
     from trainer.progress import Progress
 
     cfg = plan.cfg
+    stages = stages or StageTimes()
     with Progress("device features", 4, enabled=progress) as bar:
         exp = export(xt.model, data, xt.rows, cfg)
         bank = choose_bank(exp, data, xt.rows, cfg)
         bar.step(note="bank")
         val = validate(exp, bank, data, xt.rows, cfg)
         bar.step(note="validation")
-        exp, bank, val = choose_quant(xt.model, exp, bank, val, data, xt.rows, cfg)
+        spent = stages.mark(f"export, bank, validation ({exp.quant})")
+        exp, bank, val = choose_quant(xt.model, exp, bank, val, data, xt.rows, cfg,
+                                      time_left=clock.left() if clock is not None else None, cost_s=spent)
+        stages.mark("float comparison")
         bar.step(note=f"quantisation: {exp.quant}")
         threshold, cal_scores = calibrate(val, data, cfg)
         frag, proj_files, comp = compress(bank, exp, data, xt.rows, cfg)
+        stages.mark("threshold and bank compression")
         bar.step(note="threshold")
     xt.record["bank_compression"] = comp
     val_auroc = _val_auroc(val)
@@ -499,13 +535,17 @@ def _build(inputs, plan, data: FitData, xt: Extractor, out, t_start: float, prog
     body.update(_records(inputs, capture))
     path, lat = _write(out, body, _bundle_files(exp, bank, cal_scores, proj_files), inputs.images,
                        cfg.budget_ms if cfg.budget_ms is not None else plan.record.get("budget_ms"))
+    stages.mark("bundle written and verified")
     summary = _summary(plan, data, xt, exp, bank, threshold, val_auroc, lat, comp, t_start)
     summary["input_normalised"] = "; ".join(inputs.notes) or "nothing (one frame size, one colour mode)"
+    summary["stage_seconds"] = stages.seconds
     rep = None
     if report:
         from trainer.fit_report import fit_report
 
         rep = fit_report(Path(str(out).rstrip("/") + "-report"), summary, plan, data, val, threshold, xt, exp)
+        stages.mark("report")
+    log.info("fit stages (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in stages.seconds.items()))
     labels = np.r_[np.zeros(len(val.train)), np.ones(len(val.defects))]
     return FitResult(path, summary, {"validation (cross-fitted normals vs synthetic defects)":
                                      (labels, np.r_[val.frame("train"), val.frame("defects")])}, rep)
