@@ -407,8 +407,8 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
 
     c0 = group[0]
     net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
-    group = _affordable(group, ctx, clock, _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images),
-                                                         cache.ms_per_input(net)))
+    t0, est = time.time(), _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images), cache.ms_per_input(net))
+    group = _affordable(group, ctx, clock, est)
     if not group:
         return
     srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color), "syn": network_inputs(ctx.syn.images, c0, cfg.color)}
@@ -432,6 +432,8 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
             vs = [dataclasses.replace(c, k=k) for k in REFINE_KS if k != c.k]
             found["variants"][c.name] = [_result(v, more[v.name], cfg, ctx) for v in vs if v.name in more]
     cache.drop_memory()
+    log.debug("search pass %s: %d candidates, %.0f s (forward pass estimated %.0f s; %.0f s of the budget left)",
+              c0.name, len(group), time.time() - t0, est, clock.left())
 
 
 def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
