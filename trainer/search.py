@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PATCH_BANK_ROWS = 20000       # patch rows sampled for a patch candidate's (Gaussian) bank
 MAX_VALIDATION_IMAGES = 300   # normal images used for validation (the bank of the final fit uses all)
+MAX_VALIDATION_FRAMES_LARGE = 120   # frames large enough for tile grids: a 16x16 pass runs 256 inputs per frame
 
 
 @dataclasses.dataclass
@@ -373,11 +374,15 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
 
     index, imgs = _load(images, cfg)
     hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
+    large = min(hw) >= LARGE_FRAME_FACTOR * max(SIZES)
+    if large and len(imgs) > MAX_VALIDATION_FRAMES_LARGE:   # the search's time stays bounded whatever the count
+        keep = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(imgs), MAX_VALIDATION_FRAMES_LARGE,
+                                                                   replace=False))
+        index, imgs = index[keep], [imgs[i] for i in keep]
     min_px = cfg.min_defect_px or default_min_defect_px(hw)
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
     align = alignment_score(imgs)
     space = pinned_space(hw, cfg, min_px, align >= ALIGNED_MIN)
-    large = min(hw) >= LARGE_FRAME_FACTOR * max(SIZES)
     syn = validation_defects(imgs, kinds=cfg.kinds or VALIDATION_KINDS, seed=cfg.seed + 7, min_px=min_px,
                              strength=cfg.strength, each=not large, per_image=LARGE_FRAME_DEFECTS if large else 1)
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
