@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 PATCH_BANK_ROWS = 20000       # patch rows sampled for a patch candidate's (Gaussian) bank
 MAX_VALIDATION_IMAGES = 300   # normal images used for validation (the bank of the final fit uses all)
-MAX_VALIDATION_FRAMES_LARGE = 120   # frames large enough for tile grids: a 16x16 pass runs 256 inputs per frame
+MAX_VALIDATION_FRAMES_LARGE = 60   # frames large enough for tile grids: a 16x16 pass runs 256 inputs per frame
+SLOWDOWN_MIN_S, SLOWDOWN_MAX = 10.0, 8.0   # passes estimated above this correct the later estimates (bounded)
 
 
 @dataclasses.dataclass
@@ -294,12 +295,14 @@ def _score_seconds(c: Candidate, n_inputs: int, n_images: int) -> float:
 
 
 def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s: float,
-                what: str = "candidates") -> list:
+                what: str = "candidates", slowdown: float = 1.0) -> list:
     """The candidates of one pass the time budget affords: the forward pass, then the cheapest to
     score first (a 16x16-tile grid of 11k-dim features scores for many minutes); the rest are
-    recorded as skipped, the pass too when not even its cheapest candidate fits."""
+    recorded as skipped, the pass too when not even its cheapest candidate fits. ``slowdown``:
+    measured / estimated seconds of the search's previous passes (the estimates are corrected by it)."""
     n_in = len(ctx.imgs) + len(ctx.syn.images)
-    cost = {c.name: _score_seconds(c, n_in, len(ctx.imgs)) for c in group}
+    cost = {c.name: slowdown * _score_seconds(c, n_in, len(ctx.imgs)) for c in group}
+    forward_s *= slowdown
     keep, total = set(), forward_s
     for c in sorted(group, key=lambda c: cost[c.name]):
         if clock.can_afford(total + cost[c.name]):
@@ -412,10 +415,13 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
 
     c0 = group[0]
     net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
-    t0, est = time.time(), _pass_seconds(c0, len(ctx.imgs) + len(ctx.syn.images), cache.ms_per_input(net))
-    group = _affordable(group, ctx, clock, est)
+    n_in = len(ctx.imgs) + len(ctx.syn.images)
+    t0, est = time.time(), _pass_seconds(c0, n_in, cache.ms_per_input(net))
+    slow = found.setdefault("slowdown", 1.0)
+    group = _affordable(group, ctx, clock, est, slowdown=slow)
     if not group:
         return
+    planned = est + sum(_score_seconds(c, n_in, len(ctx.imgs)) for c in group)
     srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color), "syn": network_inputs(ctx.syn.images, c0, cfg.color)}
     extra = ()
     if cfg.real:
@@ -437,8 +443,11 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
             vs = [dataclasses.replace(c, k=k) for k in REFINE_KS if k != c.k]
             found["variants"][c.name] = [_result(v, more[v.name], cfg, ctx) for v in vs if v.name in more]
     cache.drop_memory()
-    log.debug("search pass %s: %d candidates, %.0f s (forward pass estimated %.0f s; %.0f s of the budget left)",
-              c0.name, len(group), time.time() - t0, est, clock.left())
+    took = time.time() - t0
+    if planned >= SLOWDOWN_MIN_S:   # tiny passes are all fixed overhead: they would not tell the rate
+        found["slowdown"] = float(np.clip(took / planned, 1.0, SLOWDOWN_MAX))
+    log.debug("search pass %s: %d candidates, %.0f s (estimated %.0f s x %.2f; %.0f s of the budget left)",
+              c0.name, len(group), took, planned, slow, clock.left())
 
 
 def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
