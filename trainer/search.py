@@ -520,17 +520,11 @@ def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, 
     rec = {"mode": "none", "probe": f"a{group[0].alpha:g}-{group[0].size}", "candidates": len(both)}
     if not both:
         return {**rec, "reason": "not measured (the time budget allowed no probe pass)"}
-    real = cfg.real is not None
-    fam = np.array(["real"] * len(done["none"][both[0]].real)) if real else ctx.family
-    src = np.arange(len(fam)) % len(ctx.imgs) if real else ctx.syn.source
-
-    def rows(mode):
-        rs = [done[mode][c] for c in both]
-        return np.stack([r.normal for r in rs]), np.stack([r.real if real else r.defect for r in rs])
-
-    gap = paired_mean_gap(*rows("standardize"), *rows("none"), fam, src, n_boot=200, seed=cfg.seed)
+    std_n, std_d, fam, src = _rated([done["standardize"][c] for c in both], ctx.family, ctx.syn.source)
+    none_n, none_d, _, _ = _rated([done["none"][c] for c in both], ctx.family, ctx.syn.source)
+    gap = paired_mean_gap(std_n, std_d, none_n, none_d, fam, src, n_boot=200, seed=cfg.seed)
     win = significant_win(gap)
-    what = "real-defect" if real else "worst-family validation"
+    what = "real-defect" if cfg.real is not None else "worst-family validation"
     rec.update(mode="standardize" if win else "none", diff=round(gap["diff"], 4), se=round(gap["se"], 4),
                wins=gap["wins"], reason=(
                    f"standardize {'raises' if gap['diff'] > 0 else 'changes'} the mean {what} AUROC of the "
@@ -549,13 +543,20 @@ def _result(c: Candidate, sc: dict, cfg: SearchConfig, ctx: SearchContext) -> Ca
 def _select(rs: list, family: np.ndarray, source: np.ndarray) -> Selection:
     """Worst-family rule (``select_robust``): cost = estimated ms per frame, then complexity. With
     real defects (``--select-on-real``) they are the one family rated (each resampled on its own)."""
+    normal, defect, family, source = _rated(rs, family, source)
+    return select_robust([r.candidate.name for r in rs], normal, defect, family, source,
+                         cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
+
+
+def _rated(rs: list, family: np.ndarray, source: np.ndarray) -> tuple:
+    """``(normal, defect, family, source)`` the candidates ``rs`` are rated on: the synthetic
+    defects, or - with real defects (``--select-on-real``) - those, as one family."""
     defect = np.stack([r.defect for r in rs])
     if rs[0].real is not None:
         defect = np.stack([r.real for r in rs])
         family = np.array(["real"] * defect.shape[1])
         source = np.arange(defect.shape[1]) % rs[0].normal.shape[0]
-    return select_robust([r.candidate.name for r in rs], np.stack([r.normal for r in rs]), defect, family, source,
-                         cost=[r.latency["x86_ms"] for r in rs], complexity=[r.candidate.complexity() for r in rs])
+    return np.stack([r.normal for r in rs]), defect, family, source
 
 
 BUDGET_YIELD_GAP = 0.02   # default budget only: the best candidate over budget ships when it is this much better
