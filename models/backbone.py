@@ -85,6 +85,35 @@ def _mobilenet(alpha: float, size: tuple[int, int], weights: str):
     return m, f"file:{Path(weights).name}"
 
 
+IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+_IMAGENET_FILES: dict = {}
+
+
+def imagenet_weights_file(alpha: float) -> str | None:
+    """Keras's published ImageNet weights of MobileNetV2 ``alpha`` (no top, trained at 224 px: the
+    same weights serve every input size), fetched once into Keras's cache (``~/.keras/models``).
+
+    Returns the file's path, or None when it cannot be had (no network and not cached): the
+    caller then leaves that width out instead of running it on random weights. Asked once per
+    process.
+    """
+    if alpha not in _IMAGENET_FILES:
+        name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
+        try:
+            import contextlib
+            import io
+
+            from keras.utils import get_file
+
+            with contextlib.redirect_stdout(io.StringIO()):   # Keras's download bar: not on the default output
+                _IMAGENET_FILES[alpha] = str(get_file(name, IMAGENET_URL + name, cache_subdir="models"))
+        except Exception as exc:   # offline, blocked, interrupted download: the width is not available
+            log.info("MobileNetV2 alpha %g ImageNet weights not available (%s: %s)", alpha, type(exc).__name__,
+                     str(exc)[:160])
+            _IMAGENET_FILES[alpha] = None
+    return _IMAGENET_FILES[alpha]
+
+
 def build_backbone(alpha: float = 0.35, size: tuple[int, int] = (96, 96), weights: str | None = None):
     """MobileNetV2 without top; returns ``(model, weights_source)``."""
     return _mobilenet(alpha, tuple(size), resolve_weights(weights))

@@ -138,6 +138,42 @@ def test_unset_options_are_searched_and_set_ones_pin_their_dimension():
         FitConfig(working_size=(1024, 1024))
 
 
+def test_imagenet_default_searches_alpha_1_only_when_its_weights_can_be_fetched(monkeypatch, tmp_path):
+    """With ImageNet weights (the default) alpha 1.0 joins the search when Keras can fetch its
+    published file; offline it is left out (never searched on random weights); a pinned width,
+    --no-search or a local alpha 0.35 file ask for nothing."""
+    import keras
+
+    from models import backbone
+
+    monkeypatch.delenv("ANOMALY_BACKBONE_WEIGHTS", raising=False)
+    monkeypatch.delenv("ANOMALY_BACKBONE_WEIGHTS_1_0", raising=False)
+    asked = []
+
+    def offline(name, origin, cache_subdir):
+        asked.append(name)
+        raise OSError(f"URL fetch failure on {origin}")
+
+    monkeypatch.setattr(backbone, "_IMAGENET_FILES", {})
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    assert FitConfig().weights_by_alpha() == {0.35: "imagenet"}
+    assert asked == ["mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"]
+    FitConfig().weights_by_alpha()
+    assert len(asked) == 1                                   # asked once per process
+
+    cached = tmp_path / "w.h5"
+    cached.write_bytes(b"h5")
+    monkeypatch.setattr(backbone, "_IMAGENET_FILES", {})
+    monkeypatch.setattr(keras.utils, "get_file", lambda name, origin, cache_subdir: (asked.append(name), str(cached))[1])
+    assert FitConfig().weights_by_alpha() == {0.35: "imagenet", 1.0: str(cached)}
+    n = len(asked)
+    monkeypatch.setattr(backbone, "_IMAGENET_FILES", {})
+    local = tmp_path / "a035.weights.h5"
+    local.write_bytes(b"h5")
+    for cfg in (FitConfig(alpha=0.35), FitConfig(search=False), FitConfig(weights=str(local))):
+        assert 1.0 not in cfg.weights_by_alpha()
+    assert len(asked) == n
+
 def test_fit_help_shows_the_few_options_first_and_every_default():
     from trainer.cli import build_parser
 

@@ -91,7 +91,8 @@ class FitConfig(_Options):
                                        "or 'random'", FIRST, shown="env ANOMALY_BACKBONE_WEIGHTS, else imagenet")
     weights_10: Optional[str] = opt(None, "MobileNetV2 alpha 1.0 weights (.weights.h5, with or without the top); "
                                           "alpha 1.0 is searched when they are given", FIRST, "--weights-1.0",
-                                    shown=f"env {WEIGHTS_10_ENV}, else alpha 1.0 is not searched")
+                                    shown=f"env {WEIGHTS_10_ENV}, else ImageNet's when --weights is imagenet and "
+                                          "they can be fetched, else alpha 1.0 is not searched")
     min_defect_px: Optional[float] = opt(None, "smallest defect that matters, in source pixels (chooses tile grids "
                                                "and validation defect sizes)", FIRST,
                                          shown="3%% of the short side, 2..8 px", ge=0.5, le=10_000)
@@ -235,11 +236,18 @@ class FitConfig(_Options):
 
     def weights_by_alpha(self) -> dict:
         """{alpha: weights} of the backbones the search may use: alpha 0.35 always, alpha 1.0 when its
-        weights are given (``--weights-1.0`` or ``$ANOMALY_BACKBONE_WEIGHTS_1_0``)."""
-        from models.backbone import resolve_weights
+        weights are given (``--weights-1.0`` or ``$ANOMALY_BACKBONE_WEIGHTS_1_0``) or, with
+        ImageNet weights (the default), when Keras's published alpha 1.0 file can be fetched (or is
+        cached): a searched width never runs on random weights."""
+        from models.backbone import imagenet_weights_file, resolve_weights
 
         out = {0.35: resolve_weights(self.weights)}
         w10 = self.weights_10 or os.environ.get(WEIGHTS_10_ENV)
+        if not w10 and out[0.35] == "imagenet" and self.search and self.alpha in (None, 1.0):
+            w10 = imagenet_weights_file(1.0)
+            if w10:
+                out[1.0] = w10
+            return out
         if w10:
             from models.backbone import WeightsError
 
