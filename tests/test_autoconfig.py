@@ -344,3 +344,26 @@ def test_search_standardizes_the_input_only_where_lighting_varies():
     pinned = search(varied, SearchConfig(**{**cfg.__dict__, "pins": {**cfg.pins, "normalize": "none"}}))
     assert {r.candidate.normalize for r in pinned.results} == {"none"}
     assert pinned.to_manifest()["normalize"]["mode"] == "none"
+
+
+@needs_tf
+def test_input_normalisation_is_probed_per_kind_of_pass():
+    """Whole-frame and tiled passes each get their own probe (on the cheapest pass of the kind);
+    every later pass of a kind uses its kind's decision, and the record names them all."""
+    from trainer.search import SearchConfig, search
+
+    rng = np.random.default_rng(3)
+    frames = [np.clip(s[:, :, 0].astype(float) * g + o, 0, 255).astype(np.uint8)
+              for s, g, o in zip(stripes(20, size=448, seed=5), rng.uniform(0.3, 1.0, 20), rng.uniform(0, 60, 20))]
+    cfg = SearchConfig(weights={0.35: "random"}, pins={"size": 96, "taps": ["out"], "pooling": ["max"]},
+                       kinds=("spot", "elastic"), budget_ms=1000.0, time_budget_s=600, folds=3, min_defect_px=8)
+    res = search(frames, cfg)
+    rec = res.to_manifest()["normalize"]
+    probes = {p["pass"]: p for p in rec["probes"]}
+    assert set(probes) == {"whole frame", "tiles"} and all("probe" in p and "reason" in p for p in probes.values())
+    assert rec["pass"] == ("tiles" if res.chosen.grid else "whole frame")
+    assert probes["tiles"]["probe"].startswith("a0.35-96-g")
+    for r in res.results:   # outside each kind's probe pass, a candidate carries its kind's decision
+        kind = "tiles" if r.candidate.grid else "whole frame"
+        probe_pass = r.candidate.name.startswith(probes[kind]["probe"] + "-")
+        assert probe_pass or r.candidate.normalize == probes[kind]["mode"], r.candidate.name

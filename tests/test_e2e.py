@@ -164,7 +164,8 @@ def test_default_fit_searches_explains_and_reports(tiny_layout, tmp_path):
     assert "quantisation" not in sel and m.quantization["auto_choice"]
     rep = tmp_path / "b-report"
     html = (rep / "report.html").read_text()
-    for part in ("Candidates", "Decisions", "validation_roc.png", "synthetic_defects.png", "worst/"):
+    for part in ("Candidates", "Decisions", "input normalisation", "validation_roc.png", "synthetic_defects.png",
+                 "worst/"):
         assert part in html, part
     assert (rep / "synthetic_defects.png").stat().st_size > 1000
     again = _run(args)                                            # the bundle exists: --force is needed

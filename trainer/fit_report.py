@@ -173,7 +173,9 @@ def fit_report(folder: Path, summary: dict, plan, data, val, threshold: dict, xt
     rec = xt.record
     norm = rec.get("normalize") or {"mode": plan.candidate.normalize, "reason": "no search: the default or the option given"}
     decisions = [{"decision": "configuration", "outcome": rec.get("chosen"), "why": rec.get("reason")},
-                 {"decision": "input normalisation", "outcome": norm["mode"], "why": norm.get("reason")},
+                 {"decision": "input normalisation", "outcome": norm["mode"], "why": norm.get("reason", "") + "".join(
+                     f"; probed on {q['pass']} passes ({q['probe']}): {q['mode']}" for q in norm.get("probes", [])
+                     if q["pass"] != norm.get("pass"))},
                  {"decision": "DOC fine-tuning", "outcome": rec["doc"]["decision"], "why": rec["doc"]["reason"]},
                  {"decision": "quantisation", "outcome": exp.quant, "why": exp.report.get("auto_choice", "configured")},
                  {"decision": "bank compression", "outcome": rec["bank_compression"].get("dims") or "none",

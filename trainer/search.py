@@ -475,13 +475,17 @@ def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
              "budget %.2f ms", log_space([c for g in groups for c in g]), len(ctx.imgs), len(ctx.syn.images),
              ctx.align, ctx.min_px, ctx.budget)
     found = {"results": [], "variants": {}, "pruned": []}
-    probe = "normalize" not in cfg.pins and bool(groups)
-    bar = progress(len(groups) + probe) if progress is not None else None
-    normalize = None
-    if probe:   # the input normalisation is a property of the product and its lighting: decided once
-        normalize = _probe_normalize(groups[0], ctx, cfg, cache, clock, found, bar)
-        groups = [[dataclasses.replace(c, normalize=normalize["mode"]) for c in g] for g in groups[1:]]
+    probe = "normalize" not in cfg.pins
+    n_probes = len({_pass_kind(g[0]) for g in groups}) if probe else 0
+    bar = progress(len(groups) + n_probes) if progress is not None else None
+    decided: dict = {}   # pass kind -> the normalisation probe's record
     for group in groups:
+        kind = _pass_kind(group[0])
+        if probe and kind not in decided:   # decided on the cheapest pass of each kind, then kept
+            decided[kind] = _probe_normalize(group, ctx, cfg, cache, clock, found, bar)
+            continue
+        if kind in decided:
+            group = [dataclasses.replace(c, normalize=decided[kind]["mode"]) for c in group]
         _run_group(group, ctx, cfg, cache, clock, found)
         if bar is not None:
             bar.step(note=f"{len(found['results'])} candidates scored")
@@ -496,17 +500,28 @@ def search(images: Sequence, cfg: SearchConfig, cache=None, progress=None,
         pruned.append(f"{len(found['pruned'])} candidates more than {PRUNE_GAP} worst-family AUROC below the leader "
                       f"(no k variants scored)")
     res.alignment, res.images, res.syn, res.fold, res.pruned = ctx.align, ctx.imgs, ctx.syn, ctx.fold, pruned
-    res.frame_hw, res.index, res.normalize = ctx.hw, ctx.index, normalize
+    res.frame_hw, res.index = ctx.hw, ctx.index
+    if decided:
+        res.normalize = dict(decided.get(_pass_kind(res.chosen)) or {"mode": res.chosen.normalize, "reason": "not probed"})
+        if len(decided) > 1:
+            res.normalize["probes"] = list(decided.values())
     return res
+
+
+def _pass_kind(c: Candidate) -> str:
+    """``whole frame`` or ``tiles``: the input normalisation is decided per kind of forward pass
+    (lighting over a whole frame and over a small tile are not the same question)."""
+    return "tiles" if c.grid else "whole frame"
 
 
 def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock: SearchClock, found: dict,
                      bar=None) -> dict:
-    """Score the cheapest forward pass's candidates with and without ``standardize`` and decide
-    the input normalisation for the rest of the search: ``standardize`` only when it raises the
-    candidates' mean worst-family validation AUROC by more than noise (paired bootstrap over the
-    source images, :func:`trainer.selection.paired_mean_gap`); a tie keeps ``none`` (the frame as
-    the camera gives it). Both passes' candidates stay in the selection. Returns the record."""
+    """Score a forward pass's candidates (the cheapest of its kind, :func:`_pass_kind`) with and
+    without ``standardize`` and decide the input normalisation for the other passes of that kind:
+    ``standardize`` only when it raises the candidates' mean worst-family validation AUROC by more
+    than noise (paired bootstrap over the source images, :func:`trainer.selection.paired_mean_gap`);
+    a tie keeps ``none`` (the frame as the camera gives it). Both passes' candidates stay in the
+    selection. Returns the record."""
     from trainer.selection import paired_mean_gap, significant_win
 
     done = {}
@@ -517,7 +532,9 @@ def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, 
         if bar is not None:
             bar.step(note=f"{len(found['results'])} candidates scored (input normalisation probe)")
     both = [c for c in done["none"] if c in done["standardize"]]
-    rec = {"mode": "none", "probe": f"a{group[0].alpha:g}-{group[0].size}", "candidates": len(both)}
+    g = group[0].grid
+    rec = {"mode": "none", "pass": _pass_kind(group[0]),
+           "probe": f"a{group[0].alpha:g}-{group[0].size}" + (f"-g{g[0]}x{g[1]}" if g else ""), "candidates": len(both)}
     if not both:
         return {**rec, "reason": "not measured (the time budget allowed no probe pass)"}
     std_n, std_d, fam, src = _rated([done["standardize"][c] for c in both], ctx.family, ctx.syn.source)
