@@ -141,8 +141,9 @@ class Plan:
 def _weights(cfg: FitConfig) -> dict:
     w = cfg.weights_by_alpha()
     if cfg.alpha is not None and cfg.alpha not in w:
-        raise ConfigError(f"--alpha {cfg.alpha:g}: no weights for this width (alpha 1.0 needs --weights-1.0 or "
-                          f"$ANOMALY_BACKBONE_WEIGHTS_1_0)")
+        raise ConfigError(f"--alpha {cfg.alpha:g}: no weights for this width (alpha 1.0 needs --weights-1.0, "
+                          f"$ANOMALY_BACKBONE_WEIGHTS_1_0, or --weights imagenet with network access to fetch "
+                          f"Keras's alpha 1.0 file)")
     return {a: p for a, p in w.items() if cfg.alpha is None or a == cfg.alpha}
 
 
