@@ -105,6 +105,9 @@ def imagenet_weights_file(alpha: float) -> str | None:
 
             from keras.utils import get_file
 
+            home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+            if not (home / "models" / name).is_file():
+                log.info("fetching Keras's MobileNetV2 alpha %g ImageNet weights (once: ~/.keras/models)", alpha)
             with contextlib.redirect_stdout(io.StringIO()):   # Keras's download bar: not on the default output
                 _IMAGENET_FILES[alpha] = str(get_file(name, IMAGENET_URL + name, cache_subdir="models"))
         except Exception as exc:   # offline, blocked, interrupted download: the width is not available
