@@ -146,21 +146,30 @@ class TiledSource:
         (12, 4, (8, 32, 32, 3))
     """
 
-    def __init__(self, frames: np.ndarray, spec, key: str | None = None):
+    def __init__(self, frames: np.ndarray, spec, key: str | None = None, changed: np.ndarray | None = None,
+                 source: np.ndarray | None = None):
         from device.preprocess import cut_tiles
 
         self._cut = cut_tiles
         self.frames, self.spec = frames, spec
         self.per_item = len(spec.tile_boxes())
-        self.key = key or content_hash(frames, spec.to_dict())
+        self.changed = None if changed is None else np.asarray(changed, bool).reshape(len(frames), self.per_item)
+        self.source = None if source is None else np.asarray(source)
+        self.key = key or content_hash(frames, spec.to_dict(), *(() if changed is None else (self.changed,)))
 
     def __len__(self) -> int:
-        return len(self.frames) * self.per_item
+        return len(self.frames) * self.per_item if self.changed is None else int(self.changed.sum())
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
+        """Tiles in order; with ``changed`` (frames x tiles, bool) only those tiles: the others of a
+        defect frame are pixel for pixel its source normal frame's (``source``), whose features the
+        caller already has (see ``trainer.search.changed_tiles``)."""
         per = max(1, size // self.per_item)
         for i in range(0, len(self.frames), per):
-            buf = np.concatenate([self._cut(f, self.spec) for f in self.frames[i:i + per]])
+            parts = [self._cut(f, self.spec) for f in self.frames[i:i + per]]
+            if self.changed is not None:
+                parts = [t[m] for t, m in zip(parts, self.changed[i:i + per])]
+            buf = np.concatenate(parts)
             yield from (buf[j:j + size] for j in range(0, len(buf), size))
 
 

@@ -153,19 +153,62 @@ class SearchResult:
 # ---------------------------------------------------------------------------- inputs and scores
 
 
-def network_inputs(images: Sequence, c: Candidate, color: str = "grey"):
-    """Batch source of ``images`` as candidate ``c``'s network sees them (whole frame, or tiles)."""
+def network_inputs(images: Sequence, c: Candidate, color: str = "grey", normals: Sequence | None = None,
+                   source: np.ndarray | None = None):
+    """Batch source of ``images`` as candidate ``c``'s network sees them (whole frame, or tiles).
+
+    ``normals`` and ``source`` (defects drawn on ``normals[source[i]]``): a tiled source runs only
+    the tiles a defect changed (:func:`changed_tiles`); the scorers take the other tiles' scores
+    from the source frame's."""
     from device.preprocess import InputSpec, prepare_frame, preprocess
     from trainer.features import ArraySource, TiledSource
 
     if c.grid:
-        spec = InputSpec(size=(c.size, c.size), color=color, working_size=tuple(c.working_size),
-                         grid=tuple(c.grid), overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0,
-                         normalize=c.normalize)
+        spec = _tile_spec(c, color)
         frames = np.stack([prepare_frame(im, spec) for im in images])
-        return TiledSource(frames[..., 0] if color == "grey" else frames, spec)
+        changed = None if normals is None else changed_tiles(images, normals, source, spec)
+        if changed is not None and not changed.any():
+            changed[0, 0] = True     # one tile run keeps the feature arrays' shape (its score is exact anyway)
+        return TiledSource(frames[..., 0] if color == "grey" else frames, spec, changed=changed, source=source)
     spec = InputSpec(size=(c.size, c.size), color=color, pixel_scale=1.0, pixel_offset=0.0, normalize=c.normalize)
     return ArraySource(np.stack([preprocess(im, spec)[0] for im in images]))
+
+
+def _tile_spec(c: Candidate, color: str):
+    from device.preprocess import InputSpec
+
+    return InputSpec(size=(c.size, c.size), color=color, working_size=tuple(c.working_size), grid=tuple(c.grid),
+                     overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0, normalize=c.normalize)
+
+
+def changed_tiles(defects: Sequence, normals: Sequence, source: np.ndarray, spec) -> np.ndarray:
+    """(defects, tiles) bool: the tiles of ``spec`` in which defect image ``i`` differs from the
+    normal image it was drawn on (``normals[source[i]]``), compared after the resize to the working
+    size and before any standardisation.
+
+    Without standardisation a tile left out is pixel for pixel the normal frame's tile, so its
+    features and scores are the normal's: scoring only the changed tiles is exact, and a small
+    defect on a 16 x 16 grid costs a few tiles instead of 256. With ``standardize`` the frame's
+    gain moves a little with the defect; the tiles left out keep the normal frame's (a defect
+    covering a few tiles moves a frame's mean and spread by well under 1 %).
+
+    Example:
+        >>> from device.manifest import InputSpec
+        >>> spec = InputSpec(size=(32, 32), working_size=(64, 64), grid=(2, 2))
+        >>> a = np.zeros((64, 64), np.uint8); b = a.copy(); b[40:44, 5:9] = 255
+        >>> changed_tiles([b], [a], np.array([0]), spec).astype(int).tolist()
+        [[0, 0, 1, 0]]
+    """
+    from device.preprocess import prepare_frame
+
+    plain = spec.model_copy(update={"normalize": "none"})
+    boxes = spec.tile_boxes()
+    base = {int(j): prepare_frame(normals[int(j)], plain) for j in np.unique(source)}
+    out = np.zeros((len(defects), len(boxes)), bool)
+    for i, (im, j) in enumerate(zip(defects, source)):
+        diff = (prepare_frame(im, plain) != base[int(j)]).any(axis=-1)
+        out[i] = [diff[y:y + h, x:x + w].any() for x, y, w, h in boxes]
+    return out
 
 
 def make_scorer(c: Candidate, bank: np.ndarray):
@@ -175,17 +218,24 @@ def make_scorer(c: Candidate, bank: np.ndarray):
 
 
 def pooled_scores(c: Candidate, feats: dict, fold: np.ndarray, syn_source: np.ndarray,
-                  extra: Sequence[str] = ()) -> dict:
+                  extra: Sequence[str] = (), changed: np.ndarray | None = None) -> dict:
     """Cross-fitted ``normal`` and ``defect`` scores of a pooled candidate, plus full-bank scores of
-    the ``extra`` query sets in ``feats`` (rows per item = tiles)."""
+    the ``extra`` query sets in ``feats`` (rows per item = tiles). ``changed`` (defects x tiles):
+    ``feats["syn"]`` holds only those tiles (:func:`changed_tiles`)."""
     from trainer.features import compose
 
     f = {k: compose(v, c.layers, c.pooling) for k, v in feats.items()}
     n = len(fold)
     T = len(f["train"]) // n
     item = np.repeat(np.arange(n), T)
-    normal, defect = cross_fit(f["train"], item, [(f["train"], np.arange(n)), (f["syn"], syn_source)],
-                               lambda b: make_scorer(c, b), fold, rows_per_item=T)
+    make = lambda b: make_scorer(c, b)   # noqa: E731
+    if changed is None:
+        normal, defect = cross_fit(f["train"], item, [(f["train"], np.arange(n)), (f["syn"], syn_source)], make,
+                                   fold, rows_per_item=T)
+    else:   # only the changed tiles of each defect were run: the others score as their normal frame's
+        tiles, rows = cross_fit(f["train"], item, [(f["train"], item), (f["syn"], np.repeat(syn_source, changed.sum(1)))],
+                                make, fold)
+        normal, defect = _frame_max(tiles.reshape(n, T), rows, syn_source, changed)
     out = {"normal": normal, "defect": defect}
     if extra:
         full = make_scorer(c, f["train"])
@@ -218,8 +268,23 @@ def patch_score_matrix(c: Candidate, srcs: dict, cache, net, fold: np.ndarray, s
         return np.stack([s.score(rows).reshape(len(x), -1).max(1) for s in scorers], axis=1)
 
     key = f"{c.name}:{seed}:{content_hash(fold, *[np.asarray(m) for m in extra_banks])}"
-    return {k: cache.stream(s, net, Head("patch", c.layers), reduce, key).reshape(-1, T, len(scorers)).max(1)
-            for k, s in srcs.items()}
+    per_tile = {k: cache.stream(s, net, Head("patch", c.layers), reduce, key) for k, s in srcs.items()}
+    out = {}
+    for k, s in srcs.items():
+        if getattr(s, "changed", None) is None:
+            out[k] = per_tile[k].reshape(-1, T, len(scorers)).max(1)
+        else:   # only the changed tiles were run: the others score as their normal frame's
+            full = per_tile["train"].reshape(n, T, -1)[s.source].copy()
+            full[s.changed] = per_tile[k]
+            out[k] = full.max(1)
+    return out
+
+
+def _frame_max(normal_tiles: np.ndarray, rows: np.ndarray, source: np.ndarray, changed: np.ndarray) -> tuple:
+    """(normal, defect) frame scores: the worst tile; a defect's unchanged tiles score as its source's."""
+    full = normal_tiles[source].copy()
+    full[changed] = rows
+    return normal_tiles.max(1), full.max(1)
 
 
 def patch_scores(c: Candidate, srcs: dict, cache, net, fold: np.ndarray, syn_source: np.ndarray, seed: int,
@@ -250,7 +315,8 @@ def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndar
     out = {}
     for c in pooled:
         variants = [c] + [dataclasses.replace(c, k=k) for k in ks if c.scoring == "knn" and k != c.k]
-        out.update({v.name: pooled_scores(v, feats, fold, syn_source, extra) for v in variants})
+        out.update({v.name: pooled_scores(v, feats, fold, syn_source, extra, getattr(srcs["syn"], "changed", None))
+                    for v in variants})
     for c in cands:
         if c.pooling == "patch":
             out[c.name] = patch_scores(c, srcs, cache, net, fold, syn_source, seed, extra)
@@ -260,7 +326,8 @@ def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndar
 # ---------------------------------------------------------------------------- the search
 
 
-LARGE_FRAME_DEFECTS = 3   # frames that may be tiled (>= 448 px): 3 defects per image, kinds cycling (not 12)
+LARGE_FRAME_DEFECTS = 6   # frames that may be tiled (>= 448 px): 6 defects per image, kinds cycling (not 12)
+SHARE_SAMPLE = 24         # defects on which the share of changed tiles of a grid is measured (pass-time estimates)
 PRUNE_GAP = 0.05          # candidates this far below the leader's worst-family AUROC get no k variants
 REFINE_KS = (1, 3, 5, 10)
 
@@ -300,7 +367,7 @@ def _affordable(group: list, ctx: "SearchContext", clock: SearchClock, forward_s
     score first (a 16x16-tile grid of 11k-dim features scores for many minutes); the rest are
     recorded as skipped, the pass too when not even its cheapest candidate fits. ``slowdown``:
     measured / estimated seconds of the search's previous passes (the estimates are corrected by it)."""
-    n_in = len(ctx.imgs) + len(ctx.syn.images)
+    n_in = ctx.inputs(group[0])
     cost = {c.name: slowdown * _score_seconds(c, n_in, len(ctx.imgs)) for c in group}
     forward_s *= slowdown
     keep, total = set(), forward_s
@@ -332,6 +399,21 @@ class SearchContext:
     syn: object
     fold: np.ndarray
     n_bank: int
+    shares: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def inputs(self, c: Candidate) -> float:
+        """Frames' worth of network inputs one pass of ``c`` runs: every normal image, and of each
+        defect the share of tiles it changes (tiled candidates run only those,
+        :func:`changed_tiles`; the share is measured on a sample of the defects, once per grid)."""
+        n_syn = len(self.syn.images)
+        if not c.grid or not n_syn:
+            return len(self.imgs) + n_syn
+        key = (c.size, c.grid, c.working_size, c.overlap)
+        if key not in self.shares:
+            pick = np.unique(np.linspace(0, n_syn - 1, min(SHARE_SAMPLE, n_syn)).astype(int))
+            self.shares[key] = float(changed_tiles([self.syn.images[i] for i in pick], self.imgs,
+                                                   np.asarray(self.syn.source)[pick], _tile_spec(c, "grey")).mean())
+        return len(self.imgs) + self.shares[key] * n_syn
 
     @property
     def family(self) -> np.ndarray:
@@ -403,8 +485,7 @@ def _plan(ctx: SearchContext, cfg: SearchConfig) -> tuple[list, list]:
         if over:
             pruned.append(f"{len(over)} candidates estimated over the {ctx.budget:.2f} ms budget (not evaluated)")
         cands = [c for c in cands if c not in over]
-    n_in = len(ctx.imgs) + len(ctx.syn.images)
-    groups = sorted(group_by_network(cands).values(), key=lambda g: _pass_seconds(g[0], n_in, None))
+    groups = sorted(group_by_network(cands).values(), key=lambda g: _pass_seconds(g[0], ctx.inputs(g[0]), None))
     return groups, pruned
 
 
@@ -415,14 +496,15 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
 
     c0 = group[0]
     net = Network(c0.alpha, c0.size, cfg.weights[c0.alpha])
-    n_in = len(ctx.imgs) + len(ctx.syn.images)
+    n_in = ctx.inputs(c0)
     t0, est = time.time(), _pass_seconds(c0, n_in, cache.ms_per_input(net))
     slow = found.setdefault("slowdown", 1.0)
     group = _affordable(group, ctx, clock, est, slowdown=slow)
     if not group:
         return
     planned = est + sum(_score_seconds(c, n_in, len(ctx.imgs)) for c in group)
-    srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color), "syn": network_inputs(ctx.syn.images, c0, cfg.color)}
+    srcs = {"train": network_inputs(ctx.imgs, c0, cfg.color),
+            "syn": network_inputs(ctx.syn.images, c0, cfg.color, ctx.imgs, ctx.syn.source)}
     extra = ()
     if cfg.real:
         srcs["real"], extra = network_inputs(cfg.real, c0, cfg.color), ("real",)
