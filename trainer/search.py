@@ -274,14 +274,14 @@ def patch_score_matrix(c: Candidate, srcs: dict, cache, net, fold: np.ndarray, s
         if getattr(s, "changed", None) is None:
             out[k] = per_tile[k].reshape(-1, T, len(scorers)).max(1)
         else:   # only the changed tiles were run: the others score as their normal frame's
-            full = per_tile["train"].reshape(n, T, -1)[s.source].copy()
-            full[s.changed] = per_tile[k]
-            out[k] = full.max(1)
+            out[k] = _frame_max(per_tile["train"].reshape(n, T, -1), per_tile[k], s.source, s.changed)[1]
     return out
 
 
 def _frame_max(normal_tiles: np.ndarray, rows: np.ndarray, source: np.ndarray, changed: np.ndarray) -> tuple:
-    """(normal, defect) frame scores: the worst tile; a defect's unchanged tiles score as its source's."""
+    """(normal, defect) frame scores, the worst tile of each: ``normal_tiles`` (n, tiles, ...) of the
+    normal frames, ``rows`` the scores of the defects' ``changed`` tiles only; a defect's other
+    tiles score as its ``source`` frame's."""
     full = normal_tiles[source].copy()
     full[changed] = rows
     return normal_tiles.max(1), full.max(1)
