@@ -307,7 +307,7 @@ def test_search_skips_the_candidates_the_time_budget_cannot_score():
     from trainer.candidates import Candidate, SearchClock
     from trainer.search import _affordable, _score_seconds
 
-    ctx = types.SimpleNamespace(imgs=[None] * 100, syn=types.SimpleNamespace(images=[None] * 300))
+    ctx = types.SimpleNamespace(imgs=[None] * 100, syn=types.SimpleNamespace(images=[None] * 300), inputs=lambda c: 400)
     cheap = Candidate(96, taps="out", pooling="max")
     heavy = Candidate(96, taps="out", pooling="grid3", grid=(16, 16), working_size=(1024, 1024))
     assert _score_seconds(cheap, 400, 100) < 1.0 < 600 < _score_seconds(heavy, 400, 100)

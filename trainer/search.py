@@ -326,7 +326,9 @@ def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndar
 # ---------------------------------------------------------------------------- the search
 
 
-LARGE_FRAME_DEFECTS = 6   # frames that may be tiled (>= 448 px): 6 defects per image, kinds cycling (not 12)
+LARGE_FRAME_DEFECTS = 360   # frames that may be tiled (>= 448 px): about this many defects in all, kinds cycling
+#                             (6 on each of 60 frames, 12 - every kind - on each of 30); with 180 the 8x8 / 16x16
+#                             tile choice was within noise and flipped with the seed (docs/AUTOCONFIG.md, Fit time)
 SHARE_SAMPLE = 24         # defects on which the share of changed tiles of a grid is measured (pass-time estimates)
 PRUNE_GAP = 0.05          # candidates this far below the leader's worst-family AUROC get no k variants
 REFINE_KS = (1, 3, 5, 10)
@@ -468,8 +470,10 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
     align = alignment_score(imgs)
     space = pinned_space(hw, cfg, min_px, align >= ALIGNED_MIN)
-    syn = validation_defects(imgs, kinds=cfg.kinds or VALIDATION_KINDS, seed=cfg.seed + 7, min_px=min_px,
-                             strength=cfg.strength, each=not large, per_image=LARGE_FRAME_DEFECTS if large else 1)
+    kinds = cfg.kinds or VALIDATION_KINDS
+    per = min(len(kinds), -(-LARGE_FRAME_DEFECTS // len(imgs))) if large else 1
+    syn = validation_defects(imgs, kinds=kinds, seed=cfg.seed + 7, min_px=min_px, strength=cfg.strength,
+                             each=not large, per_image=per)
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
                          cfg.bank_images or len(imgs))
 

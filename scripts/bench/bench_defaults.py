@@ -184,7 +184,7 @@ def _merge(runs: dict, small: dict) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="seeded splits (none: only --small-seeds)")
     ap.add_argument("--small-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
