@@ -329,6 +329,7 @@ def score_pass(cands: Sequence[Candidate], srcs: dict, cache, net, fold: np.ndar
 LARGE_FRAME_DEFECTS = 360   # frames that may be tiled (>= 448 px): about this many defects in all, kinds cycling
 #                             (6 on each of 60 frames, 12 - every kind - on each of 30); with 180 the 8x8 / 16x16
 #                             tile choice was within noise and flipped with the seed (docs/AUTOCONFIG.md, Fit time)
+LARGE_FRAME_DEFECT_BYTES = 1.5e9   # at most this much of RGB defect images at the source resolution
 SHARE_SAMPLE = 24         # defects on which the share of changed tiles of a grid is measured (pass-time estimates)
 PRUNE_GAP = 0.05          # candidates this far below the leader's worst-family AUROC get no k variants
 REFINE_KS = (1, 3, 5, 10)
@@ -454,6 +455,25 @@ def pinned_space(hw, cfg: SearchConfig, min_px: float, aligned: bool) -> list[Ca
     return apply_pins(out, {k: v for k, v in pins.items() if isinstance(v, (list, set))})
 
 
+def defects_per_frame(n_frames: int, hw: Sequence[int], n_kinds: int) -> int:
+    """Validation defects drawn on each large frame: about :data:`LARGE_FRAME_DEFECTS` in all, at
+    most one of each kind per frame, and no more than :data:`LARGE_FRAME_DEFECT_BYTES` of defect
+    images (they are kept at the source resolution: 4K frames get fewer).
+
+    Example:
+        >>> defects_per_frame(60, (1024, 1024), 12), defects_per_frame(30, (1024, 1024), 12)
+        (6, 12)
+        >>> defects_per_frame(60, (2160, 3840), 12)
+        1
+    """
+    per = min(n_kinds, -(-LARGE_FRAME_DEFECTS // max(1, n_frames)))
+    fits = int(LARGE_FRAME_DEFECT_BYTES // (max(1, n_frames) * int(hw[0]) * int(hw[1]) * 3))
+    if fits < per:
+        log.info("validation: %d defects per %dx%d frame (not %d): their images are kept at the source resolution",
+                 max(1, fits), hw[1], hw[0], per)
+    return max(1, min(per, fits))
+
+
 def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     """Decode (a seeded subsample of) the images, derive the space, draw the validation defects."""
     from trainer.candidates import LARGE_FRAME_FACTOR, SIZES
@@ -471,7 +491,7 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     align = alignment_score(imgs)
     space = pinned_space(hw, cfg, min_px, align >= ALIGNED_MIN)
     kinds = cfg.kinds or VALIDATION_KINDS
-    per = min(len(kinds), -(-LARGE_FRAME_DEFECTS // len(imgs))) if large else 1
+    per = defects_per_frame(len(imgs), hw, len(kinds)) if large else 1
     syn = validation_defects(imgs, kinds=kinds, seed=cfg.seed + 7, min_px=min_px, strength=cfg.strength,
                              each=not large, per_image=per)
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
