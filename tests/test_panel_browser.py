@@ -50,14 +50,22 @@ def driver():
 
 
 def text(driver, css: str) -> str:
-    """The element's text; "" while it is absent or being replaced (the page reloads or navigates)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The element's text; "" while it is absent or being replaced (the page reloads or navigates).
+
+    ChromeDriver reports some of those replacements not as a stale element but as an inspector
+    error ("Node with given id does not belong to the document"): the same race, read as "".
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     try:
         els = driver.find_elements(By.CSS_SELECTOR, css)
         return els[0].text if els else ""
     except StaleElementReferenceException:
         return ""
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc.msg or ""):
+            return ""
+        raise
 
 
 def wait_text(driver, css: str, want, timeout: float = 15.0) -> str:
