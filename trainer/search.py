@@ -166,7 +166,7 @@ def network_inputs(images: Sequence, c: Candidate, color: str = "grey", normals:
     if c.grid:
         spec = _tile_spec(c, color)
         frames = np.stack([prepare_frame(im, spec) for im in images])
-        changed = None if normals is None else changed_tiles(images, normals, source, spec)
+        changed = None if normals is None else changed_tiles(images, normals, source, spec, frames)
         if changed is not None and not changed.any():
             changed[0, 0] = True     # one tile run keeps the feature arrays' shape (its score is exact anyway)
         return TiledSource(frames[..., 0] if color == "grey" else frames, spec, changed=changed, source=source)
@@ -181,7 +181,8 @@ def _tile_spec(c: Candidate, color: str):
                      overlap=c.overlap, pixel_scale=1.0, pixel_offset=0.0, normalize=c.normalize)
 
 
-def changed_tiles(defects: Sequence, normals: Sequence, source: np.ndarray, spec) -> np.ndarray:
+def changed_tiles(defects: Sequence, normals: Sequence, source: np.ndarray, spec,
+                  prepared: np.ndarray | None = None) -> np.ndarray:
     """(defects, tiles) bool: the tiles of ``spec`` in which defect image ``i`` differs from the
     normal image it was drawn on (``normals[source[i]]``), compared after the resize to the working
     size and before any standardisation.
@@ -190,7 +191,8 @@ def changed_tiles(defects: Sequence, normals: Sequence, source: np.ndarray, spec
     features and scores are the normal's: scoring only the changed tiles is exact, and a small
     defect on a 16 x 16 grid costs a few tiles instead of 256. With ``standardize`` the frame's
     gain moves a little with the defect; the tiles left out keep the normal frame's (a defect
-    covering a few tiles moves a frame's mean and spread by well under 1 %).
+    covering a few tiles moves a frame's mean and spread by well under 1 %). ``prepared``: the
+    defects already brought to ``spec`` (reused when that involves no standardisation).
 
     Example:
         >>> from device.manifest import InputSpec
@@ -205,8 +207,9 @@ def changed_tiles(defects: Sequence, normals: Sequence, source: np.ndarray, spec
     boxes = spec.tile_boxes()
     base = {int(j): prepare_frame(normals[int(j)], plain) for j in np.unique(source)}
     out = np.zeros((len(defects), len(boxes)), bool)
+    reuse = prepared is not None and spec.normalize == "none"
     for i, (im, j) in enumerate(zip(defects, source)):
-        diff = (prepare_frame(im, plain) != base[int(j)]).any(axis=-1)
+        diff = ((prepared[i] if reuse else prepare_frame(im, plain)) != base[int(j)]).any(axis=-1)
         out[i] = [diff[y:y + h, x:x + w].any() for x, y, w, h in boxes]
     return out
 
