@@ -106,8 +106,10 @@ def logout(driver, url: str) -> None:
 
 def run_action(driver, button_id: str, timeout: float = 120.0) -> str:
     """Click an action button, follow its run page until it has finished; returns its status."""
+    before = driver.current_url          # may already be a run page (deploy-learned sits on learn's)
     driver.find_element(By.ID, button_id).click()
-    wait_until(lambda: "/actions/run/" in driver.current_url, 10, f"the run page of {button_id}")
+    wait_until(lambda: "/actions/run/" in driver.current_url and driver.current_url != before, 10,
+               f"the run page of {button_id}")
     return wait_text(driver, "#run-status", lambda t: t in ("ok", "failed"), timeout)
 
 
