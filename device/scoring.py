@@ -392,10 +392,7 @@ class ShortlistKNNScorer:
         qc = q - self.proj.mean
         rq = np.sqrt(np.maximum(np.einsum("ij,ij->i", qc, qc) - np.einsum("ij,ij->i", pq, pq), 0.0))
         lb = pd2 + (rq[:, None] - self._res[None, :]) ** 2
-        order = np.argpartition(lb, m, axis=1)
-        cand = order[:, :m]                                        # (M, m)
-        rows = np.arange(q.shape[0])
-        next_lb = lb[rows, order[:, m]]
+        cand, next_lb = smallest(lb, m)                            # (M, m), (M,)
         cb = self.full.bank[cand]                                  # (M, m, D)
         d2 = (self.full._bank_sq[cand] - 2.0 * np.einsum("md,mcd->mc", q, cb)
               + np.einsum("ij,ij->i", q, q)[:, None])
@@ -413,6 +410,26 @@ class ShortlistKNNScorer:
 
     def leave_one_out(self) -> np.ndarray:
         return self.full.leave_one_out()
+
+
+def smallest(values: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx (M, m), next (M,))``: per row the indices of the ``m`` smallest values (any order) and
+    the ``m+1``-th smallest value; ``values`` (M, N) with N > m.
+
+    ``np.partition`` on the values and a mask cost ~0.02 ms for one 10k-row query where
+    ``np.argpartition`` costs ~0.1 ms (measured here: half the time of a whole shortlist query).
+    Rows with ties at the m-th value (duplicate bank rows) take the ``argpartition`` path.
+
+    Example:
+        >>> idx, nxt = smallest(np.array([[5., 1., 4., 2., 3.]]), 2)
+        >>> sorted(idx[0].tolist()), float(nxt[0])
+        ([1, 3], 3.0)
+    """
+    part = np.partition(values, (m - 1, m), axis=1)
+    mask = values <= part[:, m - 1:m]
+    if int(mask.sum()) == m * values.shape[0]:                # no ties: exactly m per row, row-major
+        return np.nonzero(mask)[1].reshape(values.shape[0], m), part[:, m]
+    return np.argpartition(values, m - 1, axis=1)[:, :m], part[:, m]
 
 
 def projected_scorer(bank: np.ndarray, k: int, mean: np.ndarray, components: np.ndarray, rerank: bool = True,

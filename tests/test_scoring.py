@@ -1,9 +1,11 @@
 """k-NN scoring vs brute force, LOF, bank subsampling and threshold calibration."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
-from device.scoring import KNNScorer, LOFScorer, kcenter_greedy, subsample_bank
+from device.scoring import KNNScorer, LOFScorer, kcenter_greedy, smallest, subsample_bank
 from core.threshold import calibrate_threshold, false_reject_rate
 
 
@@ -80,3 +82,19 @@ def test_pca_matches_the_svd_for_tall_and_wide_banks(shape):
     assert np.allclose(mean, x.mean(axis=0), atol=1e-5)
     assert np.allclose(np.abs(comps @ vt[:8].T), np.eye(8), atol=1e-3)
     assert ev == pytest.approx(float((s[:8] ** 2).sum() / (s ** 2).sum()), rel=1e-4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 30), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_smallest_picks_the_m_smallest_per_row_with_and_without_ties(rows, extra, m, seed):
+    """The shortlist's selection (partition + mask, argpartition on ties) against a full sort."""
+    rng = np.random.default_rng(seed)
+    n = m + extra
+    vals = rng.integers(0, 4 if seed % 2 else 10**6, size=(rows, n)).astype(np.float32)   # odd seeds: many ties
+    idx, nxt = smallest(vals, m)
+    assert idx.shape == (rows, m) and nxt.shape == (rows,)
+    srt = np.sort(vals, axis=1)
+    for r in range(rows):
+        assert len(set(idx[r].tolist())) == m
+        np.testing.assert_array_equal(np.sort(vals[r, idx[r]]), srt[r, :m])
+        assert nxt[r] == srt[r, m]
