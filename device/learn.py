@@ -337,6 +337,44 @@ def rederive_threshold(bundle, scorer, new_bank, new_index, keep_parent) -> tupl
     return rec, scores
 
 
+def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | None
+                            ) -> tuple[dict | None, dict[str, bytes], dict]:
+    """``fit``'s compression choice made again for the grown bank: ``(scoring.projection fragment or
+    None, its files, record)`` (:func:`device.projection.choose_compression`).
+
+    A bank that grows from hundreds of rows to thousands crosses from "the brute-force scan is
+    fastest" to "a PCA shortlist is several times faster at unchanged scores" (10k rows: ~2.6 ->
+    ~0.2 ms per query here), and a parent's projection fitted on another bank may no longer pay.
+    Held-out normals: the bundle's calibration features (not bank rows) when it carries them,
+    else 200 bank rows left out of the bank they are checked against. ``--projection 0`` at fit
+    (off) stays off.
+    """
+    from device.projection import choose_compression, projection_entries
+
+    m = _manifest_dict(bundle)
+    fit_rec = (m.get("backbone", {}).get("selection") or {}).get("bank_compression") or {}
+    if str(fit_rec.get("reason", "")).startswith("off"):
+        return None, {}, {"dims": None, "reason": "off (turned off at fit: --projection 0)"}
+    if bundle.scoring_method != "knn" or bundle.patches_per_tile > 1 or tile_index is not None:
+        return None, {}, {"dims": None, "reason": "not applicable (k-NN over a shared bank of pooled rows only)"}
+    n_tiles = len(bundle.input_spec.tile_boxes())
+    cal = bundle.arrays.get(CAL_FEATURES)
+    if cal is not None and len(cal) >= n_tiles and cal.shape[1] == bank.shape[1]:
+        normal_q, fold_bank = cal[:200 * n_tiles], bank
+        normal_q = normal_q[:len(normal_q) // n_tiles * n_tiles]
+    else:
+        n_hold = min(200, len(bank) // 5) // n_tiles * n_tiles
+        if n_hold == 0:
+            return None, {}, {"dims": None, "reason": f"bank of {len(bank)} rows is too small to compress"}
+        hold = np.sort(np.random.default_rng(0).choice(len(bank), n_hold, replace=False))
+        normal_q, fold_bank = bank[hold], np.delete(bank, hold, axis=0)
+    rec = choose_compression(bank, bundle.k, n_tiles, fold_bank, normal_q)
+    if rec["dims"] is None:
+        return None, {}, rec
+    frag, files = projection_entries(bank, rec["dims"], rerank=True, shortlist=rec["shortlist"])
+    return frag, files, rec
+
+
 def bundle_digest_of(bundle) -> str:
     d = getattr(bundle, "digest", None)
     if d:
@@ -401,7 +439,8 @@ def _lineage(parent, pdig: str, images: list[LearnImage], bank_info: dict, thr: 
 
     method = (f"bank += features of {len(images)} confirmed-good image(s) from the parent's extractor; "
               f"compressed to cap {bank_info['cap']} ({bank_info['subsample']}, device.scoring.bank_rows, "
-              f"seed {bank_info['seed']}); threshold: {thr['estimator']['kind']} at target FRR {thr['target_frr']}")
+              f"seed {bank_info['seed']}); threshold: {thr['estimator']['kind']} at target FRR {thr['target_frr']}; "
+              f"k-NN: {bank_info.get('compression', {}).get('reason', 'brute-force scan')}")
     return lineage_record(_manifest_dict(parent), pdig, "anomaly-device learn", method,
                           images=[{"sha256": im.sha256, "source": im.source, **({"row": im.row} if im.row else {})}
                                   for im in images],
@@ -434,21 +473,31 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
     thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
     after = scorer.frame_scores(new_rows)
     t3 = time.perf_counter()
+    frag, proj_files, comp = choose_bank_compression(parent, bank, idx)
+    bank_info["compression"] = {k: comp[k] for k in ("dims", "shortlist", "knn_ms", "brute_force_knn_ms", "reason")
+                                if k in comp}
+    t4 = time.perf_counter()
     body = {k: v for k, v in _manifest_dict(parent).items() if k not in DROP_KEYS}
     sc = dict(body["scoring"])
     sc["bank_size"] = int(len(bank))
     if sc.get("bank_source_images") is not None:
         sc["bank_source_images"] = int(sc["bank_source_images"]) + len(images)
+    old_proj = sc.pop("projection", None)
+    if frag is not None:
+        sc["projection"] = frag
     body.update(scoring=sc, threshold=thr, lineage=_lineage(parent, pdig, images, bank_info, thr))
-    files = {n: bytes(b) for n, b in parent.files.items()
-             if n not in ("bank.npy", "calibration_scores.npy", "bank_tile_index.npy")}
+    dropped = {"bank.npy", "calibration_scores.npy", "bank_tile_index.npy"}
+    if old_proj:
+        dropped |= {old_proj.get("mean"), old_proj.get("components")}
+    files = {n: bytes(b) for n, b in parent.files.items() if n not in dropped}
+    files.update(proj_files)
     files["bank.npy"] = npy_bytes(bank)
     files["calibration_scores.npy"] = npy_bytes(cal_scores)
     if idx is not None:
         files["bank_tile_index.npy"] = npy_bytes(idx)
     figures = {"scores_before": before, "scores_after": [float(s) for s in after], "bank": bank_info,
                "threshold": thr, "timing": {"features_s": round(t1 - t0, 3), "bank_s": round(t2 - t1, 3),
-                                            "threshold_s": round(t3 - t2, 3)}}
+                                            "threshold_s": round(t3 - t2, 3), "compression_s": round(t4 - t3, 3)}}
     return body, files, figures
 
 

@@ -16,8 +16,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 
 MEAN_FILE = "pca_mean.npy"
 COMPONENTS_FILE = "pca_components.npy"
+SHORTLISTS = ((32, 16), (32, 32), (64, 32), (64, 64), (128, 64))
+UNCHANGED_RTOL = 1e-4
+FASTER = 0.9          # a compression ships when it takes at most this share of the brute-force k-NN time
+PCA_WORK_MAX = 2e12   # multiply-adds of the PCA fit (min(N, D)^2 * max(N, D)) above which compression is not tried
 
 
 def projection_entries(bank: np.ndarray, dims: int, rerank: bool = True, shortlist: int = 64) -> tuple[dict, dict[str, bytes]]:
@@ -100,3 +106,96 @@ def project_bundle(src: str | Path, dest: str | Path, dims: int, target_frr: flo
            "threshold": thr_value, "previous_threshold": b.threshold.value}
     log.info("projected bundle written: %s", out)
     return out
+
+
+# ---------------------------------------------------------------- choosing the compression
+@contextlib.contextmanager
+def one_thread():
+    """BLAS limited to one thread (the device's k-NN runs single-threaded numpy)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:       # pragma: no cover - scikit-learn brings it
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+def _knn_ms(scorer, queries: list[np.ndarray], repeat: int = 3) -> float:
+    """Median ms of ``scorer.tile_scores`` per frame (rows of one frame at a time)."""
+    for q in queries[:3]:
+        scorer.tile_scores(q)
+    times = []
+    for _ in range(repeat):
+        for q in queries:
+            t0 = time.perf_counter()
+            scorer.tile_scores(q)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.ndarray, normal_q: np.ndarray,
+                       defect_q: np.ndarray | None = None, pinned: int | None = None, n_time: int = 40) -> dict:
+    """Bank compression as part of the choice, made by ``fit`` and again by the device's ``learn``
+    when it grows the bank: a PCA shortlist with exact re-rank
+    (:class:`device.scoring.ShortlistKNNScorer`) ships when it is measured faster than the
+    brute-force scan (one BLAS thread, :data:`FASTER`) *and* leaves every held-out normal score
+    unchanged (relative :data:`UNCHANGED_RTOL`). Returns ``{"dims", "shortlist", ... record}``
+    (``dims`` None: no compression ships). (A float16 or int8 bank is not an option: the device
+    reads float32 banks only; ``--bank-max`` with ``--bank-subsample`` sizes the bank, at changed
+    scores.)
+
+    Args:
+        bank: the shipped bank (N, D); k: neighbours; n_tiles: rows per frame.
+        fold_bank: a bank without the held-out normals; normal_q: rows of held-out normal frames
+            (frame-major): the shortlist's scores against ``fold_bank`` must equal the brute-force
+            scores for every one of them.
+        defect_q: rows of defect frames (optional): timed, and the share of their scores that stay
+            identical is reported; without them the normal frames are timed.
+        pinned: ``--projection N`` (None: try :data:`SHORTLISTS`; 0: off).
+    """
+    from device.scoring import TileScorer
+
+    if pinned == 0:
+        return {"dims": None, "reason": "off (--projection 0)"}
+    d = bank.shape[1]
+    opts = [(pinned, 64)] if pinned else [(a, b) for a, b in SHORTLISTS if a < d and b < len(bank) // 4]
+    if not opts:
+        return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims is too small to compress"}
+    work = min(bank.shape) ** 2 * max(bank.shape)
+    if work > PCA_WORK_MAX:
+        return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims: fitting its PCA (~{work:.1e} "
+                                        f"multiply-adds) costs more than it is worth here; brute-force scan"}
+    timed = defect_q if defect_q is not None and len(defect_q) else normal_q
+    frames = [q for q in np.split(timed, len(timed) // n_tiles)][:n_time] or [bank[:n_tiles]]
+    with one_thread():
+        brute = _knn_ms(TileScorer(bank, k, n_tiles=n_tiles), frames)
+        ref_n = TileScorer(fold_bank, k, n_tiles=n_tiles).tile_scores(normal_q)
+        ref_d = TileScorer(fold_bank, k, n_tiles=n_tiles).tile_scores(defect_q) if defect_q is not None else None
+        rows = []
+        top = max(dims for dims, _ in opts)      # PCA components are nested: fit once, keep the first dims
+        fold_mean, fold_comps, _ = fit_pca(fold_bank, min(top, min(fold_bank.shape)))
+        m2, c2_all, _ = fit_pca(bank, min(top, min(bank.shape)))
+        fold_c = fold_bank.astype(np.float64) - fold_mean
+        fold_var = float((fold_c ** 2).sum()) or 1.0
+        for dims, sl in opts:
+            comps, c2 = fold_comps[:dims], c2_all[:dims]
+            ev = float(((fold_c @ comps.T.astype(np.float64)) ** 2).sum()) / fold_var
+            fs = TileScorer(fold_bank, k, n_tiles=n_tiles, projection=(fold_mean, comps, True, sl, False))
+            ok_n = np.allclose(fs.tile_scores(normal_q), ref_n, rtol=UNCHANGED_RTOL, atol=1e-6)
+            same_d = None if ref_d is None else float(np.mean(np.isclose(
+                fs.tile_scores(defect_q), ref_d, rtol=UNCHANGED_RTOL, atol=1e-6)))
+            ms = _knn_ms(TileScorer(bank, k, n_tiles=n_tiles, projection=(m2, c2, True, sl, False)), frames)
+            rows.append({"dims": dims, "shortlist": sl, "knn_ms": ms, "normal_scores_unchanged": bool(ok_n),
+                         **({} if same_d is None else {"defect_scores_identical": same_d}),
+                         "explained_variance": round(ev, 4)})
+    good = rows if pinned else [r for r in rows if r["normal_scores_unchanged"] and r["knn_ms"] <= FASTER * brute]
+    best = min(good, key=lambda r: r["knn_ms"]) if good else None
+    rec = {"brute_force_knn_ms": brute, "options": rows, "bank_rows": int(len(bank)), "dims_in": int(d),
+           "held_out_normal_rows": int(len(normal_q))}
+    if best is None:
+        return {"dims": None, **rec, "reason": f"no shortlist is both faster than {FASTER:.0%} of the brute-force "
+                                               f"scan ({brute:.3f} ms) and exact on every held-out normal"}
+    return {**best, **rec, "reason": f"PCA-{best['dims']} shortlist of {best['shortlist']} with exact re-rank: "
+                                      f"k-NN {best['knn_ms']:.3f} ms vs {brute:.3f} ms brute force, held-out normal "
+                                      f"scores unchanged"}

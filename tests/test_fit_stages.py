@@ -236,7 +236,7 @@ def test_progress_writes_no_control_codes_when_not_a_tty(caplog):
 
 
 def test_compression_ships_only_when_faster_and_exact():
-    from trainer.cost import choose_compression
+    from device.projection import choose_compression
 
     rng = np.random.default_rng(8)
     bank = rng.normal(size=(4000, 256)).astype(np.float32)

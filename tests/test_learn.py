@@ -14,7 +14,7 @@ pytest.importorskip("cv2", reason="learn needs OpenCV (device extra)")
 pytest.importorskip("gpiozero", reason="the service run needs gpiozero (device extra)")
 
 from daemon_helpers import bundle_dir, write_config  # noqa: F401,E402
-from lifecycle_helpers import derived_bundle, part, phases, write_pngs  # noqa: E402
+from lifecycle_helpers import derived_bundle, features, part, phases, write_pngs  # noqa: E402
 
 from device.bundle import bundle_digest, load_bundle  # noqa: E402
 from device.config import load_config  # noqa: E402
@@ -236,3 +236,37 @@ def test_bank_max_recorded_by_fit_is_the_cap(line, tmp_path):
         b = Path(write_bundle(tmp_path / f"p{cap}", body, dict(parent.files)))
         res = learn(load_config(device_config(tmp_path, b)), good=[line["confirmed"]], out=tmp_path / f"c{cap}")
         assert res["bank"]["cap"] == cap and res["bank"]["after"] == want == len(load_bundle(tmp_path / f"c{cap}").bank)
+
+
+def test_learn_chooses_the_bank_compression_again_for_the_grown_bank(bundle_dir, line, tmp_path):  # noqa: F811
+    """A bank grown to thousands of rows ships the PCA shortlist (faster, the same scores as the
+    brute-force scan); a projection that no longer pays on a small bank is dropped with its files."""
+    from device.learn import learn
+    from device.projection import COMPONENTS_FILE, MEAN_FILE, project_bundle
+    from device.scoring import KNNScorer
+
+    train = [part(p, seed=20000 + i) for i, p in enumerate(phases(5000, 7))]
+    big = derived_bundle(bundle_dir, tmp_path / "big", train, line["calib"][:100], target_frr=TARGET_FRR)
+    assert load_bundle(big).manifest.scoring.projection is None
+    res = learn(load_config(device_config(tmp_path, big)), good=[line["confirmed"]], out=tmp_path / "big-child")
+    child = load_bundle(tmp_path / "big-child")
+    comp = res["bank"]["compression"]
+    proj = child.manifest.scoring.projection
+    assert comp["dims"] and proj is not None and proj.dims == comp["dims"] and proj.rerank, comp
+    assert comp["knn_ms"] <= 0.9 * comp["brute_force_knn_ms"]
+    assert "shortlist" in child.manifest.to_dict()["lineage"]["method"]
+    probe = line["calib"][100:140] + line["new"][30:40]
+    brute = KNNScorer(child.bank, child.k).score(features_of(child, probe))
+    np.testing.assert_allclose(scores(tmp_path / "big-child", probe), brute, rtol=1e-4, atol=1e-6)
+
+    project_bundle(line["parent"], tmp_path / "small-proj", dims=16, shortlist=8)          # 40 rows
+    res = learn(load_config(device_config(tmp_path, tmp_path / "small-proj")), good=[line["confirmed"]],
+                out=tmp_path / "small-child")
+    small = load_bundle(tmp_path / "small-child")
+    assert res["bank"]["compression"]["dims"] is None and small.manifest.scoring.projection is None
+    assert not {MEAN_FILE, COMPONENTS_FILE} & set(small.files)
+
+
+def features_of(bundle, images) -> np.ndarray:
+    with Detector(bundle) as det:
+        return features(det, images)

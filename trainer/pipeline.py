@@ -348,9 +348,9 @@ def calibrate(val: Validation, data: FitData, cfg: FitConfig) -> tuple[dict, np.
 
 # ------------------------------------------------------------------------------------ 6. compression
 def compress(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> tuple[dict | None, dict, dict]:
-    """``(scoring.projection fragment or None, files, record)``: :func:`trainer.cost.choose_compression`
+    """``(scoring.projection fragment or None, files, record)``: :func:`device.projection.choose_compression`
     on k-NN pooled shared banks (fold 0 held out for the unchanged-scores check)."""
-    from trainer.cost import choose_compression
+    from device.projection import choose_compression
 
     if cfg.scoring != "knn" or rows.p > 1 or bank.mode != "shared":
         return None, {}, {"reason": "not applicable (k-NN over a shared bank of pooled rows only)"}
