@@ -205,6 +205,7 @@ def _learn_lines(res: dict, args) -> list[str]:
     before, after = res["scores_before"], res["scores_after"]
     lines = [f"new version {res['version']} (parent {res['parent'][:16]}): {res['images']} image(s) learned",
              f"  bank {b['before']} -> {b['after']} rows (cap {b['cap'] or 'none'}, {b['subsample']})",
+             f"  k-NN: {b.get('compression', {}).get('reason', 'brute-force scan')}",
              f"  threshold {t['old']:.6g} -> {t['new']:.6g} at target FRR {t['target_frr']:g} ({t['estimator']['kind']})",
              f"  learned images' scores: median {_med(before):.4g} -> {_med(after):.4g}"]
     if t["running_source"] != "bundle":
