@@ -347,11 +347,17 @@ def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | N
     ~0.2 ms per query here), and a parent's projection fitted on another bank may no longer pay.
     Held-out normals: the bundle's calibration features (not bank rows) when it carries them,
     else 200 bank rows left out of the bank they are checked against. ``--projection 0`` at fit
-    (off) stays off.
+    (off) stays off, and a projection without re-rank (scores and threshold in its PCA space) is
+    kept as it is.
     """
     from device.projection import choose_compression, projection_entries
 
     m = _manifest_dict(bundle)
+    old = m["scoring"].get("projection")
+    if old and not old.get("rerank", True):        # scores (and the threshold) live in that PCA space: keep it
+        files = {n: bytes(bundle.files[n]) for n in (old["mean"], old["components"])}
+        return old, files, {"dims": old.get("dims"), "reason": f"kept: PCA-{old.get('dims')} without re-rank (the "
+                                                               f"threshold is calibrated in that space)"}
     fit_rec = (m.get("backbone", {}).get("selection") or {}).get("bank_compression") or {}
     if str(fit_rec.get("reason", "")).startswith("off"):
         return None, {}, {"dims": None, "reason": "off (turned off at fit: --projection 0)"}

@@ -266,6 +266,15 @@ def test_learn_chooses_the_bank_compression_again_for_the_grown_bank(bundle_dir,
     assert res["bank"]["compression"]["dims"] is None and small.manifest.scoring.projection is None
     assert not {MEAN_FILE, COMPONENTS_FILE} & set(small.files)
 
+    # without re-rank the scores (and the threshold) live in the PCA space: the projection is kept
+    project_bundle(line["parent"], tmp_path / "approx", dims=16, rerank=False)
+    learn(load_config(device_config(tmp_path, tmp_path / "approx")), good=[line["confirmed"]],
+          out=tmp_path / "approx-child")
+    approx = load_bundle(tmp_path / "approx-child")
+    assert approx.manifest.scoring.projection.dims == 16 and not approx.manifest.scoring.projection.rerank
+    np.testing.assert_allclose(scores(tmp_path / "approx-child", line["calib"]), approx.calibration_scores,
+                               rtol=1e-4, atol=1e-6)
+
 
 def features_of(bundle, images) -> np.ndarray:
     with Detector(bundle) as det:
