@@ -402,3 +402,35 @@ def test_tiled_validation_runs_only_the_tiles_a_defect_changed():
             a, b = got[False][c.name], got[True][c.name]
             np.testing.assert_array_equal(a["normal"], b["normal"])
             np.testing.assert_allclose(b["defect"], a["defect"], rtol=rtol, atol=rtol * np.abs(a["defect"]).max())
+
+
+def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validation():
+    """The mid-level prior (``trainer.search._last_layer_yields``): `out` wins a close synthetic race
+    but yields to the best mid-level candidate; a clear win ships it; real defects need no prior."""
+    from types import SimpleNamespace
+
+    from trainer.candidates import Candidate
+    from trainer.search import LAST_LAYER_YIELD_GAP, CandidateResult, _within_budget
+
+    rng = np.random.default_rng(0)
+    n, per = 200, 3
+    source = np.repeat(np.arange(n), per)
+    family = np.array(["surface", "shape", "layout"] * n)
+    normal = rng.normal(0, 1, n)
+
+    def result(taps, shift, real=None):
+        c = Candidate(size=96, taps=taps, pooling="grid3")
+        defect = rng.normal(shift, 1, n * per)
+        return CandidateResult(c, normal + rng.normal(0, 0.05, n), defect, {"x86_ms": 1.0, "pi4_ms": 9.0}, True, real)
+
+    def choose(rs):
+        return _within_budget(rs, family, SimpleNamespace(source=source), 3.7, strict=True)[0]
+
+    close = choose([result("out", 1.30), result("b13", 1.25), result("b10", 0.6)])
+    assert close.chosen == "a0.35-96-b13-grid3-knn1" and "mid-level features preferred" in close.reason
+    clear = choose([result("out", 2.0), result("b13", 1.0)])
+    gap = clear.aurocs["a0.35-96-out-grid3-knn1"] - clear.aurocs["a0.35-96-b13-grid3-knn1"]
+    assert clear.chosen == "a0.35-96-out-grid3-knn1" and gap > LAST_LAYER_YIELD_GAP
+    real = rng.normal(1.0, 1, 50)
+    on_real = choose([result("out", 1.30, real + 0.3), result("b13", 1.25, real)])
+    assert on_real.chosen == "a0.35-96-out-grid3-knn1"
