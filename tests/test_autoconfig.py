@@ -434,3 +434,11 @@ def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validati
     real = rng.normal(1.0, 1, 50)
     on_real = choose([result("out", 1.30, real + 0.3), result("b13", 1.25, real)])
     assert on_real.chosen == "a0.35-96-out-grid3-knn1"
+    n = 40                                          # a few dozen images: validation alone decides
+    source, family, normal = source[:n * per], family[:n * per], normal[:n]
+    b13 = result("b13", 1.5)
+    out = CandidateResult(Candidate(size=96, taps="out", pooling="grid3"), b13.normal, b13.defect + 0.03,
+                          b13.latency, True)                     # better on every defect, by a little
+    few = choose([out, b13])
+    assert few.aurocs[out.candidate.name] - few.aurocs[b13.candidate.name] <= LAST_LAYER_YIELD_GAP
+    assert few.chosen == out.candidate.name and "mid-level" not in few.reason

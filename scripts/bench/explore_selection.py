@@ -19,8 +19,8 @@ For every data set (bounded: <= 300 training images, a few hundred test images):
    ``fit`` (80/20 split, ``synthetic_defects`` drawn on the held-out 20 % at network size);
 4. the scores are stored (``--work``; ``--tag`` runs add defect kinds), so ``--part analyse``
    re-reads them and computes Spearman rho (validation vs real AUROC over the candidates) and the
-   regret of the choice, before (today's validation) and after (pooled AUROC, and the worst-family
-   rule ``trainer.selection.select_robust`` with estimated latency as the cost), with the paired
+   regret of the choice, before (today's validation) and after (pooled AUROC, and the search's own
+   rule: worst family, estimated latency as the cost, the mid-level prior), with the paired
    DeLong SE of the regret on the test set. docs/AUTOCONFIG.md lists the runs behind its figures.
 
 ``--part threshold``: the small-data threshold study (30 training images, seeded draws):
@@ -290,6 +290,7 @@ def candidate_costs(meta: dict) -> dict:
         rows = min(meta["n_train"] * c.n_tiles * p, 20000) if c.pooling == "patch" else meta["n_train"] * c.n_tiles
         out[c.name] = LatencyModel.estimate(model, c, meta["frame_hw"], rows, dim, p)
         out[c.name]["complexity"] = c.complexity()
+        out[c.name]["candidate"] = c
     return out
 
 
@@ -356,24 +357,34 @@ def selection_outcome(arrays, names, table, costs, kinds_keep=None) -> dict:
 
 
 def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
-    """The worst-family rule (``trainer.selection.select_robust``): rho of the worst-family AUROC, its
-    argmax regret and the rule's choice (bootstrap SEs, equivalence test, estimated latency as cost)."""
+    """The worst-family rule as the search applies it (:func:`product_rule`): rho of the worst-family
+    AUROC, its argmax regret and the rule's choice (bootstrap SEs, equivalence test, estimated latency
+    as cost, mid-level prior)."""
     from scipy.stats import spearmanr
 
-    from trainer.selection import family_aurocs, select_robust
+    from trainer.selection import family_aurocs
     from trainer.synth import family_of
 
     fam = np.array([family_of(k) for k in arrays["syn_kinds"][keep]])
     stat = np.array([min(family_aurocs(arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep], fam).values()) for n in names])
     pick = int(np.argmax(stat))
-    sel = select_robust(names, np.stack([arrays[f"{n}|normal"] for n in names]),
-                        np.stack([arrays[f"{n}|syn"][keep] for n in names]), fam, arrays["syn_source"][keep],
-                        cost=[costs[n]["x86_ms"] for n in names], complexity=[costs[n]["complexity"] for n in names],
-                        n_boot=100)
+    sel = product_rule(arrays, names, costs, keep, fam)
     return {"robust_spearman": float(spearmanr(stat, real).statistic), "robust_argmax": names[pick],
             "robust_argmax_regret": float(real.max() - real[pick]), "robust_rule_chosen": sel.chosen,
             "robust_rule_regret": float(real.max() - table[sel.chosen]["real"]), "robust_rule_tie": sel.tie,
             "robust_rule_reason": sel.reason}
+
+
+def product_rule(arrays, names, costs, keep, fam):
+    """The search's own choice on these scores (``trainer.search._within_budget`` without a budget:
+    the worst-family rule and the mid-level prior for last-layer features)."""
+    from types import SimpleNamespace
+
+    from trainer.search import CandidateResult, _within_budget
+
+    rs = [CandidateResult(costs[n]["candidate"], arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep],
+                          {"x86_ms": costs[n]["x86_ms"], "pi4_ms": float("nan")}, True) for n in names]
+    return _within_budget(rs, fam, SimpleNamespace(source=arrays["syn_source"][keep]), float("inf"), strict=True)[0]
 
 
 def product_names(meta: dict) -> list[str]:
