@@ -104,7 +104,7 @@ def run_small(name: str, seed: int, work: Path) -> dict:
     good = [im for im, y in zip(data["test"], data["y"]) if y == 0]
     scores, _ = device_scores(res.bundle, good)
     thr = json.loads((res.bundle / "manifest.json").read_text())["threshold"]
-    return {"frr": float(np.mean(scores > thr["value"])), "n_good": len(good),
+    return {"frr": float(np.mean(scores > thr["value"])), "n_good": len(good), "chosen": res.summary["chosen"],
             "estimator": thr.get("estimator", {}).get("method", "?"), "supported_frr": thr.get("supported_frr")}
 
 
