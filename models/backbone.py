@@ -67,9 +67,15 @@ def _mobilenet(alpha: float, size: tuple[int, int], weights: str):
     if weights == "random":
         return keras.applications.MobileNetV2(weights=None, **kw), "random"
     if weights == "imagenet":
+        key = (alpha, tuple(size))
+        if key in _IMAGENET_FAILED:        # tried once in this process: no second fetch, no second banner
+            log.warning("no ImageNet weights for MobileNetV2 alpha %g at %s px (see above): random weights", alpha,
+                        size[0])
+            return keras.applications.MobileNetV2(weights=None, **kw), "random"
         try:
             return keras.applications.MobileNetV2(weights="imagenet", **kw), "imagenet"
         except Exception as exc:  # no network, no cache: keep going, loudly
+            _IMAGENET_FAILED.add(key)
             log.warning("!" * 72)
             log.warning("COULD NOT GET IMAGENET WEIGHTS (%s: %s)", type(exc).__name__, str(exc)[:200])
             log.warning("USING RANDOM WEIGHTS: figures will be much lower. Set %s to a local "
@@ -87,6 +93,7 @@ def _mobilenet(alpha: float, size: tuple[int, int], weights: str):
 
 IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 _IMAGENET_FILES: dict = {}
+_IMAGENET_FAILED: set = set()     # (alpha, size) whose ImageNet weights could not be had in this process
 
 
 def imagenet_weights_file(alpha: float) -> str | None:

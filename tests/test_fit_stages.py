@@ -138,6 +138,31 @@ def test_unset_options_are_searched_and_set_ones_pin_their_dimension():
         FitConfig(working_size=(1024, 1024))
 
 
+def test_unavailable_imagenet_weights_are_tried_once_and_announced_once(monkeypatch, caplog):
+    """Offline, the first network build falls back to random weights with the loud banner; later
+    builds of the same network neither fetch again nor repeat the banner."""
+    import keras
+
+    from models import backbone
+
+    real, tries = keras.applications.MobileNetV2, []
+
+    def mobilenet(weights=None, **kw):
+        if weights == "imagenet":
+            tries.append(kw["input_shape"])
+            raise OSError("URL fetch failure (offline)")
+        return real(weights=weights, **kw)
+
+    monkeypatch.setattr(backbone, "_IMAGENET_FAILED", set())
+    monkeypatch.setattr(keras.applications, "MobileNetV2", mobilenet)
+    with caplog.at_level(logging.WARNING, logger="models.backbone"):
+        for _ in range(3):
+            assert backbone._mobilenet(0.35, (32, 32), "imagenet")[1] == "random"
+    assert len(tries) == 1
+    assert sum("COULD NOT GET IMAGENET WEIGHTS" in r.getMessage() for r in caplog.records) == 1
+    assert sum("no ImageNet weights for MobileNetV2 alpha 0.35 at 32 px" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_imagenet_default_searches_alpha_1_only_when_its_weights_can_be_fetched(monkeypatch, tmp_path):
     """With ImageNet weights (the default) alpha 1.0 joins the search when Keras can fetch its
     published file; offline it is left out (never searched on random weights); a pinned width,
