@@ -236,14 +236,15 @@ def _position_cap(manifest: dict, cap: int | None, rows_now: int, n_tiles: int, 
     return rows_now if cap is not None else None
 
 
-def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None):
-    """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank."""
+def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None, projection: tuple | None | str = "bundle"):
+    """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank;
+    ``projection``: the bundle's own (default), None (brute force) or a TileScorer projection tuple."""
     from device.scoring import TileScorer
 
     m = bundle.manifest
-    proj = None
+    proj = None if projection == "bundle" else projection
     p = m.scoring.projection
-    if p is not None:
+    if projection == "bundle" and p is not None:
         proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify)
     return TileScorer(bank, bundle.k, bundle.scoring_method, n_tiles=len(bundle.input_spec.tile_boxes()),
                       patches=bundle.patches_per_tile, tile_index=tile_index, projection=proj)
@@ -457,7 +458,7 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
                 ) -> tuple[dict, dict[str, bytes], dict]:
     """The new version's manifest body and files, and figures (scores of the learned images
     before and after, bank, threshold). Nothing is written."""
-    from device.bundle import npy_bytes
+    from device.bundle import npy_array, npy_bytes
     from device.detector import Detector
     from device.preprocess import preprocess
 
@@ -475,13 +476,17 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
     t1 = time.perf_counter()
     bank, idx, keep_parent, bank_info = grow_bank(parent, new_rows, len(images))
     t2 = time.perf_counter()
-    scorer = tile_scorer(parent, bank, idx)
-    thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
-    after = scorer.frame_scores(new_rows)
-    t3 = time.perf_counter()
     frag, proj_files, comp = choose_bank_compression(parent, bank, idx)
     bank_info["compression"] = {k: comp[k] for k in ("dims", "shortlist", "knn_ms", "brute_force_knn_ms", "reason")
                                 if k in comp}
+    t3 = time.perf_counter()
+    proj = None if frag is None else (npy_array(proj_files[frag["mean"]], frag["mean"]),
+                                      npy_array(proj_files[frag["components"]], frag["components"]),
+                                      bool(frag.get("rerank", True)), int(frag.get("shortlist", 64)),
+                                      bool(frag.get("certify", False)))
+    scorer = tile_scorer(parent, bank, idx, projection=proj)        # the new version's own scoring
+    thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
+    after = scorer.frame_scores(new_rows)
     t4 = time.perf_counter()
     body = {k: v for k, v in _manifest_dict(parent).items() if k not in DROP_KEYS}
     sc = dict(body["scoring"])
@@ -503,7 +508,7 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
         files["bank_tile_index.npy"] = npy_bytes(idx)
     figures = {"scores_before": before, "scores_after": [float(s) for s in after], "bank": bank_info,
                "threshold": thr, "timing": {"features_s": round(t1 - t0, 3), "bank_s": round(t2 - t1, 3),
-                                            "threshold_s": round(t3 - t2, 3), "compression_s": round(t4 - t3, 3)}}
+                                            "compression_s": round(t3 - t2, 3), "threshold_s": round(t4 - t3, 3)}}
     return body, files, figures
 
 

@@ -258,6 +258,8 @@ def test_learn_chooses_the_bank_compression_again_for_the_grown_bank(bundle_dir,
     probe = line["calib"][100:140] + line["new"][30:40]
     brute = KNNScorer(child.bank, child.k).score(features_of(child, probe))
     np.testing.assert_allclose(scores(tmp_path / "big-child", probe), brute, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores(tmp_path / "big-child", line["calib"][:100]), child.calibration_scores,
+                               rtol=1e-4, atol=1e-6)          # the threshold comes from the new version's scoring
 
     project_bundle(line["parent"], tmp_path / "small-proj", dims=16, shortlist=8)          # 40 rows
     res = learn(load_config(device_config(tmp_path, tmp_path / "small-proj")), good=[line["confirmed"]],
