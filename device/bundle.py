@@ -77,12 +77,6 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def npy_array(data: bytes, name: str = "array") -> np.ndarray:
-    """The array in ``data`` (.npy bytes, e.g. from :func:`npy_bytes`), read-only, with the checks a
-    bundle's files get (numbers only, header matching the bytes present)."""
-    return _npy(data, Path(name))
-
-
 @dataclasses.dataclass(frozen=True)
 class Bundle:
     """A loaded, verified bundle (immutable).

@@ -236,18 +236,13 @@ def _position_cap(manifest: dict, cap: int | None, rows_now: int, n_tiles: int, 
     return rows_now if cap is not None else None
 
 
-def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None, projection: tuple | None | str = "bundle"):
-    """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank;
-    ``projection``: the bundle's own (default), None (brute force) or a TileScorer projection tuple."""
+def tile_scorer(bundle, bank: np.ndarray, tile_index: np.ndarray | None, projection: tuple | None):
+    """The device's scorer (:class:`device.scoring.TileScorer`) for ``bundle`` with another bank and
+    ``projection`` (a TileScorer projection tuple, or None: the brute-force scan)."""
     from device.scoring import TileScorer
 
-    m = bundle.manifest
-    proj = None if projection == "bundle" else projection
-    p = m.scoring.projection
-    if projection == "bundle" and p is not None:
-        proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify)
     return TileScorer(bank, bundle.k, bundle.scoring_method, n_tiles=len(bundle.input_spec.tile_boxes()),
-                      patches=bundle.patches_per_tile, tile_index=tile_index, projection=proj)
+                      patches=bundle.patches_per_tile, tile_index=tile_index, projection=projection)
 
 
 # ---------------------------------------------------------------- threshold
@@ -338,10 +333,9 @@ def rederive_threshold(bundle, scorer, new_bank, new_index, keep_parent) -> tupl
     return rec, scores
 
 
-def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | None
-                            ) -> tuple[dict | None, dict[str, bytes], dict]:
-    """``fit``'s compression choice made again for the grown bank: ``(scoring.projection fragment or
-    None, its files, record)`` (:func:`device.projection.choose_compression`).
+def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | None):
+    """``fit``'s compression choice made again for the grown bank: a
+    :class:`device.projection.Compression` (:func:`device.projection.compression_for`).
 
     A bank that grows from hundreds of rows to thousands crosses from "the brute-force scan is
     fastest" to "a PCA shortlist is several times faster at unchanged scores" (10k rows: ~2.6 ->
@@ -351,19 +345,22 @@ def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | N
     (off) stays off, and a projection without re-rank (scores and threshold in its PCA space) is
     kept as it is.
     """
-    from device.projection import choose_compression, projection_entries
+    from device.projection import Compression, compression_for
 
     m = _manifest_dict(bundle)
     old = m["scoring"].get("projection")
     if old and not old.get("rerank", True):        # scores (and the threshold) live in that PCA space: keep it
-        files = {n: bytes(bundle.files[n]) for n in (old["mean"], old["components"])}
-        return old, files, {"dims": old.get("dims"), "reason": f"kept: PCA-{old.get('dims')} without re-rank (the "
-                                                               f"threshold is calibrated in that space)"}
+        p = bundle.manifest.scoring.projection
+        return Compression(old, {n: bytes(bundle.files[n]) for n in (p.mean, p.components)},
+                           {"dims": p.dims, "reason": f"kept: PCA-{p.dims} without re-rank (the threshold is "
+                                                      f"calibrated in that space)"},
+                           (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify))
     fit_rec = (m.get("backbone", {}).get("selection") or {}).get("bank_compression") or {}
     if str(fit_rec.get("reason", "")).startswith("off"):
-        return None, {}, {"dims": None, "reason": "off (turned off at fit: --projection 0)"}
+        return Compression(None, {}, {"dims": None, "reason": "off (turned off at fit: --projection 0)"})
     if bundle.scoring_method != "knn" or bundle.patches_per_tile > 1 or tile_index is not None:
-        return None, {}, {"dims": None, "reason": "not applicable (k-NN over a shared bank of pooled rows only)"}
+        return Compression(None, {}, {"dims": None, "reason": "not applicable (k-NN over a shared bank of pooled "
+                                                              "rows only)"})
     n_tiles = len(bundle.input_spec.tile_boxes())
     cal = bundle.arrays.get(CAL_FEATURES)
     if cal is not None and len(cal) >= n_tiles and cal.shape[1] == bank.shape[1]:
@@ -372,14 +369,10 @@ def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | N
     else:
         n_hold = min(200, len(bank) // 5) // n_tiles * n_tiles
         if n_hold == 0:
-            return None, {}, {"dims": None, "reason": f"bank of {len(bank)} rows is too small to compress"}
+            return Compression(None, {}, {"dims": None, "reason": f"bank of {len(bank)} rows is too small to compress"})
         hold = np.sort(np.random.default_rng(0).choice(len(bank), n_hold, replace=False))
         normal_q, fold_bank = bank[hold], np.delete(bank, hold, axis=0)
-    rec = choose_compression(bank, bundle.k, n_tiles, fold_bank, normal_q)
-    if rec["dims"] is None:
-        return None, {}, rec
-    frag, files = projection_entries(bank, rec["dims"], rerank=True, shortlist=rec["shortlist"])
-    return frag, files, rec
+    return compression_for(bank, bundle.k, n_tiles, fold_bank, normal_q)
 
 
 def bundle_digest_of(bundle) -> str:
@@ -458,7 +451,7 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
                 ) -> tuple[dict, dict[str, bytes], dict]:
     """The new version's manifest body and files, and figures (scores of the learned images
     before and after, bank, threshold). Nothing is written."""
-    from device.bundle import npy_array, npy_bytes
+    from device.bundle import npy_bytes
     from device.detector import Detector
     from device.preprocess import preprocess
 
@@ -476,15 +469,11 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
     t1 = time.perf_counter()
     bank, idx, keep_parent, bank_info = grow_bank(parent, new_rows, len(images))
     t2 = time.perf_counter()
-    frag, proj_files, comp = choose_bank_compression(parent, bank, idx)
-    bank_info["compression"] = {k: comp[k] for k in ("dims", "shortlist", "knn_ms", "brute_force_knn_ms", "reason")
-                                if k in comp}
+    comp = choose_bank_compression(parent, bank, idx)
+    bank_info["compression"] = {k: comp.record[k] for k in ("dims", "shortlist", "knn_ms", "brute_force_knn_ms",
+                                                            "reason") if k in comp.record}
     t3 = time.perf_counter()
-    proj = None if frag is None else (npy_array(proj_files[frag["mean"]], frag["mean"]),
-                                      npy_array(proj_files[frag["components"]], frag["components"]),
-                                      bool(frag.get("rerank", True)), int(frag.get("shortlist", 64)),
-                                      bool(frag.get("certify", False)))
-    scorer = tile_scorer(parent, bank, idx, projection=proj)        # the new version's own scoring
+    scorer = tile_scorer(parent, bank, idx, projection=comp.projection)      # the new version's own scoring
     thr, cal_scores = rederive_threshold(parent, scorer, bank, idx, keep_parent)
     after = scorer.frame_scores(new_rows)
     t4 = time.perf_counter()
@@ -494,14 +483,14 @@ def build_child(parent, images: list[LearnImage], progress: Callable[[int, int],
     if sc.get("bank_source_images") is not None:
         sc["bank_source_images"] = int(sc["bank_source_images"]) + len(images)
     old_proj = sc.pop("projection", None)
-    if frag is not None:
-        sc["projection"] = frag
+    if comp.fragment is not None:
+        sc["projection"] = comp.fragment
     body.update(scoring=sc, threshold=thr, lineage=_lineage(parent, pdig, images, bank_info, thr))
     dropped = {"bank.npy", "calibration_scores.npy", "bank_tile_index.npy"}
     if old_proj:
         dropped |= {old_proj.get("mean"), old_proj.get("components")}
     files = {n: bytes(b) for n, b in parent.files.items() if n not in dropped}
-    files.update(proj_files)
+    files.update(comp.files)
     files["bank.npy"] = npy_bytes(bank)
     files["calibration_scores.npy"] = npy_bytes(cal_scores)
     if idx is not None:

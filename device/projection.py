@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import time
@@ -39,13 +40,19 @@ FASTER = 0.9          # a compression ships when it takes at most this share of 
 PCA_WORK_MAX = 2e12   # multiply-adds of the PCA fit (min(N, D)^2 * max(N, D)) above which compression is not tried
 
 
-def projection_entries(bank: np.ndarray, dims: int, rerank: bool = True, shortlist: int = 64) -> tuple[dict, dict[str, bytes]]:
+def projection_entries(bank: np.ndarray, dims: int, rerank: bool = True, shortlist: int = 64,
+                       pca: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict[str, bytes]]:
     """``(scoring.projection manifest value, {file name: bytes})`` for a PCA of ``bank``.
 
     With ``rerank`` (default) the device scores with :class:`device.scoring.ShortlistKNNScorer`:
     the same scores as the full bank, so the threshold and calibration scores need no change.
+    ``pca``: ``(mean, components)`` already fitted on ``bank`` (``dims`` rows of components).
     """
-    mean, comps, explained = fit_pca(bank, dims)
+    if pca is None:
+        mean, comps, explained = fit_pca(bank, dims)
+    else:
+        mean, comps = pca
+        explained = _explained(np.asarray(bank, np.float64) - mean, comps)
     frag = {"method": "pca", "dims": int(dims), "mean": MEAN_FILE, "components": COMPONENTS_FILE,
             "explained_variance": round(explained, 6), "rerank": bool(rerank), "shortlist": int(shortlist)}
     return frag, {MEAN_FILE: npy_bytes(mean), COMPONENTS_FILE: npy_bytes(comps)}
@@ -134,6 +141,35 @@ def _knn_ms(scorer, queries: list[np.ndarray], repeat: int = 3) -> float:
     return float(np.median(times))
 
 
+def _explained(centred: np.ndarray, comps: np.ndarray) -> float:
+    """Share of the variance of ``centred`` rows (float64) that ``comps`` keep."""
+    return float(((centred @ comps.T.astype(np.float64)) ** 2).sum()) / (float((centred ** 2).sum()) or 1.0)
+
+
+@dataclasses.dataclass
+class Compression:
+    """What ships for a bank: ``fragment`` (``scoring.projection``; None: the brute-force scan), its
+    ``files``, the ``record`` of the choice, and ``projection``: the
+    :class:`device.scoring.TileScorer` projection tuple (None without one)."""
+
+    fragment: dict | None
+    files: dict
+    record: dict
+    projection: tuple | None = None
+
+
+def compression_for(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.ndarray, normal_q: np.ndarray,
+                    defect_q: np.ndarray | None = None, pinned: int | None = None) -> Compression:
+    """:func:`choose_compression` and, when a shortlist wins, its projection from the PCA the
+    choice already fitted on ``bank`` (``fit``'s compression stage and the device's ``learn``)."""
+    rec, pca = _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q, pinned)
+    if rec["dims"] is None:
+        return Compression(None, {}, rec)
+    mean, comps = pca[0], np.ascontiguousarray(pca[1][:rec["dims"]])
+    frag, files = projection_entries(bank, rec["dims"], rerank=True, shortlist=rec["shortlist"], pca=(mean, comps))
+    return Compression(frag, files, rec, (mean, comps, True, rec["shortlist"], False))
+
+
 def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.ndarray, normal_q: np.ndarray,
                        defect_q: np.ndarray | None = None, pinned: int | None = None, n_time: int = 40) -> dict:
     """Bank compression as part of the choice, made by ``fit`` and again by the device's ``learn``
@@ -154,18 +190,23 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
             identical is reported; without them the normal frames are timed.
         pinned: ``--projection N`` (None: try :data:`SHORTLISTS`; 0: off).
     """
+    return _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q, pinned, n_time)[0]
+
+
+def _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q=None, pinned=None, n_time: int = 40) -> tuple:
+    """``(record, (mean, components) of the bank's PCA or None)``: :func:`choose_compression`."""
     from device.scoring import TileScorer
 
     if pinned == 0:
-        return {"dims": None, "reason": "off (--projection 0)"}
+        return {"dims": None, "reason": "off (--projection 0)"}, None
     d = bank.shape[1]
     opts = [(pinned, 64)] if pinned else [(a, b) for a, b in SHORTLISTS if a < d and b < len(bank) // 4]
     if not opts:
-        return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims is too small to compress"}
+        return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims is too small to compress"}, None
     work = min(bank.shape) ** 2 * max(bank.shape)
     if work > PCA_WORK_MAX:
         return {"dims": None, "reason": f"bank of {len(bank)} rows x {d} dims: fitting its PCA (~{work:.1e} "
-                                        f"multiply-adds) costs more than it is worth here; brute-force scan"}
+                                        f"multiply-adds) costs more than it is worth here; brute-force scan"}, None
     timed = defect_q if defect_q is not None and len(defect_q) else normal_q
     frames = [q for q in np.split(timed, len(timed) // n_tiles)][:n_time] or [bank[:n_tiles]]
     with one_thread():
@@ -177,10 +218,9 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
         fold_mean, fold_comps, _ = fit_pca(fold_bank, min(top, min(fold_bank.shape)))
         m2, c2_all, _ = fit_pca(bank, min(top, min(bank.shape)))
         fold_c = fold_bank.astype(np.float64) - fold_mean
-        fold_var = float((fold_c ** 2).sum()) or 1.0
         for dims, sl in opts:
             comps, c2 = fold_comps[:dims], c2_all[:dims]
-            ev = float(((fold_c @ comps.T.astype(np.float64)) ** 2).sum()) / fold_var
+            ev = _explained(fold_c, comps)
             fs = TileScorer(fold_bank, k, n_tiles=n_tiles, projection=(fold_mean, comps, True, sl, False))
             ok_n = np.allclose(fs.tile_scores(normal_q), ref_n, rtol=UNCHANGED_RTOL, atol=1e-6)
             same_d = None if ref_d is None else float(np.mean(np.isclose(
@@ -195,7 +235,7 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
            "held_out_normal_rows": int(len(normal_q))}
     if best is None:
         return {"dims": None, **rec, "reason": f"no shortlist is both faster than {FASTER:.0%} of the brute-force "
-                                               f"scan ({brute:.3f} ms) and exact on every held-out normal"}
+                                               f"scan ({brute:.3f} ms) and exact on every held-out normal"}, None
     return {**best, **rec, "reason": f"PCA-{best['dims']} shortlist of {best['shortlist']} with exact re-rank: "
                                       f"k-NN {best['knn_ms']:.3f} ms vs {brute:.3f} ms brute force, held-out normal "
-                                      f"scores unchanged"}
+                                      f"scores unchanged"}, (m2, c2_all)

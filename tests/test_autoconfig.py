@@ -407,8 +407,6 @@ def test_tiled_validation_runs_only_the_tiles_a_defect_changed():
 def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validation():
     """The mid-level prior (``trainer.search._last_layer_yields``): `out` wins a close synthetic race
     but yields to the best mid-level candidate; a clear win ships it; real defects need no prior."""
-    from types import SimpleNamespace
-
     from trainer.candidates import Candidate
     from trainer.search import LAST_LAYER_YIELD_GAP, CandidateResult, _within_budget
 
@@ -424,7 +422,7 @@ def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validati
         return CandidateResult(c, normal + rng.normal(0, 0.05, n), defect, {"x86_ms": 1.0, "pi4_ms": 9.0}, True, real)
 
     def choose(rs):
-        return _within_budget(rs, family, SimpleNamespace(source=source), 3.7, strict=True)[0]
+        return _within_budget(rs, family, source, 3.7, strict=True)[0]
 
     close = choose([result("out", 1.30), result("b13", 1.25), result("b10", 0.6)])
     assert close.chosen == "a0.35-96-b13-grid3-knn1" and "mid-level features preferred" in close.reason

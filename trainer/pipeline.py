@@ -348,9 +348,9 @@ def calibrate(val: Validation, data: FitData, cfg: FitConfig) -> tuple[dict, np.
 
 # ------------------------------------------------------------------------------------ 6. compression
 def compress(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig) -> tuple[dict | None, dict, dict]:
-    """``(scoring.projection fragment or None, files, record)``: :func:`device.projection.choose_compression`
+    """``(scoring.projection fragment or None, files, record)``: :func:`device.projection.compression_for`
     on k-NN pooled shared banks (fold 0 held out for the unchanged-scores check)."""
-    from device.projection import choose_compression
+    from device.projection import compression_for
 
     if cfg.scoring != "knn" or rows.p > 1 or bank.mode != "shared":
         return None, {}, {"reason": "not applicable (k-NN over a shared bank of pooled rows only)"}
@@ -362,15 +362,9 @@ def compress(bank: Bank, exp: Export, data: FitData, rows: Rows, cfg: FitConfig)
     dsel = np.flatnonzero(data.fold[data.syn_source] == 0)[:200]
     syn_rows = np.concatenate([r for _, _, r in exp.rows["syn"].batches()])
     defect_q = syn_rows.reshape(len(exp.rows["syn"]), tr.per_frame, -1)[dsel].reshape(-1, s.feats.shape[1])
-    rec = choose_compression(bank.rows, cfg.k, data.n_tiles, fold_bank, normal_q, defect_q, cfg.projection)
-    if rec["dims"] is None:
-        log.info("bank compression: %s", rec["reason"])
-        return None, {}, rec
-    from device.projection import projection_entries
-
-    frag, files = projection_entries(bank.rows, rec["dims"], rerank=True, shortlist=rec["shortlist"])
-    log.info("bank compression: %s", rec["reason"])
-    return frag, files, rec
+    comp = compression_for(bank.rows, cfg.k, data.n_tiles, fold_bank, normal_q, defect_q, cfg.projection)
+    log.info("bank compression: %s", comp.record["reason"])
+    return comp.fragment, comp.files, comp.record
 
 
 # ------------------------------------------------------------------------------------ 7. manifest

@@ -694,7 +694,7 @@ def _uses_last_layer(c: Candidate) -> bool:
     return "out" in c.taps.split("+")
 
 
-def _last_layer_yields(sel: Selection, pool: list, family, syn) -> Selection:
+def _last_layer_yields(sel: Selection, pool: list, family, source) -> Selection:
     """Mid-level features unless the network's last layer is clearly better on validation.
 
     Features of the last layer are biased towards the classes the backbone was trained on
@@ -716,7 +716,7 @@ def _last_layer_yields(sel: Selection, pool: list, family, syn) -> Selection:
     if (chosen.real is not None or not _uses_last_layer(chosen.candidate) or not mid
             or len(chosen.normal) < LAST_LAYER_PRIOR_MIN_IMAGES):
         return sel
-    alt = _select(mid, family, syn.source)
+    alt = _select(mid, family, source)
     gap = sel.aurocs[sel.chosen] - alt.aurocs[alt.chosen]
     if gap > LAST_LAYER_YIELD_GAP:
         return sel
@@ -727,7 +727,7 @@ def _last_layer_yields(sel: Selection, pool: list, family, syn) -> Selection:
     return alt
 
 
-def _within_budget(results: list, family, syn, budget: float, strict: bool) -> tuple[Selection, bool]:
+def _within_budget(results: list, family, source, budget: float, strict: bool) -> tuple[Selection, bool]:
     """Selection among the candidates within budget (the fastest when none is). With the *default*
     budget (not ``strict``) the budget yields when the best candidate over it beats the best within
     it by more than ``BUDGET_YIELD_GAP`` worst-family AUROC: a detector that meets the frame rate
@@ -739,12 +739,12 @@ def _within_budget(results: list, family, syn, budget: float, strict: bool) -> t
         log.warning("no candidate meets the %.2f ms budget; the fastest is %s (%.2f ms estimated)", budget,
                     fastest.candidate.name, fastest.latency["x86_ms"])
         fits = [fastest]
-    sel = _select(fits, family, syn.source)
+    sel = _select(fits, family, source)
     if over:
         sel.reason = (f"NO CANDIDATE MEETS THE {budget:.2f} ms BUDGET: the fastest, {sel.chosen} "
                       f"({fits[0].latency['x86_ms']:.2f} ms estimated), ships")
     if not strict and len(fits) < len(results):
-        overall = _select(results, family, syn.source)
+        overall = _select(results, family, source)
         gap = overall.aurocs[overall.chosen] - sel.aurocs[sel.chosen]
         if overall.chosen not in sel.aurocs and gap > BUDGET_YIELD_GAP:
             log.warning("default latency budget %.2f ms exceeded: %s is better by %.3f worst-family AUROC than the "
@@ -753,7 +753,7 @@ def _within_budget(results: list, family, syn, budget: float, strict: bool) -> t
             overall.reason += (f"; over the default {budget:.2f} ms budget because the best within it ({sel.chosen}) "
                                f"is {gap:.3f} worse")
             sel, over, fits = overall, True, results
-    return _last_layer_yields(sel, fits, family, syn), over
+    return _last_layer_yields(sel, fits, family, source), over
 
 
 def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
@@ -764,7 +764,7 @@ def _choose(results: list, variants: dict, syn, budget: float, min_px: float, cl
     from trainer.synth import family_of
 
     family = np.array([family_of(k) for k in syn.kinds])
-    sel, over = _within_budget(results, family, syn, budget, strict_budget)
+    sel, over = _within_budget(results, family, syn.source, budget, strict_budget)
     win = next(r for r in results if r.candidate.name == sel.chosen)
     if variants.get(win.candidate.name):
         sel_k = _select([win] + variants[win.candidate.name], family, syn.source)

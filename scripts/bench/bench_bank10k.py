@@ -46,13 +46,6 @@ N_FIT, N_BANK, TARGET_MS = 600, 10_000, 1.0
 log = logging.getLogger("bench_bank10k")
 
 
-def device_scores(bundle: Path, images) -> np.ndarray:
-    from device.detector import Detector
-
-    with Detector.from_bundle(bundle, num_threads=1) as det:
-        return np.array([det.inspect(im).score for im in images], np.float64)
-
-
 def without_projection(src: Path, dest: Path) -> Path:
     """``src`` with its bank scanned brute force (projection and its files removed)."""
     from device.bundle import load_bundle, write_bundle
@@ -76,7 +69,7 @@ def main(argv=None) -> int:
         return 2
     import cv2
 
-    from bench_defaults import fit_defaults
+    from bench_defaults import device_scores, fit_defaults
     from core.metrics import auroc
     from device.config import parse_config
     from device.learn import learn
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
             lat = measure_latency(b, frames, n=len(frames))
             for k in ("x86_ms", "x86_ms_p90", "preprocess_ms", "inference_ms", "knn_ms", "pi4_ms_estimate"):
                 res[f"{name}_{k}"] = lat[k]
-            scores[name] = device_scores(b, list(te_n) + list(te_a))
+            scores[name] = device_scores(b, list(te_n) + list(te_a))[0]
             res[f"{name}_auroc"] = auroc(np.r_[np.zeros(len(te_n)), np.ones(len(te_a))], scores[name])
             log.info("%s: %.3f ms per frame (k-NN %.3f), AUROC %.4f", name, lat["x86_ms"], lat["knn_ms"],
                      res[f"{name}_auroc"])

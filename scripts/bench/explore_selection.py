@@ -378,13 +378,11 @@ def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
 def product_rule(arrays, names, costs, keep, fam):
     """The search's own choice on these scores (``trainer.search._within_budget`` without a budget:
     the worst-family rule and the mid-level prior for last-layer features)."""
-    from types import SimpleNamespace
-
     from trainer.search import CandidateResult, _within_budget
 
     rs = [CandidateResult(costs[n]["candidate"], arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep],
                           {"x86_ms": costs[n]["x86_ms"], "pi4_ms": float("nan")}, True) for n in names]
-    return _within_budget(rs, fam, SimpleNamespace(source=arrays["syn_source"][keep]), float("inf"), strict=True)[0]
+    return _within_budget(rs, fam, arrays["syn_source"][keep], float("inf"), strict=True)[0]
 
 
 def product_names(meta: dict) -> list[str]:
