@@ -214,6 +214,11 @@ def test_auto_threshold_extrapolates_the_tail_for_small_n_and_warns():
     assert est["method"] == "tail" and est["n"] == 30 and "99" in est["warning"]
     assert est["value"] >= s.max() and est["ci"][0] <= est["ci"][1]
     assert np.mean(rates) < 0.02                      # within 2x the 1 % target on a gamma-shaped score
+    exp_rates = []                                    # exponential scores (the tail model's own family): the
+    for _ in range(300):                              # predictive threshold keeps the promise on average (the
+        t = estimate_threshold(rng.exponential(1.0, 30), 0.01, uncertainty=False)["value"]   # plug-in: ~1.7 %)
+        exp_rates.append(np.exp(-t))
+    assert 0.007 < np.mean(exp_rates) < 0.014
     big = estimate_threshold(rng.gamma(3.0, 1.0, 500), 0.01)
     assert big["method"] == "order" and big["warning"] is None and big["rank_from_top"] == 5
     with pytest.raises(ValueError, match="finite"):
@@ -436,7 +441,40 @@ def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validati
     source, family, normal = source[:n * per], family[:n * per], normal[:n]
     b13 = result("b13", 1.5)
     out = CandidateResult(Candidate(size=96, taps="out", pooling="grid3"), b13.normal, b13.defect + 0.03,
-                          b13.latency, True)                     # better on every defect, by a little
+                          {"x86_ms": 0.9, "pi4_ms": 8.0}, True)   # better on every defect by a little, and cheaper
     few = choose([out, b13])
     assert few.aurocs[out.candidate.name] - few.aurocs[b13.candidate.name] <= LAST_LAYER_YIELD_GAP
     assert few.chosen == out.candidate.name and "mid-level" not in few.reason
+
+
+def test_few_images_ship_the_cheapest_candidate_within_one_standard_error():
+    """Small data (``trainer.search.SMALL_DATA_IMAGES``): the one-standard-error rule. A slower
+    candidate a little ahead on 30 noisy images yields to the cheaper one within one SE of it (the
+    winner's curse); a clearly worse one never ships; with 300 images the equivalence test decides."""
+    from trainer.candidates import Candidate
+    from trainer.search import SMALL_DATA_IMAGES, CandidateResult, _within_budget
+    from trainer.selection import EQUIVALENCE_MARGIN
+
+    def choose(n, seed=5):
+        rng = np.random.default_rng(seed)
+        source, family = np.repeat(np.arange(n), 3), np.array(["surface", "shape", "layout"] * n)
+        normal, defect = rng.normal(0, 1, n), rng.normal(1.3, 1, 3 * n)
+
+        def result(size, taps, d, ms):
+            return CandidateResult(Candidate(size=size, taps=taps, pooling="grid3"), normal + rng.normal(0, 0.3, n),
+                                   d, {"x86_ms": ms, "pi4_ms": 9 * ms}, True)
+
+        rs = [result(224, "b13", defect, 2.0),                                        # best, slowest
+              result(96, "b13", defect - 0.1 + rng.normal(0, 0.3, 3 * n), 0.5),       # a little behind, cheaper
+              result(96, "b10", rng.normal(0.1, 1, 3 * n), 0.3)]                      # cheapest, far behind
+        return _within_budget(rs, family, source, 3.7, strict=True)[0], [r.candidate.name for r in rs]
+
+    assert 30 < SMALL_DATA_IMAGES <= 300
+    few, (slow, near, far) = choose(30)
+    gap = few.vs_best[near]
+    assert few.best == slow and few.rule == "one-SE"
+    assert EQUIVALENCE_MARGIN < gap["diff"] <= gap["se"] < few.vs_best[far]["diff"]   # not shown equivalent
+    assert few.chosen == near and "one-standard-error rule" in few.reason
+    many, _ = choose(300)
+    assert many.rule == "equivalence" and many.best == slow and many.chosen == slow
+    assert near not in many.equivalent

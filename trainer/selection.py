@@ -13,8 +13,10 @@ Three pieces, numpy only (``scipy`` for two distribution functions):
   being correlated.
 * **the rule** (:func:`select`): the highest validation AUROC is reported as a win only when
   the others are significantly worse (otherwise: a tie); a cheaper (then simpler) candidate
-  ships instead only when an equivalence test shows it loses at most ``margin``.
-  :func:`clearly_worse` prunes candidates far below the leader early.
+  ships instead only when an equivalence test shows it loses at most ``margin``. With few
+  validation images (``one_se``) the cheapest candidate within one standard error of the
+  best ships instead (Breiman's one-standard-error rule). :func:`clearly_worse` prunes
+  candidates far below the leader early.
 
 Example:
     >>> import numpy as np
@@ -39,6 +41,7 @@ Z_TIE = 1.645          # one-sided 95 %: a candidate not significantly below the
 Z_PRUNE = 3.0          # clearly worse: more than 3 standard errors below the leader
 MIN_EFFECT = 0.002     # AUROC differences below this are never a win, however small the SE
 EQUIVALENCE_MARGIN = 0.005   # a cheaper candidate ships only if it loses at most this much AUROC (upper bound)
+Z_ONE_SE = 1.0         # one_se: a candidate at most this many SE below the best may ship if cheaper
 
 
 # ---------------------------------------------------------------------------- AUROC statistics
@@ -153,7 +156,8 @@ class Selection:
             report must say "no significant difference", never "won".
         tied: names not significantly below ``best`` (including it).
         equivalent: names shown to be within ``margin`` of ``best`` (an equivalence test); the
-            cheapest of these ships.
+            cheapest of these ships (with ``one_se``: the cheapest of these and of the names at
+            most ``Z_ONE_SE`` standard errors below ``best``).
         aurocs: {name: validation AUROC}; se: {name: DeLong standard error}.
         vs_best: {name: {"diff", "se", "z"}} for every candidate against ``best``.
         reason: one sentence for the report and manifest.
@@ -168,6 +172,7 @@ class Selection:
     se: dict
     vs_best: dict
     reason: str
+    rule: str = "equivalence"   # how a cheaper candidate may ship: "equivalence" or "one-SE"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,12 +210,14 @@ def select(names: Sequence[str], labels: np.ndarray, scores: np.ndarray, cost: S
     return _decide(names, auc, diff_se, np.sqrt(np.maximum(diag, 0.0)), cost, complexity, margin, z, min_effect)
 
 
-def _reason(names, auc, ib, pick, tied_others, vs, cost, margin) -> str:
+def _reason(names, auc, ib, pick, tied_others, vs, cost, margin, one_se=False) -> str:
     if pick != ib:
         d = vs[names[pick]]
-        head = (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, shown within {margin} of the best {names[ib]} "
+        within = (f"within one standard error of the best {names[ib]}" if one_se
+                  else f"shown within {margin} of the best {names[ib]}")
+        head = (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, {within} "
                 f"({auc[ib]:.4f}; difference {d['diff']:.4f} ± {d['se']:.4f}) and cheaper "
-                f"({cost[pick]:.2f} vs {cost[ib]:.2f})")
+                f"({cost[pick]:.2f} vs {cost[ib]:.2f})" + (" (one-standard-error rule: few images)" if one_se else ""))
     else:
         head = f"{names[pick]}: highest validation AUROC {auc[pick]:.4f}"
     if not tied_others:
@@ -244,7 +251,7 @@ def _worst_family(normal: np.ndarray, defect: np.ndarray, fam: np.ndarray, fams:
 def select_robust(names: Sequence[str], normal: np.ndarray, defect: np.ndarray, family: np.ndarray,
                   source: np.ndarray, cost: Sequence[float] | None = None, complexity: Sequence | None = None,
                   margin: float = EQUIVALENCE_MARGIN, z: float = Z_TIE, min_effect: float = MIN_EFFECT,
-                  n_boot: int = 200, seed: int = 0) -> Selection:
+                  n_boot: int = 200, seed: int = 0, one_se: bool = False) -> Selection:
     """:func:`select` on the *worst defect family* instead of all defects pooled.
 
     The product's real defects are unknown, so a candidate is rated by the family of synthetic
@@ -259,6 +266,10 @@ def select_robust(names: Sequence[str], normal: np.ndarray, defect: np.ndarray, 
         normal: (m, n) cross-fitted scores of the n normal images, one row per candidate.
         defect: (m, d) scores of the d synthetic defects.
         family: (d,) family of each defect; source: (d,) index of the normal image it was drawn on.
+        one_se: the one-standard-error rule instead of the equivalence test for a cheaper
+            candidate: the cheapest candidate at most ``Z_ONE_SE`` standard errors (or
+            ``min_effect``) below the best ships. For few images, where the best of many noisy
+            validation AUROCs is mostly the luckiest draw (``trainer.search.SMALL_DATA_IMAGES``).
     """
     normal, defect = np.atleast_2d(normal), np.atleast_2d(defect)
     fam, src = np.asarray(family), np.asarray(source)
@@ -272,24 +283,26 @@ def select_robust(names: Sequence[str], normal: np.ndarray, defect: np.ndarray, 
         pick = rng.integers(0, n, n)
         d_idx = np.concatenate([by_src[j] for j in pick])
         boots[b] = [_worst_family(normal[i, pick], defect[i, d_idx], fam[d_idx], fams) for i in range(len(names))]
-    return _select_from_stat(list(names), stat, boots, cost, complexity, margin, z, min_effect)
+    return _select_from_stat(list(names), stat, boots, cost, complexity, margin, z, min_effect, one_se)
 
 
-def _select_from_stat(names, stat, boots, cost, complexity, margin, z, min_effect) -> Selection:
+def _select_from_stat(names, stat, boots, cost, complexity, margin, z, min_effect, one_se=False) -> Selection:
     ib = int(np.argmax(stat))
     diff_se = np.std(boots[:, ib:ib + 1] - boots, axis=0, ddof=1)
-    sel = _decide(names, stat, diff_se, np.std(boots, axis=0, ddof=1), cost, complexity, margin, z, min_effect)
+    sel = _decide(names, stat, diff_se, np.std(boots, axis=0, ddof=1), cost, complexity, margin, z, min_effect,
+                  one_se)
     sel.reason = sel.reason.replace("validation AUROC", "worst-family validation AUROC")
     return sel
 
 
-def _decide(names, stat, diff_se, se, cost, complexity, margin, z, min_effect) -> Selection:
+def _decide(names, stat, diff_se, se, cost, complexity, margin, z, min_effect, one_se=False) -> Selection:
     """The tie and equivalence tests of :func:`select` on a statistic (one per candidate), the
-    standard error of each candidate's difference to the best (``diff_se``) and its own (``se``)."""
+    standard error of each candidate's difference to the best (``diff_se``) and its own (``se``);
+    ``one_se``: the one-standard-error rule decides which cheaper candidate may ship."""
     ib = int(np.argmax(stat))
     cost = list(cost) if cost is not None else [0.0] * len(names)
     complexity = list(complexity) if complexity is not None else [()] * len(names)
-    vs, tied, equiv = {}, [], []
+    vs, tied, equiv, near = {}, [], [], []
     for i, n in enumerate(names):
         d, e = float(stat[ib] - stat[i]), float(diff_se[i])
         vs[n] = {"diff": d, "se": e, "z": d / e if e > 0 else 0.0}
@@ -297,11 +310,15 @@ def _decide(names, stat, diff_se, se, cost, complexity, margin, z, min_effect) -
             tied.append(i)
         if d + z * e <= margin:
             equiv.append(i)
-    pick = min(equiv, key=lambda i: (cost[i], complexity[i], -stat[i]))
-    reason = _reason(names, stat, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin)
+        if d <= max(min_effect, Z_ONE_SE * e):
+            near.append(i)
+    pick = min(sorted(set(equiv) | set(near if one_se else [])), key=lambda i: (cost[i], complexity[i], -stat[i]))
+    reason = _reason(names, stat, ib, pick, [names[i] for i in tied if i != ib], vs, cost, margin,
+                     one_se and pick not in equiv)
     return Selection(chosen=names[pick], best=names[ib], tie=len(tied) > 1, tied=[names[i] for i in tied],
                      equivalent=[names[i] for i in equiv], aurocs={n: float(a) for n, a in zip(names, stat)},
-                     se={n: float(se[i]) for i, n in enumerate(names)}, vs_best=vs, reason=reason)
+                     se={n: float(se[i]) for i, n in enumerate(names)}, vs_best=vs, reason=reason,
+                     rule="one-SE" if one_se else "equivalence")
 
 
 def clearly_worse(labels: np.ndarray, scores: np.ndarray, z: float = Z_PRUNE, min_gap: float = 0.02) -> np.ndarray:
