@@ -182,7 +182,9 @@ def tail_extrapolation(scores: Sequence[float], target_frr: float, tail_q: float
         return float(min(1.0, p_u * (1.0 + (t - u) / max(float(exc.sum()), 1e-12)) ** -exc.size))
 
     return {"method": "tail", "value": float(value), "n": int(s.size), "target_frr": rate,
-            "tail_quantile": tail_q, "tail_scale": beta_, "ci": [float(lo), float(hi)], "confidence": confidence,
+            "tail_quantile": tail_q, "tail_scale": beta_, "tail_excesses": int(exc.size),
+            "tail_model": "exponential excesses, predictive quantile", "ci": [float(lo), float(hi)],
+            "confidence": confidence,
             "frr_at_ci": [fitted_rate(float(hi)), fitted_rate(float(lo))]}
 
 
@@ -267,7 +269,7 @@ def describe_calibration(normal_scores: Sequence[float], target_frr: float, meth
     est = estimate_threshold(s, check_rate(target_frr))
     t = est["value"]
     keep = ("method", "rank_from_top", "expected_frr", "frr_upper", "confidence", "ci", "frr_at_ci",
-            "tail_quantile", "tail_scale", "order_statistic", "warning")
+            "tail_quantile", "tail_scale", "tail_excesses", "tail_model", "order_statistic", "warning")
     return {"value": t, "target_frr": float(target_frr), "method": method, "n_calibration": int(s.size),
             "achieved_frr": false_reject_rate(s, t), "normal_score_median": float(np.median(s)),
             "normal_score_max": float(s.max()), "supported_frr": float(est["supported_frr"]),

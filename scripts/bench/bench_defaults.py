@@ -163,7 +163,8 @@ def render(flat: dict, runs: dict, small: dict) -> str:
         lines += ["", f"Small data: {SMALL_N} training images, false-reject rate of held-out good images at the "
                   f"shipped threshold (target {TARGET_FRR:.0%}, pass within 2×):", "",
                   "| data set | draws | FRR per draw | FRR mean | FRR max | estimator | rate the images support "
-                  "(order statistic) | within 2× | real defects rejected (mean) | test AUROC (mean) | ms / frame (mean) |",
+                  "(order statistic) | within 2× | real defects rejected (mean) | test AUROC (mean) | "
+                  "ms / frame (mean) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, rs in small.items():
             sup = rs[0].get("supported_frr")
