@@ -145,7 +145,7 @@ def summarise(runs: dict, small: dict) -> dict:
 
 def render(flat: dict, runs: dict, small: dict) -> str:
     lines = [MARK_START, "", "### `fit` with defaults only (issue 11)", "",
-             f"`{flat['command']}` on {flat['date']}: `fit` given only the images and the local α 0.35 weights "
+             "`fit` given only the images and the local α 0.35 weights "
              "file (it searches its configuration), then the test set through the device path (LiteRT int8, "
              "1 thread). Median over the seeded splits; the tuned figure is the hand-tuned configuration of "
              "the sections below.", "",
@@ -176,6 +176,12 @@ def render(flat: dict, runs: dict, small: dict) -> str:
                          f"{flat[f'small.{name}.frr_mean']:.3f} | {flat[f'small.{name}.frr_max']:.3f} | "
                          f"{rs[0]['estimator']} | {'—' if sup is None else f'{sup:.3f}'} | "
                          f"{'yes' if flat[f'small.{name}.within_2x'] else 'no'} | {extra} |")
+    lines += ["", "Rows come from these invocations (a later one re-runs only its `--sets`):", ""]
+    for label, group in (("", runs), ("small data, ", small)):
+        for name, rs in group.items():
+            made = ", ".join(dict.fromkeys(r.get("run", "an earlier invocation (git history of "
+                                                        "results/defaults.runs.json)") for r in rs))
+            lines.append(f"* {label}{TITLES[name]}: {made}")
     return "\n".join(lines + ["", MARK_END])
 
 
@@ -208,17 +214,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     command = "python scripts/bench/bench_defaults.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    made = f"`{command}` on {_dt.date.today().isoformat()}"
     runs, small = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
         for name in args.sets:
             for seed in args.seeds:
-                r = run_one(name, seed, Path(tmp))
+                r = {**run_one(name, seed, Path(tmp)), "run": made}
                 runs.setdefault(name, []).append(r)
                 print(f"{name} seed {seed}: AUROC {r['auroc']:.4f} ({r['chosen']}), fit {r['fit_seconds']:.0f} s, "
                       f"{r['latency_ms']:.2f} ms/frame", flush=True)
         for name in [s for s in SMALL_SETS if s in args.sets]:
             for seed in args.small_seeds:
-                r = run_small(name, seed, Path(tmp))
+                r = {**run_small(name, seed, Path(tmp)), "run": made}
                 small.setdefault(name, []).append(r)
                 print(f"{name} {SMALL_N} images, draw {seed}: FRR {r['frr']:.3f} ({r['estimator']})", flush=True)
     runs, small = _merge(runs, small)
