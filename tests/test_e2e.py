@@ -183,3 +183,24 @@ def test_too_few_images_for_the_search_name_the_minimum(tmp_path):
 def test_tile_grid_without_working_size_names_the_flag(tmp_path):
     r = _run(["trainer.cli", "fit", "--train", str(tmp_path), "--out", str(tmp_path / "b"), "--grid", "4x4"])
     assert r.returncode == 2 and "--working-size" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_tf
+def test_fit_data_takes_a_folder_of_good_images_only(tmp_path):
+    """What ``anomaly-device capture`` writes (``train/good`` and nothing else) is enough for ``fit --data``;
+    ``--select-on-real`` there, or a plain image folder, is refused with the folder named and the fix."""
+    from trainer.cli import main
+
+    root = tmp_path / "captured"
+    write_pngs(root / "train" / "good", stripes(30, seed=11))
+    out = tmp_path / "b"
+    assert main(["fit", "--data", str(root), "--out", str(out), "--size", "32", "--weights", "random", "--no-doc",
+                 "--taps", "out", "--pooling", "max", "--k", "1", "--scoring", "knn", "--grid", "none"]) == 0
+    assert (out / "manifest.json").is_file()
+    real = _run(["trainer.cli", "fit", "--data", str(root), "--out", str(tmp_path / "c"), "--weights", "random",
+                 "--size", "32", "--select-on-real"])
+    assert real.returncode != 0 and f"{root / 'test'}" in real.stderr and "--select-on-real" in real.stderr
+    assert "Traceback" not in real.stderr
+    plain = _run(["trainer.cli", "fit", "--data", str(root / "train" / "good"), "--out", str(tmp_path / "d"),
+                  "--weights", "random", "--size", "32"])
+    assert plain.returncode != 0 and "--train" in plain.stderr and "Traceback" not in plain.stderr

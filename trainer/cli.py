@@ -25,15 +25,18 @@ TF_COMMANDS = ("fit", "demo", "audit-models")   # commands that import TensorFlo
 def _fit_inputs(args):
     """``(train, calib, real defects, capture record)`` from ``--data`` or ``--train``/``--calib``."""
     from device.preprocess import list_images
-    from trainer.data import load_layout
+    from trainer.data import ImageError, load_layout
 
     capture = None
     if args.data:
-        layout = load_layout(args.data)
+        layout = load_layout(args.data, need_test=False)   # test/ matters only with --select-on-real (below)
         train = layout.train
         if layout.val_good and not args.calib:
             args.calib = [str(layout.root / "val" / "good")]
         real = [p for ps in layout.test_defects.values() for p in ps] if args.select_on_real else None
+        if args.select_on_real and not real:
+            raise ImageError(f"{layout.root / 'test'}: --select-on-real needs defect images in test/<defect>/ "
+                             f"folders; found only {len(layout.test_good)} good test images")
         if (layout.root / "capture.json").is_file():
             from device.capture import capture_record
 

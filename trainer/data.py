@@ -47,8 +47,11 @@ def _images_in(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_layout(root: str | Path, need_train: bool = True) -> Layout:
-    """Discover an MVTec-style layout; errors name the folder that is missing or empty."""
+def load_layout(root: str | Path, need_train: bool = True, need_test: bool = True) -> Layout:
+    """Discover an MVTec-style layout; errors name the folder that is missing or empty.
+
+    ``need_test=False`` (``fit`` without ``--select-on-real``): ``test/`` may be absent, as in the
+    folder ``anomaly-device capture`` writes (``train/good`` and ``capture.json`` only)."""
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"{root}: data folder not found")
@@ -56,16 +59,18 @@ def load_layout(root: str | Path, need_train: bool = True) -> Layout:
     train = []
     if need_train:
         if not train_dir.is_dir():
-            raise ImageError(f"{train_dir}: missing; expected the layout train/good, test/good, test/<defect>")
+            raise ImageError(f"{train_dir}: missing; expected the layout train/good (test/good, test/<defect> "
+                             f"optional); a plain folder of good images: --train {root}")
         train = _images_in(train_dir)
         if not train:
             raise ImageError(f"{train_dir}: holds no images")
-    if not test_dir.is_dir():
+    if not test_dir.is_dir() and need_test:
         raise ImageError(f"{test_dir}: missing; expected test/good and test/<defect> folders")
     test_good = _images_in(test_dir / "good") if (test_dir / "good").is_dir() else []
-    defects = {d.name: _images_in(d) for d in sorted(test_dir.iterdir()) if d.is_dir() and d.name != "good"}
+    defects = ({d.name: _images_in(d) for d in sorted(test_dir.iterdir()) if d.is_dir() and d.name != "good"}
+               if test_dir.is_dir() else {})
     defects = {k: v for k, v in defects.items() if v}
-    if not test_good and not defects:
+    if not test_good and not defects and need_test:
         raise ImageError(f"{test_dir}: no test images in good/ or any defect folder")
     val_good = _images_in(root / "val" / "good") if (root / "val" / "good").is_dir() else []
     masks = {}
