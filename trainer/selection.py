@@ -218,12 +218,17 @@ def _reason(names, auc, ib, pick, tied_others, vs, cost, margin, one_se=False) -
         head = (f"{names[pick]}: validation AUROC {auc[pick]:.4f}, {within} "
                 f"({auc[ib]:.4f}; difference {d['diff']:.4f} ± {d['se']:.4f}) and cheaper "
                 f"({cost[pick]:.2f} vs {cost[ib]:.2f})" + (" (one-standard-error rule: few images)" if one_se else ""))
-    else:
-        head = f"{names[pick]}: highest validation AUROC {auc[pick]:.4f}"
+        others = [n for n in tied_others if n != names[pick]]
+        return head + (f"; {names[ib]} is not significantly better than {_some(others)} either (a tie, not a win)"
+                       if others else "")
+    head = f"{names[pick]}: highest validation AUROC {auc[pick]:.4f}"
     if not tied_others:
         return head + ", significantly above every other candidate"
-    shown = ", ".join(tied_others[:3]) + (f" and {len(tied_others) - 3} more" if len(tied_others) > 3 else "")
-    return head + f"; not significantly better than {shown} (a tie, not a win)"
+    return head + f"; not significantly better than {_some(tied_others)} (a tie, not a win)"
+
+
+def _some(names: list) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def family_aurocs(normal: np.ndarray, defect: np.ndarray, family: np.ndarray) -> dict:
