@@ -475,6 +475,7 @@ def test_few_images_ship_the_cheapest_candidate_within_one_standard_error():
     assert few.best == slow and few.rule == "one-SE"
     assert EQUIVALENCE_MARGIN < gap["diff"] <= gap["se"] < few.vs_best[far]["diff"]   # not shown equivalent
     assert few.chosen == near and "one-standard-error rule" in few.reason
+    assert near not in few.reason.split(" and cheaper ")[1] and "significantly above" not in few.reason
     many, _ = choose(300)
     assert many.rule == "equivalence" and many.best == slow and many.chosen == slow
     assert near not in many.equivalent
