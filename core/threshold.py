@@ -139,10 +139,15 @@ def order_statistic(scores: Sequence[float], target_frr: float, confidence: floa
 # ---------------------------------------------------------------------------- the tail fit
 
 
-def _tail_value(s: np.ndarray, target_frr: float, tail_q: float) -> float:
+def _tail_fit(s: np.ndarray, tail_q: float) -> tuple[float, np.ndarray, float]:
+    """``(u, excesses above u, share above u)`` of the sorted scores ``s``."""
     u = float(np.quantile(s, tail_q))
     exc = s[s > u] - u
-    p_u = exc.size / s.size
+    return u, exc, exc.size / s.size
+
+
+def _tail_value(s: np.ndarray, target_frr: float, tail_q: float) -> float:
+    u, exc, p_u = _tail_fit(s, tail_q)
     if exc.size == 0 or p_u <= target_frr:
         return float(np.quantile(s, 1 - target_frr)) if p_u > 0 else u
     return u + float(exc.sum()) * ((p_u / target_frr) ** (1.0 / exc.size) - 1.0)   # predictive quantile
@@ -171,10 +176,8 @@ def tail_extrapolation(scores: Sequence[float], target_frr: float, tail_q: float
     rng = np.random.default_rng(seed)
     boots = np.array([_tail_value(np.sort(rng.choice(s, s.size)), rate, tail_q) for _ in range(boot)])
     lo, hi = np.quantile(boots, [(1 - confidence) / 2, (1 + confidence) / 2]) if boot else (value, value)
-    u = float(np.quantile(s, tail_q))
-    exc = s[s > u] - u
+    u, exc, p_u = _tail_fit(s, tail_q)
     beta_ = float(exc.mean()) if exc.size else 1e-12
-    p_u = float((s > u).mean())
 
     def fitted_rate(t):   # the predictive exceedance the threshold was solved with
         if t <= u or not exc.size:

@@ -346,6 +346,7 @@ def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | N
     kept as it is.
     """
     from device.projection import Compression, compression_for
+    from device.scoring import bundle_projection
 
     m = _manifest_dict(bundle)
     old = m["scoring"].get("projection")
@@ -353,8 +354,7 @@ def choose_bank_compression(bundle, bank: np.ndarray, tile_index: np.ndarray | N
         p = bundle.manifest.scoring.projection
         return Compression(old, {n: bytes(bundle.files[n]) for n in (p.mean, p.components)},
                            {"dims": p.dims, "reason": f"kept: PCA-{p.dims} without re-rank (the threshold is "
-                                                      f"calibrated in that space)"},
-                           (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify))
+                                                      f"calibrated in that space)"}, bundle_projection(bundle))
     fit_rec = (m.get("backbone", {}).get("selection") or {}).get("bank_compression") or {}
     if str(fit_rec.get("reason", "")).startswith("off"):
         return Compression(None, {}, {"dims": None, "reason": "off (turned off at fit: --projection 0)"})

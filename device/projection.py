@@ -159,27 +159,16 @@ class Compression:
 
 
 def compression_for(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.ndarray, normal_q: np.ndarray,
-                    defect_q: np.ndarray | None = None, pinned: int | None = None) -> Compression:
-    """:func:`choose_compression` and, when a shortlist wins, its projection from the PCA the
-    choice already fitted on ``bank`` (``fit``'s compression stage and the device's ``learn``)."""
-    rec, pca = _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q, pinned)
-    if rec["dims"] is None:
-        return Compression(None, {}, rec)
-    mean, comps = pca[0], np.ascontiguousarray(pca[1][:rec["dims"]])
-    frag, files = projection_entries(bank, rec["dims"], rerank=True, shortlist=rec["shortlist"], pca=(mean, comps))
-    return Compression(frag, files, rec, (mean, comps, True, rec["shortlist"], False))
-
-
-def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.ndarray, normal_q: np.ndarray,
-                       defect_q: np.ndarray | None = None, pinned: int | None = None, n_time: int = 40) -> dict:
+                    defect_q: np.ndarray | None = None, pinned: int | None = None, n_time: int = 40) -> Compression:
     """Bank compression as part of the choice, made by ``fit`` and again by the device's ``learn``
     when it grows the bank: a PCA shortlist with exact re-rank
     (:class:`device.scoring.ShortlistKNNScorer`) ships when it is measured faster than the
     brute-force scan (one BLAS thread, :data:`FASTER`) *and* leaves every held-out normal score
-    unchanged (relative :data:`UNCHANGED_RTOL`). Returns ``{"dims", "shortlist", ... record}``
-    (``dims`` None: no compression ships). (A float16 or int8 bank is not an option: the device
-    reads float32 banks only; ``--bank-max`` with ``--bank-subsample`` sizes the bank, at changed
-    scores.)
+    unchanged (relative :data:`UNCHANGED_RTOL`). The returned :class:`Compression` carries the
+    record (``dims`` None: no compression ships) and, when a shortlist wins, its projection from
+    the PCA the choice already fitted on ``bank``. (A float16 or int8 bank is not an option: the
+    device reads float32 banks only; ``--bank-max`` with ``--bank-subsample`` sizes the bank, at
+    changed scores.)
 
     Args:
         bank: the shipped bank (N, D); k: neighbours; n_tiles: rows per frame.
@@ -190,11 +179,16 @@ def choose_compression(bank: np.ndarray, k: int, n_tiles: int, fold_bank: np.nda
             identical is reported; without them the normal frames are timed.
         pinned: ``--projection N`` (None: try :data:`SHORTLISTS`; 0: off).
     """
-    return _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q, pinned, n_time)[0]
+    rec, pca = _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q, pinned, n_time)
+    if rec["dims"] is None:
+        return Compression(None, {}, rec)
+    mean, comps = pca[0], np.ascontiguousarray(pca[1][:rec["dims"]])
+    frag, files = projection_entries(bank, rec["dims"], rerank=True, shortlist=rec["shortlist"], pca=(mean, comps))
+    return Compression(frag, files, rec, (mean, comps, True, rec["shortlist"], False))
 
 
 def _choose(bank, k, n_tiles, fold_bank, normal_q, defect_q=None, pinned=None, n_time: int = 40) -> tuple:
-    """``(record, (mean, components) of the bank's PCA or None)``: :func:`choose_compression`."""
+    """``(record, (mean, components) of the bank's PCA or None)`` for :func:`compression_for`."""
     from device.scoring import TileScorer
 
     if pinned == 0:

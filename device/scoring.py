@@ -432,6 +432,13 @@ def smallest(values: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return np.argpartition(values, m - 1, axis=1)[:, :m], part[:, m]
 
 
+def bundle_projection(bundle) -> tuple | None:
+    """The :class:`TileScorer` projection tuple a verified bundle's ``scoring.projection`` declares
+    (None: the brute-force scan)."""
+    p = bundle.manifest.scoring.projection
+    return (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify) if p else None
+
+
 def projected_scorer(bank: np.ndarray, k: int, mean: np.ndarray, components: np.ndarray, rerank: bool = True,
                      shortlist: int = 64, certify: bool = False):
     """The k-NN scorer of a ``scoring.projection``: exact scores through a PCA shortlist
@@ -480,10 +487,9 @@ class TileScorer:
     def for_bundle(cls, bundle) -> "TileScorer":
         """The scorer a verified :class:`device.bundle.Bundle` declares (its arrays, not the disk)."""
         m = bundle.manifest
-        p = m.scoring.projection
-        proj = (bundle.arrays[p.mean], bundle.arrays[p.components], p.rerank, p.shortlist, p.certify) if p else None
         return cls(bundle.bank, m.scoring.k, m.scoring.method, n_tiles=len(m.input.tile_boxes()),
-                   patches=m.extractor.patches_per_tile, tile_index=bundle.tile_index, projection=proj)
+                   patches=m.extractor.patches_per_tile, tile_index=bundle.tile_index,
+                   projection=bundle_projection(bundle))
 
     @property
     def rows_per_frame(self) -> int:

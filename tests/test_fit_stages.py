@@ -261,19 +261,19 @@ def test_progress_writes_no_control_codes_when_not_a_tty(caplog):
 
 
 def test_compression_ships_only_when_faster_and_exact():
-    from device.projection import choose_compression
+    from device.projection import compression_for
 
     rng = np.random.default_rng(8)
     bank = rng.normal(size=(4000, 256)).astype(np.float32)
     q = rng.normal(size=(40, 256)).astype(np.float32)
-    rec = choose_compression(bank, 1, 1, bank[:3000], bank[3000:3040] + 0.01, q)
+    rec = compression_for(bank, 1, 1, bank[:3000], bank[3000:3040] + 0.01, q).record
     assert rec["brute_force_knn_ms"] > 0 and rec["options"]
     for r in rec["options"]:
         assert {"dims", "shortlist", "knn_ms", "normal_scores_unchanged"} <= set(r)
     if rec["dims"] is not None:
         chosen = next(r for r in rec["options"] if r["dims"] == rec["dims"] and r["shortlist"] == rec["shortlist"])
         assert chosen["normal_scores_unchanged"] and chosen["knn_ms"] <= 0.9 * rec["brute_force_knn_ms"]
-    assert choose_compression(bank, 1, 1, bank, q, q, pinned=0)["dims"] is None
+    assert compression_for(bank, 1, 1, bank, q, q, pinned=0).record["dims"] is None
 
 
 def test_float_comparison_is_skipped_when_the_time_budget_cannot_hold_it(caplog, monkeypatch):

@@ -4,7 +4,7 @@
   interpreter thread and one BLAS thread (the Pi's frame path), median per stage; with the Pi 4
   estimate of :class:`trainer.candidates.LatencyModel` (inference x 9, numpy stages x 8: the
   documented basis travels with the figure).
-* bank compression: :func:`device.projection.choose_compression` (the device's ``learn`` makes the
+* bank compression: :func:`device.projection.compression_for` (the device's ``learn`` makes the
   same choice again when it grows the bank).
 
 Example:
@@ -21,6 +21,7 @@ import numpy as np
 from device.projection import one_thread
 
 log = logging.getLogger(__name__)
+
 
 def measure_latency(bundle: str | Path, frames: list, n: int = 40, warmup: int = 5) -> dict:
     """Per-frame cost of ``bundle`` on this machine: ``Detector.inspect`` on ``frames`` (decoded

@@ -6,7 +6,7 @@ The bank gets to 10k rows the way it does on a line: ``fit`` with defaults only 
 sneakers (the local α 0.35 weights file is the one option), then the device's ``learn`` adds 9,400
 confirmed-good sneakers (the other 5,400 training sneakers and 4,000 mirrored ones: real rows of
 plausible parts) and chooses the bank compression again for the grown bank
-(``device.projection.choose_compression``). Measured through ``Detector.inspect`` (LiteRT 1 thread,
+(``device.projection.compression_for``). Measured through ``Detector.inspect`` (LiteRT 1 thread,
 BLAS 1 thread), per stage, medians over test frames (sneakers and ankle boots):
 
 * ``fit``: the bundle ``fit`` shipped (600 rows);
