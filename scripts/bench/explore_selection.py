@@ -118,7 +118,8 @@ def _brick(seed: int, n_train: int, n_test: int) -> dict:
 
 
 def _demo(work: Path, seed: int, n_train: int, n_test: int) -> dict:
-    """The embedded demo set (trainer.data.make_demo_dataset, brick product)."""
+    """The embedded demo set (trainer.data.make_demo_dataset, brick product); ``held``: its
+    ``val/good`` images, which ``fit --data`` joins to the validation normals."""
     from trainer.data import make_demo_dataset
 
     lay = make_demo_dataset(work / "demo_data", seed=seed)
@@ -128,7 +129,8 @@ def _demo(work: Path, seed: int, n_train: int, n_test: int) -> dict:
     if len(items) > n_test:
         items = [items[i] for i in np.sort(rng.choice(len(items), n_test, replace=False))]
     return {"train": [_grey(p) for p in tr], "test": [_grey(p) for p, _, _ in items],
-            "y": np.array([lab for _, lab, _ in items]), "groups": [g for _, _, g in items]}
+            "y": np.array([lab for _, lab, _ in items]), "groups": [g for _, _, g in items],
+            "held": [_grey(p) for p in lay.val_good]}
 
 
 # ---------------------------------------------------------------------------- per-network features
@@ -155,7 +157,8 @@ def old_validation_images(train: list, cand, seed: int) -> tuple[np.ndarray, lis
 
 
 def score_network_group(cands: list, data: dict, syn, cache, net, seed: int) -> dict:
-    """Scores of every candidate sharing one forward pass: {name: {normal, syn, real, old_cal, old_syn}}.
+    """Scores of every candidate sharing one forward pass: {name: {normal, syn, real, old_cal, old_syn}
+    (+ ``held``: the set's separate held-out normals against the full bank, when it has some)}.
 
     New validation and real scores come from the product code (``trainer.search``); the old
     validation (today's fit) is rebuilt here."""
@@ -167,16 +170,21 @@ def score_network_group(cands: list, data: dict, syn, cache, net, seed: int) -> 
     cal, old_syn = old_validation_images(data["train"], cands[0], seed)
     srcs = {"train": network_inputs(data["train"], cands[0]), "test": network_inputs(data["test"], cands[0]),
             "syn": network_inputs(syn.images, cands[0]), "old_syn": network_inputs(old_syn, cands[0])}
+    extra = ("test",)
+    if data.get("held"):
+        srcs["held"], extra = network_inputs(data["held"], cands[0]), ("test", "held")
     pooled = [c for c in cands if c.pooling != "patch"]
-    new = score_pass(pooled, srcs, cache, net, fold, syn.source, seed, extra=("test",)) if pooled else {}
+    new = score_pass(pooled, srcs, cache, net, fold, syn.source, seed, extra=extra) if pooled else {}
     out = {c.name: {"normal": new[c.name]["normal"], "syn": new[c.name]["defect"], "real": new[c.name]["test"],
+                    **({"held": new[c.name]["held"]} if "held" in extra else {}),
                     **_old_pooled(c, srcs, cache, net, cal)} for c in pooled}
     nf = fold.max() + 1
     for c in (c for c in cands if c.pooling == "patch"):
         got = patch_score_matrix(c, srcs, cache, net, fold, seed, extra_banks=[~np.isin(np.arange(n), cal)])
         out[c.name] = {"normal": got["train"][np.arange(n), fold],
                        "syn": got["syn"][np.arange(len(syn.source)), fold[syn.source]], "real": got["test"][:, nf],
-                       "old_cal": got["train"][cal, nf + 1], "old_syn": got["old_syn"][:, nf + 1]}
+                       "old_cal": got["train"][cal, nf + 1], "old_syn": got["old_syn"][:, nf + 1],
+                       **({"held": got["held"][:, nf]} if "held" in srcs else {})}
     return out
 
 
@@ -246,6 +254,7 @@ def run_set(name: str, args, cache) -> Path:
                         syn_sizes=syn.sizes, test_groups=np.array(data["groups"]), **arrays)
     meta = {"set": name, "frame_hw": hw.tolist(), "min_defect_px": min_px, "n_train": len(data["train"]),
             "n_test": len(data["test"]), "n_test_defective": int(data["y"].sum()), "n_synthetic": len(syn.images),
+            "n_held": len(data.get("held") or []),
             "candidates": [dict(name=c.name, **{k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in c.__dict__.items()}) for c in cands],
             "seconds": time.time() - t0, "network_seconds": timing, "forward_ms_per_input": fwd}
@@ -258,7 +267,9 @@ def run_set(name: str, args, cache) -> Path:
 
 
 def load_scores(work: Path, name: str) -> tuple[dict, dict]:
-    """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended."""
+    """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended. Where
+    the set has separate held-out normals (``|held``), they join each candidate's ``|normal``
+    after the cross-fitted ones, as in ``fit`` (``trainer.search.SearchConfig.held``)."""
     z = np.load(work / f"scores_{name}.npz")
     meta = json.loads((work / f"meta_{name}.json").read_text())
     arrays = {k: z[k] for k in z.files}
@@ -274,6 +285,8 @@ def load_scores(work: Path, name: str) -> tuple[dict, dict]:
                 arrays[k] = np.r_[arrays[k], e[k]]
             elif k.endswith("|normal") and not np.allclose(arrays[k], e[k], atol=1e-4):
                 raise ValueError(f"{extra}: normal scores of {k} differ from the main run")
+    for k in [k for k in arrays if k.endswith("|held")]:
+        arrays[k[:-len("held")] + "normal"] = np.r_[arrays[k[:-len("held")] + "normal"], arrays.pop(k)]
     return arrays, meta
 
 
