@@ -60,12 +60,13 @@ def _weights() -> str:
     return str(w)
 
 
-def fit_defaults(train: list, out: Path, seed: int):
-    """``anomaly-train fit --train ... --out ...`` with defaults (weights file and seed only)."""
+def fit_defaults(train: list, out: Path, seed: int, held: list | None = None):
+    """``anomaly-train fit --data ... --out ...`` with defaults (weights file and seed only);
+    ``held``: the set's ``val/good`` images, which ``fit --data`` uses as separate held-out normals."""
     from trainer.options import FitConfig
     from trainer.pipeline import fit
 
-    return fit(train, out, FitConfig(weights=_weights(), seed=seed), progress=False, report=False)
+    return fit(train, out, FitConfig(weights=_weights(), seed=seed), calib=held or None, progress=False, report=False)
 
 
 def device_scores(bundle: Path, images: list) -> tuple[np.ndarray, float]:
@@ -87,14 +88,14 @@ def run_one(name: str, seed: int, work: Path) -> dict:
     n_train, n_test = SIZES[name]
     data = es.load_set(name, seed, n_train, n_test, work)
     t0 = time.time()
-    res = fit_defaults(data["train"], work / f"b_{name}_{seed}", seed)
+    res = fit_defaults(data["train"], work / f"b_{name}_{seed}", seed, data.get("held"))
     fit_s = time.time() - t0
     scores, ms = device_scores(res.bundle, data["test"])
     s = res.summary
     return {"auroc": auroc(data["y"], scores), "fit_seconds": round(fit_s, 1), "latency_ms": ms,
             "fit_latency_ms": s["latency_ms"], "val_auroc": s["val_auroc"], "chosen": s["chosen"],
             "doc": s["selected"] == "doc", "quant": s["quant"], "n_train": len(data["train"]),
-            "n_test": int(len(data["y"])), "n_defective": int(np.sum(data["y"]))}
+            "n_test": int(len(data["y"])), "n_defective": int(np.sum(data["y"])), "n_held": len(data.get("held") or [])}
 
 
 def run_small(name: str, seed: int, work: Path) -> dict:
