@@ -25,7 +25,6 @@ def test_bundle_records_selection_and_calibration(tiny_bundle):
     assert sel["mode"] == "pinned" and sel["chosen"] == "a0.35-32-out-max-knn1-doc"
     assert sel["doc"]["measured"] and sel["doc"]["decision"] == "doc" and "--doc was given" in sel["doc"]["reason"] \
         or "DOC wins" in sel["doc"]["reason"]
-    assert "12 separate held-out normals" in sel["doc"]["reason"]   # val/good joins every validation
     assert m.threshold.target_frr == 0.01 and m.threshold.n_calibration == 12
     assert "separate held-out" in m.threshold.method and m.threshold.supported_frr == pytest.approx(1 / 13)
     assert m.threshold.estimator["method"] == "tail" and "99" in m.threshold.estimator["warning"]

@@ -81,7 +81,7 @@ def fit_lines(res) -> list[str]:
              f"estimate {s['pi4_ms_estimate']:.1f} ms" + (f"; budget {s['budget_ms']:.2f} ms"
                                                           f"{'' if s['within_budget'] else ' EXCEEDED'}"
                                                           if s.get("budget_ms") else ""),
-             f"  validation AUROC {s['val_auroc']:.4f} (validation normals vs synthetic defects); threshold "
+             f"  validation AUROC {s['val_auroc']:.4f} (cross-fitted normals vs synthetic defects); threshold "
              f"{s['threshold']:.6f} ({s['threshold_estimator']} estimator); bank {s['bank_size']} rows "
              f"({s['bank_mode']}); {s['n_train']} training images; {s['fit_seconds']:.0f} s"]
     if s.get("threshold_warning"):
@@ -121,16 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     groups = option_groups(f)
     first = groups[FIRST]
     src = first.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="MVTec-style folder (train/good used for training; val/good, when present: "
-                                    "held-out good parts that set the threshold and join the validation)")
+    src.add_argument("--data", help="MVTec-style folder (train/good used for training; val/good, when present, "
+                                    "sets the threshold)")
     src.add_argument("--train", nargs="+", help="normal image files or folders (instead of --data)")
     first.add_argument("--out", required=True, help="bundle directory (the report goes to <out>-report/)")
     first.add_argument("--force", action="store_true", help="replace an existing --out")
     groups[SEARCH].add_argument("--select-on-real", action="store_true",
                                 help="with --data: rate candidates on the test/<defect> images instead of synthetic "
                                      "defects (the report says which were used)")
-    groups[EXPORT].add_argument("--calib", nargs="+", help="held-out normal images: they set the threshold and "
-                                                           "join the validation normals of every choice (default: "
+    groups[EXPORT].add_argument("--calib", nargs="+", help="held-out normal images for the threshold (default: "
                                                            "cross-fitted scores of every training image)")
     groups[EXPORT].add_argument("--json", action="store_true", help="print the fit summary as JSON")
     add_fit_options(f, groups=groups)

@@ -40,7 +40,7 @@ def run_demo(args) -> int:
     lines += [f"backbone weights      : {s['weights']}",
               f"configuration         : {s['chosen']} ({s['mode']}): {s['reason']}",
               f"DOC fine-tuning       : {s['doc']}",
-              f"validation AUROC      : {s['val_auroc']:.4f} (validation normals vs synthetic defects)",
+              f"validation AUROC      : {s['val_auroc']:.4f} (cross-fitted normals vs synthetic defects)",
               f"test images           : {metrics['n_good']} good, {metrics['n_defective']} defective",
               f"{'test AUROC (' + s['quant'] + ')':<22}: {metrics['auroc']:.4f}"]
     if "float_val_auroc" in s:

@@ -7,8 +7,8 @@ What a person checks before shipping a bundle, as pictures first (:func:`core.re
   the latency measured here and estimated for a Pi 4, the threshold estimator and its warning);
 * the candidate table: validation AUROC overall and per defect family, latency (x86 estimate,
   Pi 4 estimate), bank size;
-* ROC and score histograms of the validation (cross-fitted normals, and the separate held-out
-  normals when given, vs synthetic defects, device path), example synthetic defects, and the worst-scoring validation images (normals that score
+* ROC and score histograms of the validation (cross-fitted normals vs synthetic defects, device
+  path), example synthetic defects, and the worst-scoring validation images (normals that score
   highest, defects that score lowest) with their score maps.
 
 Example:
@@ -53,12 +53,11 @@ def _figures(folder: Path, fig: dict) -> list[tuple[str, str]]:
     y, s, groups = fig["labels"], fig["scores"], fig["groups"]
     if len(set(y.tolist())) == 2:
         roc_png(y, s, folder / "validation_roc.png", "Validation ROC (device path, cross-fitted)")
-        out.append(("Validation ROC: training images (each scored without its fold; then any separate held-out "
-                    "normals) vs synthetic defects",
+        out.append(("Validation ROC: training images (each scored without its fold) vs synthetic defects",
                     "validation_roc.png"))
     histogram_png(s, groups, fig["threshold"], folder / "validation_histogram.png",
                   "Validation scores by defect family")
-    out.append(("Validation score histogram (normal = training images cross-fitted, and held-out normals)", "validation_histogram.png"))
+    out.append(("Validation score histogram (normal = training images, cross-fitted)", "validation_histogram.png"))
     if fig.get("syn") is not None:
         defects_png(fig["syn"], folder / "synthetic_defects.png")
         out.append(("Example synthetic validation defects (red: where the defect was drawn)", "synthetic_defects.png"))
@@ -167,10 +166,9 @@ def fit_report(folder: Path, summary: dict, plan, data, val, threshold: dict, xt
     """Assemble and write the report of one fit (see :func:`write_fit_report`)."""
     from trainer.synth import family_of
 
-    normals = val.normals()
-    groups = ["good"] * len(normals) + [family_of(k) for k in data.syn_kinds]
-    fig = {"labels": np.r_[np.zeros(len(normals)), np.ones(len(val.defects))],
-           "scores": np.r_[normals, val.frame("defects")], "groups": groups,
+    groups = ["good"] * len(val.train) + [family_of(k) for k in data.syn_kinds]
+    fig = {"labels": np.r_[np.zeros(len(val.train)), np.ones(len(val.defects))],
+           "scores": np.r_[val.frame("train"), val.frame("defects")], "groups": groups,
            "threshold": threshold["value"], "syn": plan.syn, "worst": _worst_items(data, val, exp, xt.rows)}
     rec = xt.record
     norm = rec.get("normalize") or {"mode": plan.candidate.normalize, "reason": "no search: the default or the option given"}
@@ -186,7 +184,7 @@ def fit_report(folder: Path, summary: dict, plan, data, val, threshold: dict, xt
                   "why": f"{threshold['estimator']['method']} estimator on {threshold['method']}"
                          + (f"; {threshold['estimator']['warning']}" if threshold["estimator"].get("warning") else "")}]
     if data.real is not None and val.real is not None:
-        n = val.normals()
+        n = val.frame("train")
         r = val.frame("real")
         from core.metrics import auroc
 

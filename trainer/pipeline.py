@@ -136,8 +136,7 @@ def extractor_candidates(data: FitData, plan, clock, progress: bool = True) -> E
     from trainer.refine import doc_refinement
 
     cfg = plan.cfg
-    doc = doc_refinement(plan.candidate, plan.val_images, plan.syn, plan.fold, cfg, plan.cache, clock, progress,
-                         plan.held)
+    doc = doc_refinement(plan.candidate, plan.val_images, plan.syn, plan.fold, cfg, plan.cache, clock, progress)
     source = build_backbone(cfg.alpha, tuple(cfg.size), cfg.weights)[1]
     model, info = build_extractor(cfg.alpha, tuple(cfg.size), cfg.weights, cfg.taps, cfg.pooling,
                                   backbone=doc["backbone"])
@@ -225,11 +224,6 @@ class Validation:
         v = getattr(self, name)
         return None if v is None else v.max(axis=1)
 
-    def normals(self) -> np.ndarray:
-        """Frame scores of every validation normal: the cross-fitted training images, then the
-        separate held-out normals when given (as in the search, ``trainer.search.SearchConfig.held``)."""
-        return self.frame("train") if self.cal is None else np.r_[self.frame("train"), self.frame("cal")]
-
 
 def _bank_cap(cfg: FitConfig, rows: Rows) -> int | None:
     return cfg.bank_max or (PATCH_BANK_DEFAULT if rows.p > 1 else None)
@@ -248,7 +242,7 @@ def validate(exp: Export, bank: Bank, data: FitData, rows: Rows, cfg: FitConfig)
 def _gap(a: Validation, b: Validation, data: FitData, seed: int) -> dict:
     from trainer.selection import paired_gap
 
-    return paired_gap(np.stack([a.normals(), b.normals()]), np.stack([a.frame("defects"),
+    return paired_gap(np.stack([a.frame("train"), b.frame("train")]), np.stack([a.frame("defects"),
                       b.frame("defects")]), data.family, data.syn_source, seed=seed)
 
 
@@ -437,7 +431,7 @@ def _training(inputs, data: FitData, cfg: FitConfig, t_start: float) -> dict:
 
 
 def _val_auroc(val: Validation) -> float:
-    n, d = val.normals(), val.frame("defects")
+    n, d = val.frame("train"), val.frame("defects")
     return auroc(np.r_[np.zeros(len(n)), np.ones(len(d))], np.r_[n, d])
 
 
@@ -486,7 +480,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     stages = StageTimes()
     with tempfile.TemporaryDirectory(prefix="fit-cache-") as tmp:
         plan = plan_fit(inputs, cfg, clock, FeatureCache(tmp), (lambda n: Progress("search", n, enabled=progress)),
-                        real_defects=real_defects, held=calib)
+                        real_defects=real_defects)
         stages.mark("load and search")
         data = prepare(inputs, plan, calib, real_defects)
         xt = extractor_candidates(data, plan, clock, progress)
@@ -546,10 +540,9 @@ def _build(inputs, plan, data: FitData, xt: Extractor, out, t_start: float, prog
         rep = fit_report(Path(str(out).rstrip("/") + "-report"), summary, plan, data, val, threshold, xt, exp)
         stages.mark("report")
     log.info("fit stages (s): %s", ", ".join(f"{k} {v:.0f}" for k, v in stages.seconds.items()))
-    normals = val.normals()
-    labels = np.r_[np.zeros(len(normals)), np.ones(len(val.defects))]
-    return FitResult(path, summary, {"validation (normals vs synthetic defects)": (labels, np.r_[normals,
-                                                                                         val.frame("defects")])}, rep)
+    labels = np.r_[np.zeros(len(val.train)), np.ones(len(val.defects))]
+    return FitResult(path, summary, {"validation (cross-fitted normals vs synthetic defects)":
+                                     (labels, np.r_[val.frame("train"), val.frame("defects")])}, rep)
 
 
 def _summary(plan, data: FitData, xt: Extractor, exp: Export, bank: Bank, threshold: dict, val_auroc: float,

@@ -136,7 +136,6 @@ class Plan:
     fold: np.ndarray
     cache: object
     record: dict
-    held: list = dataclasses.field(default_factory=list)   # decoded held-out normal images (val/good), if any
 
 
 def _weights(cfg: FitConfig) -> dict:
@@ -148,19 +147,18 @@ def _weights(cfg: FitConfig) -> dict:
     return {a: p for a, p in w.items() if cfg.alpha is None or a == cfg.alpha}
 
 
-def _decoded(paths, roi) -> list | None:
-    """Images for the search (real defects, held-out normals): decoded, ROI applied; None if none."""
-    if paths is None or not len(paths):
+def _real(real_defects, roi) -> list | None:
+    """Real defective images for the search (decoded, ROI applied), or None."""
+    if real_defects is None or not len(real_defects):
         return None
     from device.preprocess import decode_image
 
-    out = [decode_image(p) for p in paths]
+    out = [decode_image(p) for p in real_defects]
     return out if roi is None else [im[roi[1]:roi[1] + roi[3], roi[0]:roi[0] + roi[2]] for im in out]
 
 
-def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_defects=None, held=None) -> Plan:
-    """Search (``cfg.search``) or the default configuration; see the module docstring. ``held``:
-    separate held-out normal images (``val/good/``), joined to the validation normals."""
+def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_defects=None) -> Plan:
+    """Search (``cfg.search``) or the default configuration; see the module docstring."""
     from trainer.search import SearchConfig, prepare_search, search
 
     weights = _weights(cfg)
@@ -169,8 +167,7 @@ def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_d
         pins.update(working_size=tuple(cfg.working_size), **({"overlap": cfg.overlap} if cfg.overlap is not None else {}))
     scfg = SearchConfig(weights=weights, min_defect_px=cfg.min_defect_px, pins=pins, budget_ms=cfg.budget_ms,
                         time_budget_s=max(30.0, SEARCH_SHARE * clock.left()), color=inputs.color, seed=cfg.seed,
-                        bank_images=len(inputs.images), real=_decoded(real_defects, cfg.roi),
-                        held=_decoded(held, cfg.roi))
+                        bank_images=len(inputs.images), real=_real(real_defects, cfg.roi))
     images = inputs.cropped(cfg.roi)
     sc = prepare_search(images, scfg)
     if cfg.search and (len(sc.space) > 1 or "k" not in pins):
@@ -186,7 +183,7 @@ def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_d
     rcfg = cfg.resolve(chosen)
     rcfg.weights = weights[rcfg.alpha]
     log.info("plan: %s (%s)", cand.name, record["reason"])
-    return Plan(rcfg, cand, res, *ctx, cache=cache, record=record, held=sc.held)
+    return Plan(rcfg, cand, res, *ctx, cache=cache, record=record)
 
 
 def _default(sc, cfg: FitConfig, pins: dict):

@@ -48,14 +48,12 @@ def doc_seconds(ms_per_input: float, steps: int, batch: int, n_eval: int) -> flo
     return ms_per_input * (3 * steps * 2 * batch + 2 * n_eval) / 1e3
 
 
-def doc_refinement(cand, images: list, syn, fold: np.ndarray, cfg, cache, clock, progress: bool = True,
-                   held: list = ()) -> dict:
+def doc_refinement(cand, images: list, syn, fold: np.ndarray, cfg, cache, clock, progress: bool = True) -> dict:
     """``{"backbone": fine-tuned Keras trunk or None, "record": manifest record}`` (module docstring).
 
     Args:
         cand: the search's winner (``trainer.candidates.Candidate``).
         images, syn, fold: the search's validation images, their defects and folds.
-        held: separate held-out normal images (``val/good/``): scored as normals too.
         cfg: the resolved :class:`trainer.options.FitConfig`; cache: the search's feature cache;
         clock: the fit's :class:`trainer.candidates.SearchClock`.
     """
@@ -80,14 +78,13 @@ def doc_refinement(cand, images: list, syn, fold: np.ndarray, cfg, cache, clock,
     backbone, info = _train(cand, images, ~hold, cfg, progress)
     doc_net = Network(cand.alpha, cand.size, cfg.weights, tag=f"doc-{cfg.seed}-{id(backbone)}")
     cache.register(doc_net, backbone)
-    gap = _measure(cand, images, syn, hold, cfg, cache, net, doc_net, held)
+    gap = _measure(cand, images, syn, hold, cfg, cache, net, doc_net)
     from trainer.selection import significant_win
 
     win = significant_win(gap) or cfg.doc is True
     word = "wins" if significant_win(gap) else "does not win (a tie or worse)"
     reason = (f"DOC {word}: worst-family validation AUROC {gap['a']:.4f} vs untouched {gap['b']:.4f} "
-              f"(difference {gap['diff']:+.4f} ± {gap['se']:.4f}, {int(hold.sum())} held-out images"
-              + (f" and {len(held)} separate held-out normals)" if len(held) else ")")
+              f"(difference {gap['diff']:+.4f} ± {gap['se']:.4f}, {int(hold.sum())} held-out images)"
               + ("; shipped because --doc was given" if cfg.doc is True and not significant_win(gap) else ""))
     log.info("DOC refinement: %s", reason)
     rec = {"decision": "doc" if win else "untouched", "measured": True, "reason": reason, "gap": gap, **info}
@@ -117,9 +114,8 @@ def _train(cand, images, train_mask: np.ndarray, cfg, progress: bool):
                       "final_l_c": float(np.mean(hist["l_c"][-10:]))}
 
 
-def _measure(cand, images, syn, hold: np.ndarray, cfg, cache, net, doc_net, separate: list = ()) -> dict:
-    """Worst-family gap, DOC minus untouched, on the held-out fold (bank: the training part), the
-    ``separate`` held-out normal images joining the fold's normals."""
+def _measure(cand, images, syn, hold: np.ndarray, cfg, cache, net, doc_net) -> dict:
+    """Worst-family gap, DOC minus untouched, on the held-out fold (bank: the training part)."""
     from trainer.features import Head, compose
     from trainer.search import make_scorer, network_inputs
     from trainer.selection import paired_gap
@@ -132,14 +128,12 @@ def _measure(cand, images, syn, hold: np.ndarray, cfg, cache, net, doc_net, sepa
     srcs = {"bank": network_inputs([images[i] for i in np.flatnonzero(~hold)], cand, color),
             "normal": network_inputs([images[i] for i in held], cand, color),
             "defect": network_inputs([syn.images[i] for i in dsel], cand, color)}
-    if len(separate):
-        srcs["separate"] = network_inputs(list(separate), cand, color)
     heads = [Head(cand.pooling, (layer,)) for layer in cand.layers]
     normal, defect = [], []
     for n in (doc_net, net):
         f = {k: compose(cache.get(s, n, heads), cand.layers, cand.pooling) for k, s in srcs.items()}
         sc = make_scorer(cand, f["bank"])
-        normal.append(np.r_[sc.score(f["normal"]), sc.score(f["separate"]) if "separate" in f else []])
+        normal.append(sc.score(f["normal"]))
         defect.append(sc.score(f["defect"]))
     fam = np.array([family_of(syn.kinds[i]) for i in dsel])
     src = np.array([remap[int(syn.source[i])] for i in dsel])

@@ -62,10 +62,6 @@ class SearchConfig:
         bank_images: images the shipped bank will hold (latency estimates); None: the images given.
         real: real defective images (``--select-on-real``): candidates are then rated on them
             (AUROC of the cross-fitted normals against the real defects) instead of the synthetic ones.
-        held: separate held-out normal images (``val/good/``, the calibration set): scored against
-            the full bank and joined to the normal side of every rating. Good parts the training
-            images do not represent (another day, lighting or stretch of the line) then cost a
-            candidate that scores them high, which cross-fitting on the training images cannot see.
     """
 
     weights: dict
@@ -82,13 +78,11 @@ class SearchConfig:
     latency: LatencyModel = dataclasses.field(default_factory=LatencyModel)
     bank_images: int | None = None
     real: list | None = None
-    held: list | None = None
 
 
 @dataclasses.dataclass
 class CandidateResult:
-    """One candidate's validation: cross-fitted scores and what it costs. ``normal``: the
-    cross-fitted training images, then the ``n_held`` held-out normal images (full bank)."""
+    """One candidate's validation: cross-fitted scores and what it costs."""
 
     candidate: Candidate
     normal: np.ndarray
@@ -96,7 +90,6 @@ class CandidateResult:
     latency: dict
     within_budget: bool
     real: np.ndarray | None = None
-    n_held: int = 0
 
     def row(self, kinds: np.ndarray | None = None) -> dict:
         from core.metrics import auroc
@@ -149,13 +142,10 @@ class SearchResult:
                 "min_defect_px": self.min_defect_px, "alignment": round(self.alignment, 3),
                 "validation": ("cross-fitted normals vs the real defects given (--select-on-real): "
                                f"{len(self.results[0].real)} images" if self.results[0].real is not None else
-                               "cross-fitted synthetic defects, worst defect family")
-                + (f"; normals: {len(self.images)} cross-fitted training images and {self.results[0].n_held} "
-                   "held-out normal images" if self.results[0].n_held else ""),
+                               "cross-fitted synthetic defects, worst defect family"),
                 "defect_kinds": sorted(set(self.kinds.tolist())), "n_candidates": len(self.results),
                 "skipped_for_time": self.skipped, "pruned": self.pruned, "seconds": round(self.seconds, 1),
-                "n_validation_images": len(self.images), "n_held_out_normals": self.results[0].n_held,
-                "n_validation_defects": int(len(self.kinds)),
+                "n_validation_images": len(self.images), "n_validation_defects": int(len(self.kinds)),
                 "normalize": self.normalize or {"mode": self.chosen.normalize, "reason": "pinned by the options given"},
                 "candidates": self.table()}
 
@@ -415,22 +405,21 @@ class SearchContext:
     syn: object
     fold: np.ndarray
     n_bank: int
-    held: list = dataclasses.field(default_factory=list)
     shares: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def inputs(self, c: Candidate) -> float:
         """Frames' worth of network inputs one pass of ``c`` runs: every normal image, and of each
         defect the share of tiles it changes (tiled candidates run only those,
         :func:`changed_tiles`; the share is measured on a sample of the defects, once per grid)."""
-        n_syn, n = len(self.syn.images), len(self.imgs) + len(self.held)
+        n_syn = len(self.syn.images)
         if not c.grid or not n_syn:
-            return n + n_syn
+            return len(self.imgs) + n_syn
         key = (c.size, c.grid, c.working_size, c.overlap)
         if key not in self.shares:
             pick = np.unique(np.linspace(0, n_syn - 1, min(SHARE_SAMPLE, n_syn)).astype(int))
             self.shares[key] = float(changed_tiles([self.syn.images[i] for i in pick], self.imgs,
                                                    np.asarray(self.syn.source)[pick], _tile_spec(c, "grey")).mean())
-        return n + self.shares[key] * n_syn
+        return len(self.imgs) + self.shares[key] * n_syn
 
     @property
     def family(self) -> np.ndarray:
@@ -496,11 +485,10 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     index, imgs = _load(images, cfg)
     hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
     large = min(hw) >= LARGE_FRAME_FACTOR * max(SIZES)
-    if large:   # the search's time stays bounded whatever the count
-        index, imgs = _subsample(index, imgs, MAX_VALIDATION_FRAMES_LARGE, cfg.seed + 1)
-    held = _load(cfg.held, cfg)[1] if cfg.held else []
-    if large:
-        held = _subsample(np.arange(len(held)), held, MAX_VALIDATION_FRAMES_LARGE, cfg.seed + 2)[1]
+    if large and len(imgs) > MAX_VALIDATION_FRAMES_LARGE:   # the search's time stays bounded whatever the count
+        keep = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(imgs), MAX_VALIDATION_FRAMES_LARGE,
+                                                                   replace=False))
+        index, imgs = index[keep], [imgs[i] for i in keep]
     min_px = cfg.min_defect_px or default_min_defect_px(hw)
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
     align = alignment_score(imgs)
@@ -510,7 +498,7 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     syn = validation_defects(imgs, kinds=kinds, seed=cfg.seed + 7, min_px=min_px, strength=cfg.strength,
                              each=not large, per_image=per)
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
-                         cfg.bank_images or len(imgs), held)
+                         cfg.bank_images or len(imgs))
 
 
 def _plan(ctx: SearchContext, cfg: SearchConfig) -> tuple[list, list]:
@@ -547,8 +535,6 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
     extra = ()
     if cfg.real:
         srcs["real"], extra = network_inputs(cfg.real, c0, cfg.color), ("real",)
-    if ctx.held:
-        srcs["held"], extra = network_inputs(ctx.held, c0, cfg.color), extra + ("held",)
     scores = score_pass(group, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, extra=extra)
     base = [_result(c, scores[c.name], cfg, ctx) for c in group]
     found["results"] += base
@@ -677,9 +663,7 @@ def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, 
 
 def _result(c: Candidate, sc: dict, cfg: SearchConfig, ctx: SearchContext) -> CandidateResult:
     lat = _latency(c, cfg.latency, ctx.hw, ctx.n_bank)
-    held = sc.get("held", np.empty(0, np.float32))
-    return CandidateResult(c, np.r_[sc["normal"], held], sc["defect"], lat, lat["x86_ms"] <= ctx.budget, sc.get("real"),
-                           len(held))
+    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= ctx.budget, sc.get("real"))
 
 
 def _select(rs: list, family: np.ndarray, source: np.ndarray) -> Selection:
@@ -814,17 +798,11 @@ def _load(images: Sequence, cfg: SearchConfig) -> tuple[np.ndarray, list[np.ndar
     MAX_VALIDATION_IMAGES (``index``: their positions in ``images``)."""
     from device.preprocess import decode_image, to_color_mode
 
-    idx = _subsample(np.arange(len(images)), None, MAX_VALIDATION_IMAGES, cfg.seed)[0]
+    idx = np.arange(len(images))
+    if len(images) > MAX_VALIDATION_IMAGES:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(images), MAX_VALIDATION_IMAGES, replace=False))
     out = []
     for i in idx:
         im = to_color_mode(decode_image(images[i]), cfg.color)
         out.append(np.ascontiguousarray(im[..., 0]) if cfg.color == "grey" else im)
     return idx, out
-
-
-def _subsample(index: np.ndarray, items: list | None, most: int, seed: int) -> tuple:
-    """``(index, items)`` reduced to a seeded sorted sample of at most ``most``."""
-    if len(index) <= most:
-        return index, items
-    keep = np.sort(np.random.default_rng(seed).choice(len(index), most, replace=False))
-    return index[keep], None if items is None else [items[i] for i in keep]

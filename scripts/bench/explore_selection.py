@@ -119,7 +119,7 @@ def _brick(seed: int, n_train: int, n_test: int) -> dict:
 
 def _demo(work: Path, seed: int, n_train: int, n_test: int) -> dict:
     """The embedded demo set (trainer.data.make_demo_dataset, brick product); ``held``: its
-    ``val/good`` images, which ``fit --data`` joins to the validation normals."""
+    ``val/good`` images (separate held-out normals; ``fit --data`` calibrates on them)."""
     from trainer.data import make_demo_dataset
 
     lay = make_demo_dataset(work / "demo_data", seed=seed)
@@ -266,10 +266,11 @@ def run_set(name: str, args, cache) -> Path:
 # ---------------------------------------------------------------------------- analysis
 
 
-def load_scores(work: Path, name: str) -> tuple[dict, dict]:
-    """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended. Where
-    the set has separate held-out normals (``|held``), they join each candidate's ``|normal``
-    after the cross-fitted ones, as in ``fit`` (``trainer.search.SearchConfig.held``)."""
+def load_scores(work: Path, name: str, held: bool = False) -> tuple[dict, dict]:
+    """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended.
+    ``held``: the set's separate held-out normals (``|held``, full bank), where it has some, join
+    each candidate's ``|normal`` after the cross-fitted ones (``--held``: a variant measured, not
+    what ``fit`` does - docs/AUTOCONFIG.md, "Held-out normals"); else they are dropped."""
     z = np.load(work / f"scores_{name}.npz")
     meta = json.loads((work / f"meta_{name}.json").read_text())
     arrays = {k: z[k] for k in z.files}
@@ -286,7 +287,9 @@ def load_scores(work: Path, name: str) -> tuple[dict, dict]:
             elif k.endswith("|normal") and not np.allclose(arrays[k], e[k], atol=1e-4):
                 raise ValueError(f"{extra}: normal scores of {k} differ from the main run")
     for k in [k for k in arrays if k.endswith("|held")]:
-        arrays[k[:-len("held")] + "normal"] = np.r_[arrays[k[:-len("held")] + "normal"], arrays.pop(k)]
+        got = arrays.pop(k)
+        if held:
+            arrays[k[:-len("held")] + "normal"] = np.r_[arrays[k[:-len("held")] + "normal"], got]
     return arrays, meta
 
 
@@ -423,7 +426,7 @@ def set_alignment(work: Path, name: str, meta: dict, args) -> dict:
 
 def analyse_set(work: Path, name: str, kinds, args) -> dict:
     """Before/after figures of one data set, over the recommended space and over every size."""
-    arrays, meta = load_scores(work, name)
+    arrays, meta = load_scores(work, name, args.held)
     meta = set_alignment(work, name, meta, args)
     verbose = args.verbose
     costs = candidate_costs(meta)
@@ -451,6 +454,105 @@ def analyse_set(work: Path, name: str, kinds, args) -> dict:
     return flat
 
 
+def held_defect_scores(name: str, args, cache) -> Path:
+    """For ``--part held``'s in-domain variants: validation defects drawn on the test set's good
+    images (as on the training images: same kinds, sizes, seed offset 11), and every product
+    candidate's full-bank scores of those good images and defects -> ``heldsyn_<set>.npz``. Run
+    with the ``--n-test`` / ``--work`` of the set's scores run (the same test images)."""
+    from trainer.candidates import group_by_network
+    from trainer.features import Network
+    from trainer.search import network_inputs, score_pass
+    from trainer.selection import fold_of
+    from trainer.synth import VALIDATION_KINDS, validation_defects
+
+    arrays, meta = load_scores(args.work, name)
+    meta = set_alignment(args.work, name, meta, args)
+    names, costs = product_names(meta), candidate_costs(meta)
+    data = load_set(name, args.seed, meta["n_train"], args.n_test, args.work)
+    gi = np.flatnonzero(data["y"] == 0)
+    if not np.array_equal(data["y"], arrays["y"]):
+        raise SystemExit(f"{name}: the test set differs from the scores run's (pass its --n-test / --work)")
+    good = [data["test"][i] for i in gi]
+    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+    syn = validation_defects(good, kinds=kinds, seed=args.seed + 11, min_px=meta["min_defect_px"],
+                             each=name != "brick", per_image=1 if name != "brick" else 3, strength=tuple(args.strength))
+    weights = {0.35: str(shared() / "weights" / W035), 1.0: str(shared() / "weights" / W100)}
+    fold = fold_of(len(data["train"]), FOLDS, args.seed)
+    out = {}
+    for (alpha, size, *_), group in group_by_network([costs[n]["candidate"] for n in names]).items():
+        net, c0 = Network(alpha, size, weights[alpha]), group[0]
+        srcs = {"train": network_inputs(data["train"], c0), "syn": network_inputs(data["train"][:2], c0),
+                "good": network_inputs(good, c0), "gsyn": network_inputs(syn.images, c0)}
+        got = score_pass(group, srcs, cache, net, fold, np.zeros(2, int), args.seed, extra=("good", "gsyn"))
+        for c in group:
+            if not np.allclose(got[c.name]["good"], arrays[f"{c.name}|real"][gi], atol=1e-3):
+                raise SystemExit(f"{name}: {c.name}: good-image scores differ from the scores run's")
+            out[f"{c.name}|gsyn"] = got[c.name]["gsyn"]
+        log.info("%s %s: %d candidates", name, c0.name.split("-" + c0.taps)[0], len(group))
+        cache.drop_memory()
+    path = args.work / f"heldsyn_{name}.npz"
+    np.savez_compressed(path, kinds=np.array(syn.kinds), source=syn.source, **out)
+    return path
+
+
+def _rule(names, costs, normal: dict, syn: dict, source: np.ndarray, fam: np.ndarray) -> str:
+    """The product rule's choice on given normal / defect scores (all defects kept)."""
+    a = {**{f"{n}|normal": normal[n] for n in names}, **{f"{n}|syn": syn[n] for n in names}, "syn_source": source}
+    return product_rule(a, names, costs, np.ones(len(source), bool), fam).chosen
+
+
+def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
+    """Would held-out normals in the validation choose better? Half of the test set's good images
+    (seeded splits) are the held-out normals (scored against the full bank, as a separate
+    ``val/good`` set's would be); regret of the product rule measured on the other half of the
+    good images and every real defect. Variants: ``without`` (today), ``with`` (they join the
+    normals), and with ``heldsyn_<set>.npz`` (:func:`held_defect_scores`) ``within`` (rated on
+    the held-out normals against defects drawn on them only) and ``both`` (training and held-out
+    normals, defects drawn on either)."""
+    from core.metrics import auroc
+    from trainer.synth import family_of
+
+    arrays, meta = load_scores(work, name)
+    meta = set_alignment(work, name, meta, args)
+    names, costs = product_names(meta), candidate_costs(meta)
+    keep = np.isin(arrays["syn_kinds"], kinds)
+    fam = np.array([family_of(k) for k in arrays["syn_kinds"][keep]])
+    src = arrays["syn_source"][keep]
+    y = arrays["y"]
+    good = np.flatnonzero(y == 0)
+    hs = work / f"heldsyn_{name}.npz"
+    hz = dict(np.load(hs)) if hs.exists() else None
+    modes = ("without", "with") + (("within", "both") if hz is not None else ())
+    got = {m: [] for m in modes}
+    normal = {n: arrays[f"{n}|normal"] for n in names}
+    syn = {n: arrays[f"{n}|syn"][keep] for n in names}
+    for split in range(splits):
+        h = np.sort(np.random.default_rng(split).choice(good, len(good) // 2, replace=False))
+        ev = np.setdiff1d(np.arange(len(y)), h)
+        real = {n: auroc(y[ev], arrays[f"{n}|real"][ev]) for n in names}
+        held = {n: arrays[f"{n}|real"][h] for n in names}
+        chosen = {"without": _rule(names, costs, normal, syn, src, fam),
+                  "with": _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names}, syn, src, fam)}
+        if hz is not None:
+            pos = {int(g): i for i, g in enumerate(good)}           # good image -> its index among the good ones
+            hk = np.isin(hz["kinds"], kinds) & np.isin(hz["source"], [pos[int(g)] for g in h])
+            remap = {pos[int(g)]: i for i, g in enumerate(h)}
+            hsrc = np.array([remap[int(s)] for s in hz["source"][hk]])
+            hfam = np.array([family_of(k) for k in hz["kinds"][hk]])
+            hsyn = {n: hz[f"{n}|gsyn"][hk] for n in names}
+            chosen["within"] = _rule(names, costs, held, hsyn, hsrc, hfam)
+            n0 = len(normal[names[0]])
+            chosen["both"] = _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names},
+                                   {n: np.r_[syn[n], hsyn[n]] for n in names}, np.r_[src, n0 + hsrc], np.r_[fam, hfam])
+        for m in modes:
+            got[m].append(max(real.values()) - real[chosen[m]])
+        print(f"{name:8s} split {split} ({len(h)} held-out normals): " +
+              ", ".join(f"{m} {got[m][-1]:.4f} {chosen[m]}" for m in modes), flush=True)
+    print(f"{name:8s} mean regret: " + ", ".join(f"{m} {np.mean(got[m]):.4f}" for m in modes), flush=True)
+    return {f"held_check.{name}.n_held": int(len(good) // 2), f"held_check.{name}.splits": splits,
+            **{f"held_check.{name}.regret_{m}": float(np.mean(got[m])) for m in modes}}
+
+
 def analyse_main(args, command: str) -> int:
     from trainer.synth import VALIDATION_KINDS
 
@@ -461,7 +563,7 @@ def analyse_main(args, command: str) -> int:
             log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
             continue
         flat.update(analyse_set(args.work, name, kinds, args))
-    if not args.no_write:
+    if not (args.no_write or args.held):
         merge_results(flat, command)
     return 0
 
@@ -659,7 +761,8 @@ def merge_results(update: dict, command: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
-    ap.add_argument("--part", default="scores", choices=("scores", "analyse", "threshold", "latency"))
+    ap.add_argument("--part", default="scores", choices=("scores", "analyse", "threshold", "latency", "held",
+                                                              "heldsyn"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/selection"))
     ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: memory only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -670,6 +773,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-alpha1", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="analyse: print every candidate")
     ap.add_argument("--no-write", action="store_true", help="analyse: print only, do not update the results JSON")
+    ap.add_argument("--held", action="store_true", help="analyse: join the set's separate held-out normals (val/good) "
+                                                        "to the validation normals (a variant; implies --no-write)")
     ap.add_argument("--kinds", nargs="+", default=None, help="scores: synthetic kinds (default all)")
     ap.add_argument("--strength", nargs=2, type=float, default=(0.4, 2.0), help="scores: defect amplitude range (x image std)")
     ap.add_argument("--tag", default="", help="scores: suffix of the output (e.g. _elastic: extra kinds, merged)")
@@ -680,18 +785,28 @@ def main(argv=None) -> int:
     for noisy in ("absl", "tensorflow", "trainer.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.part == "scores":
+    if args.part in ("scores", "heldsyn"):
         from trainer.features import FeatureCache
 
         cache = FeatureCache(args.cache_dir)
         for name in args.sets:
-            run_set(name, args, cache)
+            (run_set if args.part == "scores" else held_defect_scores)(name, args, cache)
         return 0
     command = ".venv/bin/python scripts/bench/explore_selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.part == "analyse":
         return analyse_main(args, command.strip())
     if args.part == "latency":
         merge_results(latency_constants(), command.strip())
+        return 0
+    if args.part == "held":
+        from trainer.synth import VALIDATION_KINDS
+
+        kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+        res = {}
+        for name in args.sets:
+            res.update(held_check(args.work, name, kinds, args))
+        if not args.no_write:
+            merge_results(res, command.strip())
         return 0
     from trainer.features import FeatureCache
 
