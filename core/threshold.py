@@ -277,3 +277,40 @@ def describe_calibration(normal_scores: Sequence[float], target_frr: float, meth
             "achieved_frr": false_reject_rate(s, t), "normal_score_median": float(np.median(s)),
             "normal_score_max": float(s.max()), "supported_frr": float(est["supported_frr"]),
             "estimator": {"n": int(s.size), **{k: est[k] for k in keep if k in est}}}
+
+
+SHIFT_MIN_AUROC = 0.65   # held-out normals scoring above the training parts by at least this much ...
+SHIFT_MIN_Z = 3.0        # ... and this far beyond chance are reported as a shift of conditions
+
+
+def calibration_shift(reference: Sequence[float], held: Sequence[float]) -> dict:
+    """Do separate held-out normal images score above the training images? ``reference``: the
+    training images' cross-fitted scores; ``held``: the held-out images' scores against the full
+    bank (which favours them: a larger bank). Returns ``{"auroc"`` (probability that a held-out
+    image scores above a training one), ``"z"`` (its distance from 0.5 in null standard errors,
+    Mann-Whitney), ``"n_reference"``, ``"n_held"``, ``"shifted"``, and ``"warning"`` when
+    shifted}: held-out good parts taken under other conditions (lighting, batch, position on the
+    belt) than the training images, so the threshold calibrated on them sits higher and the bank
+    does not cover them.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> calibration_shift(rng.normal(0, 1, 200), rng.normal(0, 1, 50))["shifted"]
+        False
+        >>> r = calibration_shift(rng.normal(0, 1, 200), rng.normal(1.5, 1, 50))
+        >>> r["shifted"], r["auroc"] > 0.8
+        (True, True)
+    """
+    from core.metrics import auroc
+
+    a, b = check_scores(reference), check_scores(held)
+    area = float(auroc(np.r_[np.zeros(a.size), np.ones(b.size)], np.r_[a, b]))
+    z = (area - 0.5) / math.sqrt((a.size + b.size + 1) / (12.0 * a.size * b.size))
+    out = {"auroc": round(area, 4), "z": round(float(z), 2), "n_reference": int(a.size), "n_held": int(b.size),
+           "shifted": bool(area >= SHIFT_MIN_AUROC and z >= SHIFT_MIN_Z)}
+    if out["shifted"]:
+        out["warning"] = (f"the {b.size} held-out normal images score above the {a.size} training images (AUROC "
+                          f"{area:.2f}, {z:.1f} standard errors): they show other conditions than the training "
+                          "images (lighting, batch, position). The threshold calibrated on them allows for it, but "
+                          "the bank does not cover it: if production looks like them, add such images to training")
+    return out

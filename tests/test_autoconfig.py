@@ -202,6 +202,27 @@ def test_order_statistic_rate_is_honest_over_many_draws():
     assert np.mean(rates) == pytest.approx(1 / 31, abs=0.01)
 
 
+def test_calibration_shift_flags_held_out_normals_from_other_conditions():
+    """Held-out normals (val/good) that score above the training parts' cross-fitted scores are
+    reported (a shift of conditions the bank does not cover) only when the gap is large and
+    beyond chance; held-out parts like the training ones, or a handful, are not."""
+    from core.threshold import calibration_shift
+
+    rng = np.random.default_rng(3)
+    ref = rng.gamma(4.0, 1.0, 300)
+    same = [calibration_shift(ref, rng.gamma(4.0, 1.0, 60))["shifted"] for _ in range(50)]
+    assert sum(same) == 0
+    shifted = calibration_shift(ref, rng.gamma(4.0, 1.0, 60) + 2.0)
+    assert shifted["shifted"] and shifted["auroc"] > 0.7 and shifted["z"] > 3 and shifted["n_held"] == 60
+    assert "60 held-out normal images" in shifted["warning"] and "add such images to training" in shifted["warning"]
+    few = calibration_shift(ref, rng.gamma(4.0, 1.0, 4) + 2.0)   # a large gap on 4 images is not evidence
+    assert few["auroc"] > 0.65 and not few["shifted"] and "warning" not in few
+    lower = calibration_shift(ref, rng.gamma(4.0, 1.0, 60) - 1.0)   # scoring lower is no shift to warn of
+    assert not lower["shifted"] and lower["z"] < 0
+    with pytest.raises(ValueError):
+        calibration_shift(ref, [1.0, float("nan")])
+
+
 def test_auto_threshold_extrapolates_the_tail_for_small_n_and_warns():
     from core.threshold import estimate_threshold
 

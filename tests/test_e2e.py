@@ -28,6 +28,8 @@ def test_bundle_records_selection_and_calibration(tiny_bundle):
     assert m.threshold.target_frr == 0.01 and m.threshold.n_calibration == 12
     assert "separate held-out" in m.threshold.method and m.threshold.supported_frr == pytest.approx(1 / 13)
     assert m.threshold.estimator["method"] == "tail" and "99" in m.threshold.estimator["warning"]
+    shift = m.threshold.estimator["shift"]   # val/good like train/good: measured, no shift reported
+    assert shift["n_held"] == 12 and shift["n_reference"] == 40 and not shift["shifted"] and "warning" not in shift
     lat = m.training["latency"]
     assert lat["x86_ms"] > 0 and lat["pi4_ms_estimate"] > lat["inference_ms"] and "Pi 4" in lat["pi4_basis"]
     assert (tiny_bundle.parent / (tiny_bundle.name + "-report") / "report.html").is_file()

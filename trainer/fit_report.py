@@ -182,7 +182,9 @@ def fit_report(folder: Path, summary: dict, plan, data, val, threshold: dict, xt
                   "why": rec["bank_compression"].get("reason")},
                  {"decision": "threshold", "outcome": threshold["value"],
                   "why": f"{threshold['estimator']['method']} estimator on {threshold['method']}"
-                         + (f"; {threshold['estimator']['warning']}" if threshold["estimator"].get("warning") else "")}]
+                         + (f"; {threshold['estimator']['warning']}" if threshold["estimator"].get("warning") else "")
+                         + (f"; {threshold['estimator']['shift']['warning']}"
+                            if threshold["estimator"].get("shift", {}).get("warning") else "")}]
     if data.real is not None and val.real is not None:
         n = val.frame("train")
         r = val.frame("real")

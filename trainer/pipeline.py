@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from core.metrics import auroc
-from core.threshold import describe_calibration
+from core.threshold import calibration_shift, describe_calibration
 from device.bundle import npy_bytes, write_bundle
 from device.extractor import TFLiteExtractor, normalize_features
 from device.manifest import InputSpec
@@ -343,6 +343,10 @@ def calibrate(val: Validation, data: FitData, cfg: FitConfig) -> tuple[dict, np.
     how = data.cal_how + (f", image score = max over {data.n_tiles} tiles" if data.n_tiles > 1 else "")
     rec = describe_calibration(scores, cfg.target_frr, how)
     rec["estimator"]["scores"] = "held-out" if val.cal is not None else f"cross-fitted ({cfg.folds} folds)"
+    if val.cal is not None:   # other conditions than the training images? (docs/AUTOCONFIG.md, Held-out normals)
+        rec["estimator"]["shift"] = calibration_shift(val.frame("train"), scores)
+        if rec["estimator"]["shift"]["shifted"]:
+            log.warning("calibration: %s", rec["estimator"]["shift"]["warning"])
     return rec, scores
 
 
