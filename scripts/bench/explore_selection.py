@@ -211,19 +211,39 @@ def _old_pooled(c, srcs: dict, cache, net, cal: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------- one data set
 
 
+def _kinds(args) -> tuple:
+    """The validation defect kinds of a run: ``--kinds`` or the product's."""
+    from trainer.synth import VALIDATION_KINDS
+
+    return tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+
+
+def _weight_files(alpha1: bool = True) -> dict:
+    """{alpha: weights file} in ../shared/weights."""
+    w = {0.35: str(shared() / "weights" / W035)}
+    if alpha1:
+        w[1.0] = str(shared() / "weights" / W100)
+    return w
+
+
+def _draw_defects(name: str, images: list, args, seed: int, min_px: float):
+    """Validation defects as the research draws them (one per kind per image; brick: 3 per frame)."""
+    from trainer.synth import validation_defects
+
+    return validation_defects(images, kinds=_kinds(args), seed=seed, min_px=min_px, each=name != "brick",
+                              per_image=1 if name != "brick" else 3, strength=tuple(args.strength))
+
+
 def run_set(name: str, args, cache) -> Path:
     """Score every candidate of one data set; store arrays + candidate list under ``--work``."""
     from trainer.candidates import derive_space, group_by_network, log_space
     from trainer.features import Network
-    from trainer.synth import VALIDATION_KINDS, validation_defects
 
     t0 = time.time()
     data = load_set(name, args.seed, args.n_train if name != "brick" else args.n_train_brick,
                     args.n_test, args.work)
     hw = np.median([im.shape[:2] for im in data["train"]], axis=0).astype(int)
-    weights = {0.35: str(shared() / "weights" / W035)}
-    if not args.no_alpha1:
-        weights[1.0] = str(shared() / "weights" / W100)
+    weights = _weight_files(not args.no_alpha1)
     sizes = None if name == "brick" else (96, 160, 224)
     cands = derive_space(tuple(hw), weights, args.min_defect_px, sizes=sizes)
     if name == "brick":   # whole-frame candidates at 1024 px see nothing (bench_tiles): keep a few as controls
@@ -231,10 +251,7 @@ def run_set(name: str, args, cache) -> Path:
     from trainer.candidates import default_min_defect_px
 
     min_px = args.min_defect_px or default_min_defect_px(tuple(hw))
-    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
-    syn = validation_defects(data["train"], kinds=kinds, seed=args.seed + 7 + sum(map(ord, args.tag)),
-                             min_px=min_px, each=name != "brick", per_image=1 if name != "brick" else 3,
-                             strength=tuple(args.strength))
+    syn = _draw_defects(name, data["train"], args, args.seed + 7 + sum(map(ord, args.tag)), min_px)
     log.info("%s: %d train, %d test (%d defective), frame %s, min defect %.1f px, %d synthetic; %s", name,
              len(data["train"]), len(data["test"]), int(data["y"].sum()), tuple(hw), min_px, len(syn.images),
              log_space(cands))
@@ -463,7 +480,6 @@ def held_defect_scores(name: str, args, cache) -> Path:
     from trainer.features import Network
     from trainer.search import network_inputs, score_pass
     from trainer.selection import fold_of
-    from trainer.synth import VALIDATION_KINDS, validation_defects
 
     arrays, meta = load_scores(args.work, name)
     meta = set_alignment(args.work, name, meta, args)
@@ -473,10 +489,8 @@ def held_defect_scores(name: str, args, cache) -> Path:
     if not np.array_equal(data["y"], arrays["y"]):
         raise SystemExit(f"{name}: the test set differs from the scores run's (pass its --n-test / --work)")
     good = [data["test"][i] for i in gi]
-    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
-    syn = validation_defects(good, kinds=kinds, seed=args.seed + 11, min_px=meta["min_defect_px"],
-                             each=name != "brick", per_image=1 if name != "brick" else 3, strength=tuple(args.strength))
-    weights = {0.35: str(shared() / "weights" / W035), 1.0: str(shared() / "weights" / W100)}
+    syn = _draw_defects(name, good, args, args.seed + 11, meta["min_defect_px"])
+    weights = _weight_files()
     fold = fold_of(len(data["train"]), FOLDS, args.seed)
     out = {}
     for (alpha, size, *_), group in group_by_network([costs[n]["candidate"] for n in names]).items():
@@ -526,15 +540,16 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
     got = {m: [] for m in modes}
     normal = {n: arrays[f"{n}|normal"] for n in names}
     syn = {n: arrays[f"{n}|syn"][keep] for n in names}
+    today = _rule(names, costs, normal, syn, src, fam)           # the held-out half does not enter it
+    pos = {int(g): i for i, g in enumerate(good)}                 # good image -> its index among the good ones
     for split in range(splits):
         h = np.sort(np.random.default_rng(split).choice(good, len(good) // 2, replace=False))
         ev = np.setdiff1d(np.arange(len(y)), h)
         real = {n: auroc(y[ev], arrays[f"{n}|real"][ev]) for n in names}
         held = {n: arrays[f"{n}|real"][h] for n in names}
-        chosen = {"without": _rule(names, costs, normal, syn, src, fam),
+        chosen = {"without": today,
                   "with": _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names}, syn, src, fam)}
         if hz is not None:
-            pos = {int(g): i for i, g in enumerate(good)}           # good image -> its index among the good ones
             hk = np.isin(hz["kinds"], kinds) & np.isin(hz["source"], [pos[int(g)] for g in h])
             remap = {pos[int(g)]: i for i, g in enumerate(h)}
             hsrc = np.array([remap[int(s)] for s in hz["source"][hk]])
@@ -554,9 +569,7 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
 
 
 def analyse_main(args, command: str) -> int:
-    from trainer.synth import VALIDATION_KINDS
-
-    kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
+    kinds = _kinds(args)
     flat = {"selection.validation_kinds": ",".join(kinds)}
     for name in args.sets:
         if not (args.work / f"scores_{name}.npz").exists():
@@ -799,12 +812,9 @@ def main(argv=None) -> int:
         merge_results(latency_constants(), command.strip())
         return 0
     if args.part == "held":
-        from trainer.synth import VALIDATION_KINDS
-
-        kinds = tuple(args.kinds) if args.kinds else VALIDATION_KINDS
         res = {}
         for name in args.sets:
-            res.update(held_check(args.work, name, kinds, args))
+            res.update(held_check(args.work, name, _kinds(args), args))
         if not args.no_write:
             merge_results(res, command.strip())
         return 0
