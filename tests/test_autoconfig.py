@@ -468,6 +468,50 @@ def test_last_layer_features_ship_only_when_clearly_better_on_synthetic_validati
     assert few.chosen == out.candidate.name and "mid-level" not in few.reason
 
 
+def test_held_out_normals_join_the_validation_only_when_the_chosen_candidate_scores_them_higher():
+    """Separate held-out good parts (val/good, --calib) join the validation normals when the
+    candidate the training images choose scores them above the training parts (the shift check):
+    a candidate sensitive to the line's other conditions then yields to one that is not. Held-out
+    parts it does not score higher change nothing (recorded, not joined); with real defects
+    (--select-on-real) they are not consulted."""
+    from types import SimpleNamespace
+
+    from trainer.candidates import Candidate, SearchClock
+    from trainer.search import CandidateResult, _choose
+
+    rng = np.random.default_rng(4)
+    n, per, h = 200, 3, 60
+    syn = SimpleNamespace(kinds=["scratch", "cutpaste", "elastic"] * n, source=np.repeat(np.arange(n), per))
+
+    def result(taps, shift, held, real=None):
+        normal = rng.normal(0, 1, n)
+        return CandidateResult(Candidate(size=96, taps=taps, pooling="max"), normal, rng.normal(shift, 1, n * per),
+                               {"x86_ms": 1.0, "pi4_ms": 9.0}, True, real, held)
+
+    def choose(rs):
+        return _choose(rs, {}, syn, 3.7, 2.0, SearchClock(60.0), 0.0)
+
+    sensitive = dict(taps="b13", shift=1.6)     # better on the synthetic defects ...
+    robust = dict(taps="b10", shift=1.3)
+    alone = choose([result(**sensitive, held=None), result(**robust, held=None)])
+    assert alone.chosen.taps == "b13" and alone.held_out is None and "held-out" not in alone.selection.reason
+    shifted = choose([result(**sensitive, held=rng.normal(1.5, 1, h)),     # ... but it scores the line's other
+                      result(**robust, held=rng.normal(-0.2, 1, h))])      # conditions as anomalies
+    rec = shifted.held_out
+    assert shifted.chosen.taps == "b10" and rec["joined"] and rec["first_choice"] == "a0.35-96-b13-max-knn1"
+    assert rec["shifted"] and rec["auroc"] > 0.8 and rec["n_held"] == h and rec["n_reference"] == n
+    assert "60 held-out normal images joined" in shifted.selection.reason
+    assert all(len(r.normal) == n + h for r in shifted.results)        # the table rates what was chosen on
+    assert shifted.to_manifest()["held_out_normals"]["joined"]
+    like = choose([result(**sensitive, held=rng.normal(-0.2, 1, h)), result(**robust, held=rng.normal(-0.2, 1, h))])
+    assert like.chosen.taps == "b13" and like.held_out["joined"] is False and not like.held_out["shifted"]
+    assert all(len(r.normal) == n for r in like.results)
+    real = rng.normal(2.0, 1, 40)
+    on_real = choose([result(**sensitive, held=rng.normal(1.5, 1, h), real=real + 0.5),
+                      result(**robust, held=rng.normal(-0.2, 1, h), real=real)])
+    assert on_real.chosen.taps == "b13" and on_real.held_out is None
+
+
 def test_few_images_ship_the_cheapest_candidate_within_one_standard_error():
     """Small data (``trainer.search.SMALL_DATA_IMAGES``): the one-standard-error rule. A slower
     candidate a little ahead on 30 noisy images yields to the cheaper one within one SE of it (the

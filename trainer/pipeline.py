@@ -484,7 +484,7 @@ def fit(train, out: str | Path, cfg: FitConfig = FitConfig(), calib=None, real_d
     stages = StageTimes()
     with tempfile.TemporaryDirectory(prefix="fit-cache-") as tmp:
         plan = plan_fit(inputs, cfg, clock, FeatureCache(tmp), (lambda n: Progress("search", n, enabled=progress)),
-                        real_defects=real_defects)
+                        real_defects=real_defects, calib=calib)
         stages.mark("load and search")
         data = prepare(inputs, plan, calib, real_defects)
         xt = extractor_candidates(data, plan, clock, progress)

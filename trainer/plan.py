@@ -148,7 +148,7 @@ def _weights(cfg: FitConfig) -> dict:
 
 
 def _real(real_defects, roi) -> list | None:
-    """Real defective images for the search (decoded, ROI applied), or None."""
+    """Images for the search (real defects, held-out normals): decoded, ROI applied; or None."""
     if real_defects is None or not len(real_defects):
         return None
     from device.preprocess import decode_image
@@ -157,7 +157,7 @@ def _real(real_defects, roi) -> list | None:
     return out if roi is None else [im[roi[1]:roi[1] + roi[3], roi[0]:roi[0] + roi[2]] for im in out]
 
 
-def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_defects=None) -> Plan:
+def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_defects=None, calib=None) -> Plan:
     """Search (``cfg.search``) or the default configuration; see the module docstring."""
     from trainer.search import SearchConfig, prepare_search, search
 
@@ -167,7 +167,7 @@ def plan_fit(inputs: Inputs, cfg: FitConfig, clock, cache, progress=None, real_d
         pins.update(working_size=tuple(cfg.working_size), **({"overlap": cfg.overlap} if cfg.overlap is not None else {}))
     scfg = SearchConfig(weights=weights, min_defect_px=cfg.min_defect_px, pins=pins, budget_ms=cfg.budget_ms,
                         time_budget_s=max(30.0, SEARCH_SHARE * clock.left()), color=inputs.color, seed=cfg.seed,
-                        bank_images=len(inputs.images), real=_real(real_defects, cfg.roi))
+                        bank_images=len(inputs.images), real=_real(real_defects, cfg.roi), held=_real(calib, cfg.roi))
     images = inputs.cropped(cfg.roi)
     sc = prepare_search(images, scfg)
     if cfg.search and (len(sc.space) > 1 or "k" not in pins):

@@ -60,6 +60,9 @@ class SearchConfig:
         kinds: validation defect kinds; strength: their amplitude range (x image spread).
         folds: cross-fitting folds; seed: everything random.
         bank_images: images the shipped bank will hold (latency estimates); None: the images given.
+        held: separate held-out normal images (``val/good``, ``--calib``: the threshold's); when the
+            chosen candidate scores them above the training images (``core.threshold.calibration_shift``)
+            they join the normals every candidate is rated on (:func:`_held_out_normals_join`).
         real: real defective images (``--select-on-real``): candidates are then rated on them
             (AUROC of the cross-fitted normals against the real defects) instead of the synthetic ones.
     """
@@ -78,6 +81,7 @@ class SearchConfig:
     latency: LatencyModel = dataclasses.field(default_factory=LatencyModel)
     bank_images: int | None = None
     real: list | None = None
+    held: list | None = None
 
 
 @dataclasses.dataclass
@@ -90,6 +94,7 @@ class CandidateResult:
     latency: dict
     within_budget: bool
     real: np.ndarray | None = None
+    held: np.ndarray | None = None     # separate held-out normals' scores (full bank), when given
 
     def row(self, kinds: np.ndarray | None = None) -> dict:
         from core.metrics import auroc
@@ -129,6 +134,7 @@ class SearchResult:
     frame_hw: tuple = (0, 0)
     index: np.ndarray | None = dataclasses.field(default=None, repr=False)
     normalize: dict | None = None
+    held_out: dict | None = None     # the shift check of the held-out normals (_held_out_normals_join)
 
     def table(self) -> list[dict]:
         """One row per evaluated candidate (validation AUROC overall and per defect kind, latency)."""
@@ -147,6 +153,7 @@ class SearchResult:
                 "skipped_for_time": self.skipped, "pruned": self.pruned, "seconds": round(self.seconds, 1),
                 "n_validation_images": len(self.images), "n_validation_defects": int(len(self.kinds)),
                 "normalize": self.normalize or {"mode": self.chosen.normalize, "reason": "pinned by the options given"},
+                **({"held_out_normals": self.held_out} if self.held_out else {}),
                 "candidates": self.table()}
 
 
@@ -406,20 +413,22 @@ class SearchContext:
     fold: np.ndarray
     n_bank: int
     shares: dict = dataclasses.field(default_factory=dict, repr=False)
+    held: list | None = dataclasses.field(default=None, repr=False)   # held-out normals (a seeded subsample)
 
     def inputs(self, c: Candidate) -> float:
-        """Frames' worth of network inputs one pass of ``c`` runs: every normal image, and of each
-        defect the share of tiles it changes (tiled candidates run only those,
+        """Frames' worth of network inputs one pass of ``c`` runs: every normal image (held-out ones
+        too), and of each defect the share of tiles it changes (tiled candidates run only those,
         :func:`changed_tiles`; the share is measured on a sample of the defects, once per grid)."""
         n_syn = len(self.syn.images)
+        n_normal = len(self.imgs) + len(self.held or ())
         if not c.grid or not n_syn:
-            return len(self.imgs) + n_syn
+            return n_normal + n_syn
         key = (c.size, c.grid, c.working_size, c.overlap)
         if key not in self.shares:
             pick = np.unique(np.linspace(0, n_syn - 1, min(SHARE_SAMPLE, n_syn)).astype(int))
             self.shares[key] = float(changed_tiles([self.syn.images[i] for i in pick], self.imgs,
                                                    np.asarray(self.syn.source)[pick], _tile_spec(c, "grey")).mean())
-        return len(self.imgs) + self.shares[key] * n_syn
+        return n_normal + self.shares[key] * n_syn
 
     @property
     def family(self) -> np.ndarray:
@@ -497,8 +506,13 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     per = defects_per_frame(len(imgs), hw, len(kinds)) if large else 1
     syn = validation_defects(imgs, kinds=kinds, seed=cfg.seed + 7, min_px=min_px, strength=cfg.strength,
                              each=not large, per_image=per)
+    held = None
+    if cfg.held:   # as many as the training images validate on, at most
+        cap = MAX_VALIDATION_FRAMES_LARGE if large else MAX_VALIDATION_IMAGES
+        keep = np.sort(np.random.default_rng(cfg.seed + 2).choice(len(cfg.held), min(cap, len(cfg.held)), replace=False))
+        held = [cfg.held[i] for i in keep]
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
-                         cfg.bank_images or len(imgs))
+                         cfg.bank_images or len(imgs), held=held)
 
 
 def _plan(ctx: SearchContext, cfg: SearchConfig) -> tuple[list, list]:
@@ -535,6 +549,8 @@ def _run_group(group: list, ctx: SearchContext, cfg: SearchConfig, cache, clock:
     extra = ()
     if cfg.real:
         srcs["real"], extra = network_inputs(cfg.real, c0, cfg.color), ("real",)
+    if ctx.held:
+        srcs["held"], extra = network_inputs(ctx.held, c0, cfg.color), extra + ("held",)
     scores = score_pass(group, srcs, cache, net, ctx.fold, ctx.syn.source, cfg.seed, extra=extra)
     base = [_result(c, scores[c.name], cfg, ctx) for c in group]
     found["results"] += base
@@ -663,7 +679,8 @@ def _probe_normalize(group: list, ctx: SearchContext, cfg: SearchConfig, cache, 
 
 def _result(c: Candidate, sc: dict, cfg: SearchConfig, ctx: SearchContext) -> CandidateResult:
     lat = _latency(c, cfg.latency, ctx.hw, ctx.n_bank)
-    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= ctx.budget, sc.get("real"))
+    return CandidateResult(c, sc["normal"], sc["defect"], lat, lat["x86_ms"] <= ctx.budget, sc.get("real"),
+                           sc.get("held"))
 
 
 def _select(rs: list, family: np.ndarray, source: np.ndarray) -> Selection:
@@ -768,6 +785,32 @@ def _within_budget(results: list, family, source, budget: float, strict: bool) -
     return _last_layer_yields(sel, fits, family, source), over
 
 
+def calibration_shift_of(r: CandidateResult) -> dict:
+    """:func:`core.threshold.calibration_shift` of a candidate's held-out normals against its
+    cross-fitted training scores (the record, without its warning: ``fit``'s calibration gives that)."""
+    from core.threshold import calibration_shift
+
+    rec = calibration_shift(r.normal, r.held)
+    rec.pop("warning", None)
+    return rec
+
+
+def _held_out_normals_join(results: list) -> list:
+    """The candidates with the separate held-out normals among their validation normals.
+
+    When the candidate the training images choose scores the held-out good parts above the
+    training parts (:func:`calibration_shift_of`: AUROC >= 0.65 at z >= 3), the line's parts vary
+    in a way the training images do not show, and the threshold - calibrated on those parts - will
+    sit where they score. A candidate whose scores rise with that variation then loses the
+    sensitivity validation credited it with, so every candidate is rated with the held-out images
+    among its normals (scored against the full bank). Only then: pooled unconditionally they cost
+    the 1024-px brick set 0.065 regret (docs/AUTOCONFIG.md, "Held-out normals"), where the chosen
+    candidate does not score them higher (AUROC 0.47); gated, no set's choice changes but the
+    demo's (regret 0.018 -> 0.005).
+    """
+    return [dataclasses.replace(r, normal=np.r_[r.normal, r.held]) if r.held is not None else r for r in results]
+
+
 def _choose(results: list, variants: dict, syn, budget: float, min_px: float, clock: SearchClock,
             t0: float, strict_budget: bool = True) -> SearchResult:
     """Stage 1: selection within the budget (:func:`_within_budget`); stage 2: the winner against
@@ -778,6 +821,21 @@ def _choose(results: list, variants: dict, syn, budget: float, min_px: float, cl
     family = np.array([family_of(k) for k in syn.kinds])
     sel, over = _within_budget(results, family, syn.source, budget, strict_budget)
     win = next(r for r in results if r.candidate.name == sel.chosen)
+    held_out = None
+    if win.held is not None and win.real is None:
+        held_out = calibration_shift_of(win)
+        if held_out["shifted"]:
+            first = sel.chosen
+            results, variants = _held_out_normals_join(results), {k: _held_out_normals_join(v) for k, v in variants.items()}
+            sel, over = _within_budget(results, family, syn.source, budget, strict_budget)
+            win = next(r for r in results if r.candidate.name == sel.chosen)
+            held_out.update(joined=True, first_choice=first)
+            sel.reason += (f"; the {len(win.held)} held-out normal images joined the validation normals: {first} "
+                           f"scored them above the training images (AUROC {held_out['auroc']:.2f})")
+            log.info("held-out normals: %s scores them above the training images (AUROC %.2f, z %.1f): they join "
+                     "the validation normals; %s", first, held_out["auroc"], held_out["z"], sel.chosen)
+        else:
+            held_out["joined"] = False
     if variants.get(win.candidate.name):
         sel_k = _select([win] + variants[win.candidate.name], family, syn.source)
         if sel_k.chosen != win.candidate.name and win.candidate.name not in sel_k.tied:
@@ -790,7 +848,7 @@ def _choose(results: list, variants: dict, syn, budget: float, min_px: float, cl
                            f"({sel_k.aurocs[sel_k.best]:.4f} vs {sel_k.aurocs[win.candidate.name]:.4f}, a tie)")
     return SearchResult(chosen=win.candidate, selection=sel, results=results, kinds=np.asarray(syn.kinds),
                         skipped=clock.skipped, budget_ms=budget, min_defect_px=min_px, seconds=time.time() - t0,
-                        over_budget=over)
+                        over_budget=over, held_out=held_out)
 
 
 def _load(images: Sequence, cfg: SearchConfig) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -285,9 +285,10 @@ def run_set(name: str, args, cache) -> Path:
 
 def load_scores(work: Path, name: str, held: bool = False) -> tuple[dict, dict]:
     """Scores of one data set; extra synthetic kinds scored later (``--tag``) are appended.
-    ``held``: the set's separate held-out normals (``|held``, full bank), where it has some, join
-    each candidate's ``|normal`` after the cross-fitted ones (``--held``: a variant measured, not
-    what ``fit`` does - docs/AUTOCONFIG.md, "Held-out normals"); else they are dropped."""
+    ``held``: the set's separate held-out normals (``|held``, full bank), where it has some, are
+    kept, so :func:`product_rule` treats them as ``fit --data`` treats ``val/good`` (they join the
+    validation normals when the first choice scores them higher: docs/AUTOCONFIG.md, "Held-out
+    normals"); else they are dropped."""
     z = np.load(work / f"scores_{name}.npz")
     meta = json.loads((work / f"meta_{name}.json").read_text())
     arrays = {k: z[k] for k in z.files}
@@ -303,10 +304,9 @@ def load_scores(work: Path, name: str, held: bool = False) -> tuple[dict, dict]:
                 arrays[k] = np.r_[arrays[k], e[k]]
             elif k.endswith("|normal") and not np.allclose(arrays[k], e[k], atol=1e-4):
                 raise ValueError(f"{extra}: normal scores of {k} differ from the main run")
-    for k in [k for k in arrays if k.endswith("|held")]:
-        got = arrays.pop(k)
-        if held:
-            arrays[k[:-len("held")] + "normal"] = np.r_[arrays[k[:-len("held")] + "normal"], got]
+    if not held:
+        for k in [k for k in arrays if k.endswith("|held")]:
+            arrays.pop(k)
     return arrays, meta
 
 
@@ -409,13 +409,22 @@ def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
 
 
 def product_rule(arrays, names, costs, keep, fam):
-    """The search's own choice on these scores (``trainer.search._within_budget`` without a budget:
-    the worst-family rule and the mid-level prior for last-layer features)."""
-    from trainer.search import CandidateResult, _within_budget
+    """The search's own choice on these scores (``trainer.search._choose`` without a budget: the
+    worst-family rule, the mid-level prior for last-layer features and - where ``arrays`` holds
+    ``|held`` scores - the held-out normals joining when the first choice scores them higher)."""
+    from types import SimpleNamespace
+
+    from trainer.candidates import SearchClock
+    from trainer.search import CandidateResult, _choose
 
     rs = [CandidateResult(costs[n]["candidate"], arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep],
-                          {"x86_ms": costs[n]["x86_ms"], "pi4_ms": float("nan")}, True) for n in names]
-    return _within_budget(rs, fam, arrays["syn_source"][keep], float("inf"), strict=True)[0]
+                          {"x86_ms": costs[n]["x86_ms"], "pi4_ms": float("nan")}, True, None,
+                          arrays.get(f"{n}|held")) for n in names]
+    from trainer.synth import VALIDATION_KINDS, family_of
+
+    kind_of = {family_of(k): k for k in VALIDATION_KINDS}    # one kind per family: _choose derives the families
+    syn = SimpleNamespace(kinds=[kind_of[f] for f in fam], source=arrays["syn_source"][keep])
+    return _choose(rs, {}, syn, float("inf"), 0.0, SearchClock(float("inf")), time.time()).selection
 
 
 def product_names(meta: dict) -> list[str]:
@@ -443,7 +452,7 @@ def set_alignment(work: Path, name: str, meta: dict, args) -> dict:
 
 def analyse_set(work: Path, name: str, kinds, args) -> dict:
     """Before/after figures of one data set, over the recommended space and over every size."""
-    arrays, meta = load_scores(work, name, args.held)
+    arrays, meta = load_scores(work, name, not args.no_held)
     meta = set_alignment(work, name, meta, args)
     verbose = args.verbose
     costs = candidate_costs(meta)
@@ -509,9 +518,11 @@ def held_defect_scores(name: str, args, cache) -> Path:
     return path
 
 
-def _rule(names, costs, normal: dict, syn: dict, source: np.ndarray, fam: np.ndarray) -> str:
-    """The product rule's choice on given normal / defect scores (all defects kept)."""
-    a = {**{f"{n}|normal": normal[n] for n in names}, **{f"{n}|syn": syn[n] for n in names}, "syn_source": source}
+def _rule(names, costs, normal: dict, syn: dict, source: np.ndarray, fam: np.ndarray, held: dict | None = None) -> str:
+    """The product rule's choice on given normal / defect scores (all defects kept; ``held``: the
+    held-out normals' scores, which join as ``fit`` lets them)."""
+    a = {**{f"{n}|normal": normal[n] for n in names}, **{f"{n}|syn": syn[n] for n in names}, "syn_source": source,
+         **({f"{n}|held": held[n] for n in names} if held else {})}
     return product_rule(a, names, costs, np.ones(len(source), bool), fam).chosen
 
 
@@ -519,8 +530,9 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
     """Would held-out normals in the validation choose better? Half of the test set's good images
     (seeded splits) are the held-out normals (scored against the full bank, as a separate
     ``val/good`` set's would be); regret of the product rule measured on the other half of the
-    good images and every real defect. Variants: ``without`` (today), ``with`` (they join the
-    normals), and with ``heldsyn_<set>.npz`` (:func:`held_defect_scores`) ``within`` (rated on
+    good images and every real defect. Variants: ``without`` (no held-out normals), ``gated``
+    (what ``fit`` does: they join when the first choice scores them higher), ``with`` (they always
+    join the normals), and with ``heldsyn_<set>.npz`` (:func:`held_defect_scores`) ``within`` (rated on
     the held-out normals against defects drawn on them only) and ``both`` (training and held-out
     normals, defects drawn on either)."""
     from core.metrics import auroc
@@ -536,7 +548,7 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
     good = np.flatnonzero(y == 0)
     hs = work / f"heldsyn_{name}.npz"
     hz = dict(np.load(hs)) if hs.exists() else None
-    modes = ("without", "with") + (("within", "both") if hz is not None else ())
+    modes = ("without", "gated", "with") + (("within", "both") if hz is not None else ())
     got = {m: [] for m in modes}
     normal = {n: arrays[f"{n}|normal"] for n in names}
     syn = {n: arrays[f"{n}|syn"][keep] for n in names}
@@ -547,7 +559,7 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
         ev = np.setdiff1d(np.arange(len(y)), h)
         real = {n: auroc(y[ev], arrays[f"{n}|real"][ev]) for n in names}
         held = {n: arrays[f"{n}|real"][h] for n in names}
-        chosen = {"without": today,
+        chosen = {"without": today, "gated": _rule(names, costs, normal, syn, src, fam, held),
                   "with": _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names}, syn, src, fam)}
         if hz is not None:
             hk = np.isin(hz["kinds"], kinds) & np.isin(hz["source"], [pos[int(g)] for g in h])
@@ -576,7 +588,7 @@ def analyse_main(args, command: str) -> int:
             log.warning("%s: no scores in %s (run --part scores first)", name, args.work)
             continue
         flat.update(analyse_set(args.work, name, kinds, args))
-    if not (args.no_write or args.held):
+    if not (args.no_write or args.no_held):
         merge_results(flat, command)
     return 0
 
@@ -786,8 +798,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-alpha1", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="analyse: print every candidate")
     ap.add_argument("--no-write", action="store_true", help="analyse: print only, do not update the results JSON")
-    ap.add_argument("--held", action="store_true", help="analyse: join the set's separate held-out normals (val/good) "
-                                                        "to the validation normals (a variant; implies --no-write)")
+    ap.add_argument("--no-held", action="store_true", help="analyse: without the set's separate held-out normals "
+                                                           "(val/good; fit --data consults them; implies --no-write)")
     ap.add_argument("--kinds", nargs="+", default=None, help="scores: synthetic kinds (default all)")
     ap.add_argument("--strength", nargs=2, type=float, default=(0.4, 2.0), help="scores: defect amplitude range (x image std)")
     ap.add_argument("--tag", default="", help="scores: suffix of the output (e.g. _elastic: extra kinds, merged)")
