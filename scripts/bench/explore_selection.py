@@ -580,6 +580,77 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
             **{f"held_check.{name}.regret_{m}": float(np.mean(got[m])) for m in modes}}
 
 
+# ---------------------------------------------------------------------------- nuisance normals (not shipped)
+# Benign acquisition changes drawn on the training images - a slight blur (focus), a global
+# brightness / contrast / gamma change (exposure), a small zoom and rotation (distance, pose) - scored
+# cross-fitted like validation defects (``--part scores --kinds nblur nlight nzoom --tag _nuis``),
+# then pooled with the *normals* (``--part nuisance``): does rewarding invariance to them rank as
+# real defects do? docs/AUTOCONFIG.md, "Nuisance normals".
+
+
+def _n_whole(img) -> np.ndarray:
+    return np.full(img.shape[:2], 255, np.uint8)
+
+
+def n_blur(img, rng, centre, size, strength):
+    """Gaussian blur, sigma 0.4-0.9 source px (a camera slightly out of focus)."""
+    import cv2
+    from trainer.synth import _f32
+
+    return np.clip(cv2.GaussianBlur(_f32(img), (0, 0), rng.uniform(0.4, 0.9)) + 0.5, 0, 255).astype(np.uint8), _n_whole(img)
+
+
+def n_light(img, rng, centre, size, strength):
+    """Contrast x 0.85-1.18 about the mean, offset +-8 grey levels, gamma 0.85-1.18 (exposure)."""
+    from trainer.synth import _f32
+
+    x = _f32(img)
+    m = x.mean()
+    gain, gamma, offset = rng.uniform(0.85, 1.18), rng.uniform(0.85, 1.18), rng.uniform(-8, 8)
+    y = 255.0 * ((m + (x - m) * gain + offset).clip(0, 255) / 255.0) ** gamma
+    return np.clip(y + 0.5, 0, 255).astype(np.uint8), _n_whole(img)
+
+
+def n_zoom(img, rng, centre, size, strength):
+    """Zoom 0.93-1.07 and rotation +-3 degrees about the centre (distance, pose)."""
+    import cv2
+    from trainer.synth import _f32
+
+    h, w = img.shape[:2]
+    zoom, angle = rng.uniform(0.93, 1.07), rng.uniform(-3, 3)
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+    out = cv2.warpAffine(np.ascontiguousarray(_f32(img)), M, (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), _n_whole(img)
+
+
+NUISANCE_DRAW = {"nblur": n_blur, "nlight": n_light, "nzoom": n_zoom}
+
+
+def nuisance_check(work: Path, name: str, kinds, args) -> dict:
+    """Regret of the product rule when each nuisance kind (then all) joins the normals."""
+    from core.metrics import auroc
+    from trainer.synth import family_of
+
+    arrays, meta = load_scores(work, name)
+    meta = set_alignment(work, name, meta, args)
+    names, costs = product_names(meta), candidate_costs(meta)
+    all_kinds = arrays["syn_kinds"]
+    keep = np.isin(all_kinds, kinds)
+    fam = np.array([family_of(k) for k in all_kinds[keep]])
+    real = {n: auroc(arrays["y"], arrays[f"{n}|real"]) for n in names}
+    out = {}
+    for label, nk in [("without", ())] + [(k, (k,)) for k in NUISANCE_DRAW] + [("all", tuple(NUISANCE_DRAW))]:
+        m = np.isin(all_kinds, nk)
+        if nk and not m.any():
+            continue
+        a = {**arrays, **{f"{n}|normal": np.r_[arrays[f"{n}|normal"], arrays[f"{n}|syn"][m]] for n in names}}
+        chosen = product_rule(a, names, costs, keep, fam).chosen
+        out[f"nuisance.{name}.regret_{label}"] = float(max(real.values()) - real[chosen])
+        print(f"{name:8s} nuisance {label:8s} regret {out[f'nuisance.{name}.regret_{label}']:.4f} {chosen}", flush=True)
+    return out
+
+
 def analyse_main(args, command: str) -> int:
     kinds = _kinds(args)
     flat = {"selection.validation_kinds": ",".join(kinds)}
@@ -787,7 +858,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
     ap.add_argument("--part", default="scores", choices=("scores", "analyse", "threshold", "latency", "held",
-                                                              "heldsyn"))
+                                                              "heldsyn", "nuisance"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/selection"))
     ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (default: memory only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -810,6 +881,10 @@ def main(argv=None) -> int:
     for noisy in ("absl", "tensorflow", "trainer.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
+    if set(args.kinds or ()) & set(NUISANCE_DRAW):
+        from trainer.synth import VALIDATION_DRAW
+
+        VALIDATION_DRAW.update(NUISANCE_DRAW)   # research only: trainer.synth's kinds are the product's
     if args.part in ("scores", "heldsyn"):
         from trainer.features import FeatureCache
 
@@ -823,10 +898,10 @@ def main(argv=None) -> int:
     if args.part == "latency":
         merge_results(latency_constants(), command.strip())
         return 0
-    if args.part == "held":
+    if args.part in ("held", "nuisance"):
         res = {}
         for name in args.sets:
-            res.update(held_check(args.work, name, _kinds(args), args))
+            res.update((held_check if args.part == "held" else nuisance_check)(args.work, name, _kinds(args), args))
         if not args.no_write:
             merge_results(res, command.strip())
         return 0
