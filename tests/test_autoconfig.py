@@ -308,6 +308,29 @@ def test_search_scores_pinned_candidates_and_explains_the_choice():
     assert tight.over_budget and dataclasses.replace(tight.chosen, k=fastest.k) == fastest   # (k may be refined)
 
 
+@needs_tf
+def test_search_scores_held_out_normals_and_consults_them_when_they_are_shifted():
+    """Separate held-out good parts go through every candidate's forward pass (full-bank scores);
+    parts unlike the training ones (noise instead of stripes) are flagged on the first choice and
+    join the normals every candidate is rated on; the manifest records the check either way."""
+    from trainer.search import SearchConfig, search
+
+    imgs = [s[:, :, 0] for s in stripes(24, size=48, seed=9)]
+    rng = np.random.default_rng(2)
+    other = [rng.integers(0, 255, (48, 48), dtype=np.uint8) for _ in range(12)]
+    cfg = SearchConfig(weights={0.35: "random"}, pins={"size": 96, "taps": ["out", "b13"], "pooling": ["max"]},
+                       kinds=("spot", "elastic"), budget_ms=100.0, time_budget_s=300, folds=4, held=other)
+    res = search(imgs, cfg)
+    rec = res.to_manifest()["held_out_normals"]
+    assert rec["n_held"] == 12 and rec["n_reference"] == 24 and rec["shifted"] and rec["joined"], rec
+    assert rec["first_choice"] in {r.candidate.name for r in res.results}
+    assert all(r.held.shape == (12,) and len(r.normal) == 24 + 12 for r in res.results)
+    assert "12 held-out normal images joined" in res.selection.reason
+    like = search(imgs, SearchConfig(**{**cfg.__dict__, "held": imgs[:12]}))   # the training parts themselves
+    rec = like.to_manifest()["held_out_normals"]
+    assert not rec["shifted"] and rec["joined"] is False and all(len(r.normal) == 24 for r in like.results)
+
+
 def test_alignment_score_tells_aligned_parts_from_textures_and_shapes_the_space():
     from trainer.candidates import ALIGNED_MIN, alignment_score, derive_space
 
