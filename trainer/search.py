@@ -495,8 +495,7 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     hw = tuple(int(v) for v in np.median([im.shape[:2] for im in imgs], axis=0))
     large = min(hw) >= LARGE_FRAME_FACTOR * max(SIZES)
     if large and len(imgs) > MAX_VALIDATION_FRAMES_LARGE:   # the search's time stays bounded whatever the count
-        keep = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(imgs), MAX_VALIDATION_FRAMES_LARGE,
-                                                                   replace=False))
+        keep = _subset(len(imgs), MAX_VALIDATION_FRAMES_LARGE, cfg.seed + 1)
         index, imgs = index[keep], [imgs[i] for i in keep]
     min_px = cfg.min_defect_px or default_min_defect_px(hw)
     budget = cfg.budget_ms if cfg.budget_ms is not None else default_budget_ms(cfg.latency)
@@ -509,10 +508,21 @@ def prepare_search(images: Sequence, cfg: SearchConfig) -> SearchContext:
     held = None
     if cfg.held:   # as many as the training images validate on, at most
         cap = MAX_VALIDATION_FRAMES_LARGE if large else MAX_VALIDATION_IMAGES
-        keep = np.sort(np.random.default_rng(cfg.seed + 2).choice(len(cfg.held), min(cap, len(cfg.held)), replace=False))
-        held = [cfg.held[i] for i in keep]
+        held = [cfg.held[i] for i in _subset(len(cfg.held), cap, cfg.seed + 2)]
     return SearchContext(index, imgs, hw, min_px, budget, align, space, syn, fold_of(len(imgs), cfg.folds, cfg.seed),
                          cfg.bank_images or len(imgs), held=held)
+
+
+def _subset(n: int, cap: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of at most ``cap`` of ``n`` items (all of them when n <= cap).
+
+    Example:
+        >>> _subset(3, 5, 0).tolist(), len(_subset(10, 4, 0))
+        ([0, 1, 2], 4)
+    """
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
 
 
 def _plan(ctx: SearchContext, cfg: SearchConfig) -> tuple[list, list]:
@@ -856,9 +866,7 @@ def _load(images: Sequence, cfg: SearchConfig) -> tuple[np.ndarray, list[np.ndar
     MAX_VALIDATION_IMAGES (``index``: their positions in ``images``)."""
     from device.preprocess import decode_image, to_color_mode
 
-    idx = np.arange(len(images))
-    if len(images) > MAX_VALIDATION_IMAGES:
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(images), MAX_VALIDATION_IMAGES, replace=False))
+    idx = _subset(len(images), MAX_VALIDATION_IMAGES, cfg.seed)
     out = []
     for i in idx:
         im = to_color_mode(decode_image(images[i]), cfg.color)

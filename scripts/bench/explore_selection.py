@@ -401,14 +401,14 @@ def robust_outcome(arrays, names, table, costs, keep, real) -> dict:
     fam = np.array([family_of(k) for k in arrays["syn_kinds"][keep]])
     stat = np.array([min(family_aurocs(arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep], fam).values()) for n in names])
     pick = int(np.argmax(stat))
-    sel = product_rule(arrays, names, costs, keep, fam)
+    sel = product_rule(arrays, names, costs, keep)
     return {"robust_spearman": float(spearmanr(stat, real).statistic), "robust_argmax": names[pick],
             "robust_argmax_regret": float(real.max() - real[pick]), "robust_rule_chosen": sel.chosen,
             "robust_rule_regret": float(real.max() - table[sel.chosen]["real"]), "robust_rule_tie": sel.tie,
             "robust_rule_reason": sel.reason}
 
 
-def product_rule(arrays, names, costs, keep, fam):
+def product_rule(arrays, names, costs, keep):
     """The search's own choice on these scores (``trainer.search._choose`` without a budget: the
     worst-family rule, the mid-level prior for last-layer features and - where ``arrays`` holds
     ``|held`` scores - the held-out normals joining when the first choice scores them higher)."""
@@ -420,10 +420,7 @@ def product_rule(arrays, names, costs, keep, fam):
     rs = [CandidateResult(costs[n]["candidate"], arrays[f"{n}|normal"], arrays[f"{n}|syn"][keep],
                           {"x86_ms": costs[n]["x86_ms"], "pi4_ms": float("nan")}, True, None,
                           arrays.get(f"{n}|held")) for n in names]
-    from trainer.synth import VALIDATION_KINDS, family_of
-
-    kind_of = {family_of(k): k for k in VALIDATION_KINDS}    # one kind per family: _choose derives the families
-    syn = SimpleNamespace(kinds=[kind_of[f] for f in fam], source=arrays["syn_source"][keep])
+    syn = SimpleNamespace(kinds=list(arrays["syn_kinds"][keep]), source=arrays["syn_source"][keep])
     return _choose(rs, {}, syn, float("inf"), 0.0, SearchClock(float("inf")), time.time()).selection
 
 
@@ -518,12 +515,13 @@ def held_defect_scores(name: str, args, cache) -> Path:
     return path
 
 
-def _rule(names, costs, normal: dict, syn: dict, source: np.ndarray, fam: np.ndarray, held: dict | None = None) -> str:
+def _rule(names, costs, normal: dict, syn: dict, source: np.ndarray, kinds: np.ndarray, held: dict | None = None) -> str:
     """The product rule's choice on given normal / defect scores (all defects kept; ``held``: the
     held-out normals' scores, which join as ``fit`` lets them)."""
     a = {**{f"{n}|normal": normal[n] for n in names}, **{f"{n}|syn": syn[n] for n in names}, "syn_source": source,
+         "syn_kinds": np.asarray(kinds),
          **({f"{n}|held": held[n] for n in names} if held else {})}
-    return product_rule(a, names, costs, np.ones(len(source), bool), fam).chosen
+    return product_rule(a, names, costs, np.ones(len(source), bool)).chosen
 
 
 def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
@@ -536,13 +534,12 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
     the held-out normals against defects drawn on them only) and ``both`` (training and held-out
     normals, defects drawn on either)."""
     from core.metrics import auroc
-    from trainer.synth import family_of
 
     arrays, meta = load_scores(work, name)
     meta = set_alignment(work, name, meta, args)
     names, costs = product_names(meta), candidate_costs(meta)
     keep = np.isin(arrays["syn_kinds"], kinds)
-    fam = np.array([family_of(k) for k in arrays["syn_kinds"][keep]])
+    kept = arrays["syn_kinds"][keep]
     src = arrays["syn_source"][keep]
     y = arrays["y"]
     good = np.flatnonzero(y == 0)
@@ -552,25 +549,25 @@ def held_check(work: Path, name: str, kinds, args, splits: int = 5) -> dict:
     got = {m: [] for m in modes}
     normal = {n: arrays[f"{n}|normal"] for n in names}
     syn = {n: arrays[f"{n}|syn"][keep] for n in names}
-    today = _rule(names, costs, normal, syn, src, fam)           # the held-out half does not enter it
+    today = _rule(names, costs, normal, syn, src, kept)           # the held-out half does not enter it
     pos = {int(g): i for i, g in enumerate(good)}                 # good image -> its index among the good ones
     for split in range(splits):
         h = np.sort(np.random.default_rng(split).choice(good, len(good) // 2, replace=False))
         ev = np.setdiff1d(np.arange(len(y)), h)
         real = {n: auroc(y[ev], arrays[f"{n}|real"][ev]) for n in names}
         held = {n: arrays[f"{n}|real"][h] for n in names}
-        chosen = {"without": today, "gated": _rule(names, costs, normal, syn, src, fam, held),
-                  "with": _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names}, syn, src, fam)}
+        chosen = {"without": today, "gated": _rule(names, costs, normal, syn, src, kept, held),
+                  "with": _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names}, syn, src, kept)}
         if hz is not None:
             hk = np.isin(hz["kinds"], kinds) & np.isin(hz["source"], [pos[int(g)] for g in h])
             remap = {pos[int(g)]: i for i, g in enumerate(h)}
             hsrc = np.array([remap[int(s)] for s in hz["source"][hk]])
-            hfam = np.array([family_of(k) for k in hz["kinds"][hk]])
+            hkinds = hz["kinds"][hk]
             hsyn = {n: hz[f"{n}|gsyn"][hk] for n in names}
-            chosen["within"] = _rule(names, costs, held, hsyn, hsrc, hfam)
+            chosen["within"] = _rule(names, costs, held, hsyn, hsrc, hkinds)
             n0 = len(normal[names[0]])
             chosen["both"] = _rule(names, costs, {n: np.r_[normal[n], held[n]] for n in names},
-                                   {n: np.r_[syn[n], hsyn[n]] for n in names}, np.r_[src, n0 + hsrc], np.r_[fam, hfam])
+                                   {n: np.r_[syn[n], hsyn[n]] for n in names}, np.r_[src, n0 + hsrc], np.r_[kept, hkinds])
         for m in modes:
             got[m].append(max(real.values()) - real[chosen[m]])
         print(f"{name:8s} split {split} ({len(h)} held-out normals): " +
@@ -630,14 +627,12 @@ NUISANCE_DRAW = {"nblur": n_blur, "nlight": n_light, "nzoom": n_zoom}
 def nuisance_check(work: Path, name: str, kinds, args) -> dict:
     """Regret of the product rule when each nuisance kind (then all) joins the normals."""
     from core.metrics import auroc
-    from trainer.synth import family_of
 
     arrays, meta = load_scores(work, name)
     meta = set_alignment(work, name, meta, args)
     names, costs = product_names(meta), candidate_costs(meta)
     all_kinds = arrays["syn_kinds"]
     keep = np.isin(all_kinds, kinds)
-    fam = np.array([family_of(k) for k in all_kinds[keep]])
     real = {n: auroc(arrays["y"], arrays[f"{n}|real"]) for n in names}
     out = {}
     for label, nk in [("without", ())] + [(k, (k,)) for k in NUISANCE_DRAW] + [("all", tuple(NUISANCE_DRAW))]:
@@ -645,7 +640,7 @@ def nuisance_check(work: Path, name: str, kinds, args) -> dict:
         if nk and not m.any():
             continue
         a = {**arrays, **{f"{n}|normal": np.r_[arrays[f"{n}|normal"], arrays[f"{n}|syn"][m]] for n in names}}
-        chosen = product_rule(a, names, costs, keep, fam).chosen
+        chosen = product_rule(a, names, costs, keep).chosen
         out[f"nuisance.{name}.regret_{label}"] = float(max(real.values()) - real[chosen])
         print(f"{name:8s} nuisance {label:8s} regret {out[f'nuisance.{name}.regret_{label}']:.4f} {chosen}", flush=True)
     return out
